@@ -1,0 +1,533 @@
+"""Vectorised construction of a :class:`ParamGraph`, independent of how the network was read.
+
+A front end (the ``torch.fx`` tracer in :mod:`paramgraph.trace`, the ``torch.export`` reader in
+:mod:`paramgraph.export`) walks the network's data flow and calls one builder method per layer:
+:meth:`GraphBuilder.linear`, :meth:`~GraphBuilder.conv`, :meth:`~GraphBuilder.norm`,
+:meth:`~GraphBuilder.activation`, :meth:`~GraphBuilder.add`, :meth:`~GraphBuilder.attention`, ...
+Each method records *blocks* (a whole weight tensor's edges at once) and returns a :class:`Feat`,
+the neurons that carry the layer's output. :meth:`GraphBuilder.finalize` allocates every tensor of
+the graph once and fills it block by block, then works out the symmetry group.
+
+Why blocks and one allocation: a weight tensor ``[out, in, *k]`` becomes ``out * in`` edges ordered
+(out, in), each holding ``prod(k)`` values, so its values are exactly ``weight.reshape(-1)`` and the
+edge indices are two broadcasts. No Python loop runs per weight or per neuron, and no tensor of
+the size of the graph is built twice (peak memory stays near the graph's own size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from .graph import ParamGraph, Segment, SegmentTable, dtype_name
+from .types import (
+    NODE_SLOTS,
+    ODD,
+    POSITIVELY_HOMOGENEOUS,
+    SLOT,
+    Activation,
+    EdgeType,
+    HeadRole,
+    NodeType,
+    NormKind,
+)
+
+# Activations that commute with a max over positions (monotone non-decreasing).
+_MONOTONE = (Activation.IDENTITY, Activation.RELU, Activation.LEAKY_RELU, Activation.TANH,
+             Activation.SIGMOID)
+_ATTENTION_TYPES = (NodeType.ATTN_Q, NodeType.ATTN_K, NodeType.ATTN_V)
+
+
+@dataclass(frozen=True)
+class Feat:
+    """The neurons that carry one intermediate value of the network.
+
+    ``nodes`` are node ids in feature order. ``layer`` is the index of the node set when ``nodes``
+    is exactly that set in order (then activations and normalisations can be folded into it).
+    ``spatial > 1`` means a flatten merged that many positions into the features: feature
+    ``c * spatial + s`` (``channel_major``) or ``s * C + c``. ``pooled`` records a mean/avg
+    ("avg") or max ("max") over positions since the node set was made. ``exclusive`` is false when
+    the value (or one it was reshaped from) is also used elsewhere, which forbids folding.
+    """
+
+    nodes: Tensor
+    layer: int | None
+    depth: int
+    spatial: int = 1
+    channel_major: bool = True
+    pooled: str = "none"
+    exclusive: bool = True
+
+    @property
+    def size(self) -> int:
+        return self.nodes.numel()
+
+
+@dataclass
+class _NodeSet:
+    start: int
+    size: int
+    type: NodeType
+    depth: int
+    weighted: bool = False  # made by a weight layer: incoming weights + bias scale with it
+    act: Activation = Activation.IDENTITY
+    norm: NormKind = NormKind.NONE
+    norm_affine: bool = False
+    stage: int = 0  # 0: affine so far, 1: normalised, 2: activated
+
+    @property
+    def nodes(self) -> Tensor:
+        return torch.arange(self.start, self.start + self.size)
+
+
+@dataclass
+class _Block:
+    """Edges of one weight tensor (dense: every ``src`` to every ``dst``) or explicit pairs."""
+
+    src: Tensor
+    dst: Tensor | None  # pairs: explicit targets; dense: None (targets are dst_start + arange)
+    dst_start: int
+    n_out: int
+    etype: Tensor | int  # per output row (dense) or one type
+    size: int  # values per edge
+    values: Tensor | None  # ready-to-copy view [n_out, n_in, size]; None: fixed value 1
+    edge_start: int = 0
+    value_start: int = 0
+
+    @property
+    def num_edges(self) -> int:
+        return self.src.numel() if self.dst is not None else self.n_out * self.src.numel()
+
+
+@dataclass
+class _Tie:
+    src: Feat
+    dst_layer: int
+
+
+@dataclass
+class _Attention:
+    q_layer: int
+    k_layer: int
+    v_layer: int
+    heads: int
+
+
+class GraphBuilder:
+    """Collects layers and emits a :class:`ParamGraph`; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.sets: list[_NodeSet] = []
+        self.num_nodes = 0
+        self.blocks: list[_Block] = []
+        self.num_edges = 0
+        self.num_values = 0
+        self.slot_fills: list[tuple[int, int, int, Tensor]] = []
+        self.segments: list[Segment] = []
+        self.ties: list[_Tie] = []
+        self.attention_groups: list[_Attention] = []
+        self.sign_blocked: list[Tensor] = []
+        self.outputs: list[Tensor] = []
+        self.dtypes: set[torch.dtype] = set()
+
+    # -- node sets -------------------------------------------------------------------------------
+
+    def _new_set(self, size: int, ntype: NodeType, depth: int, **kw) -> int:
+        self.sets.append(_NodeSet(self.num_nodes, size, ntype, depth, **kw))
+        self.num_nodes += size
+        return len(self.sets) - 1
+
+    def _feat(self, layer: int) -> Feat:
+        s = self.sets[layer]
+        return Feat(s.nodes, layer, s.depth)
+
+    def input(self, size: int) -> Feat:
+        """The network's input features (channels for a convolution)."""
+        return self._feat(self._new_set(size, NodeType.INPUT, 0))
+
+    # -- blocks and segments ---------------------------------------------------------------------
+
+    def _add_block(self, block: _Block) -> _Block:
+        block.edge_start, block.value_start = self.num_edges, self.num_values
+        self.num_edges += block.num_edges
+        self.num_values += block.num_edges * block.size
+        self.blocks.append(block)
+        return block
+
+    def _edge_segment(self, name: str, tensor: Tensor, block: _Block, view=None, permute=None):
+        self.dtypes.add(tensor.dtype)
+        self.segments.append(Segment(
+            name, tuple(tensor.shape), dtype_name(tensor.dtype), "edge", block.edge_start,
+            block.num_edges, value_start=block.value_start, view=view, permute=permute,
+        ))
+
+    def _node_segment(self, name: str, tensor: Tensor, start: int, slot: str):
+        tensor = tensor.detach()
+        self.dtypes.add(tensor.dtype)
+        self.slot_fills.append((start, tensor.numel(), SLOT[slot], tensor))
+        self.segments.append(Segment(name, tuple(tensor.shape), dtype_name(tensor.dtype), "node",
+                                     start, tensor.numel(), slot=SLOT[slot]))
+
+    def _one_to_one(self, src: Feat, dst_layer: int, etype: EdgeType) -> None:
+        dst = self.sets[dst_layer]
+        self._add_block(_Block(src.nodes, dst.nodes, dst.start, dst.size, int(etype), 1, None))
+        self.ties.append(_Tie(src, dst_layer))
+
+    # -- layers ----------------------------------------------------------------------------------
+
+    def linear(self, x: Feat, weight: tuple[str, Tensor], bias: tuple[str, Tensor] | None,
+               path: str = "") -> Feat:
+        """``y = W x + b`` reading ``x``'s features; W is ``[out, in]``.
+
+        If ``x`` is a flattened feature map, one edge per (channel, output) holds the weights of
+        all the channel's positions (a FLATTEN_LINEAR edge).
+        """
+        from .errors import UnsupportedModuleError
+
+        name, w = weight[0], weight[1].detach()
+        n_in = x.size * x.spatial
+        if w.dim() != 2 or w.shape[1] != n_in:
+            raise UnsupportedModuleError(path, "linear", f"weight '{name}' has shape "
+                                         f"{tuple(w.shape)}, the input carries {n_in} features")
+        out = self._new_set(w.shape[0], NodeType.HIDDEN, x.depth + 1, weighted=True)
+        view = permute = None
+        if x.spatial == 1:
+            values, etype = w.unsqueeze(-1), EdgeType.LINEAR
+        elif x.channel_major:
+            values, etype = w.view(w.shape[0], x.size, x.spatial), EdgeType.FLATTEN_LINEAR
+        else:  # features ordered (position, channel): move positions last, record the permute
+            view, permute = (w.shape[0], x.spatial, x.size), (0, 2, 1)
+            values, etype = w.view(view).permute(permute), EdgeType.FLATTEN_LINEAR
+        block = self._add_block(_Block(x.nodes, None, self.sets[out].start, w.shape[0],
+                                       int(etype), x.spatial, values))
+        self._edge_segment(name, w, block, view, permute)
+        self._mark_consumed(x)
+        if bias is not None:
+            self._node_segment(bias[0], bias[1], self.sets[out].start, "bias")
+        return self._feat(out)
+
+    def conv(self, x: Feat, weight: tuple[str, Tensor], bias: tuple[str, Tensor] | None,
+             path: str = "") -> Feat:
+        """A convolution (groups=1): one edge per (in channel, out channel) holding its kernel."""
+        from .errors import UnsupportedModuleError
+
+        name, w = weight[0], weight[1].detach()
+        if x.spatial != 1:
+            raise UnsupportedModuleError(path, "convolution", "its input is a flattened feature "
+                                         "map; a convolution needs channels")
+        if w.shape[1] != x.size:
+            raise UnsupportedModuleError(path, "convolution", f"weight '{name}' expects "
+                                         f"{w.shape[1]} input channels, the input has {x.size}")
+        out = self._new_set(w.shape[0], NodeType.HIDDEN, x.depth + 1, weighted=True)
+        k = w[0, 0].numel()
+        block = self._add_block(_Block(x.nodes, None, self.sets[out].start, w.shape[0],
+                                       int(EdgeType.CONV), k, w.reshape(w.shape[0], w.shape[1], k)))
+        self._edge_segment(name, w, block)
+        self._mark_consumed(x)
+        if bias is not None:
+            self._node_segment(bias[0], bias[1], self.sets[out].start, "bias")
+        return self._feat(out)
+
+    def norm(self, x: Feat, kind: NormKind, params: dict[str, tuple[str, Tensor]],
+             path: str = "") -> Feat:
+        """A per-feature normalisation (eval-mode batch norm, or layer norm over the features).
+
+        ``params`` maps slot names (``norm_weight``, ``norm_bias``, ``running_mean``,
+        ``running_var``) to ``(state_dict name, tensor)``. The parameters go onto ``x``'s own
+        neurons when nothing else reads them un-normalised; otherwise onto new NORM neurons.
+        """
+        from .errors import UnsupportedModuleError
+
+        for slot, (name, t) in params.items():
+            if t.numel() != x.size:
+                raise UnsupportedModuleError(path, "normalisation", f"'{name}' has {t.numel()} "
+                                             f"entries for {x.size} features")
+        if x.spatial != 1:
+            raise UnsupportedModuleError(path, "normalisation", "it normalises a flattened "
+                                         "feature map; only per-channel/per-feature norms are supported")
+        target = x.layer if self._can_fold(x, stage=0) and x.pooled == "none" else None
+        if target is None:
+            target = self._new_set(x.size, NodeType.NORM, x.depth + 1)
+            self._one_to_one(x, target, EdgeType.NORM)
+        s = self.sets[target]
+        s.norm, s.stage = kind, 1
+        s.norm_affine = "norm_weight" in params or "norm_bias" in params
+        for slot, (name, t) in params.items():
+            self._node_segment(name, t, s.start, slot)
+        return replace(self._feat(target), pooled="none", exclusive=True)
+
+    def activation(self, x: Feat, act: Activation) -> Feat:
+        """An elementwise activation; folded into ``x``'s neurons when that is exact."""
+        if act == Activation.IDENTITY:
+            return x
+        commutes = x.pooled == "none" or (x.pooled == "max" and act in _MONOTONE)
+        if self._can_fold(x, stage=1) and commutes:
+            s = self.sets[x.layer]
+            s.act, s.stage = act, 2
+            return x
+        out = self._new_set(x.size, NodeType.COPY, x.depth + 1, act=act, stage=2)
+        self._one_to_one(x, out, EdgeType.IDENTITY)
+        return replace(self._feat(out), spatial=x.spatial, channel_major=x.channel_major)
+
+    def _can_fold(self, x: Feat, stage: int) -> bool:
+        if not x.exclusive or x.layer is None:
+            return False
+        s = self.sets[x.layer]
+        return s.stage <= stage and s.type not in (NodeType.INPUT, *_ATTENTION_TYPES)
+
+    def add(self, a: Feat, b: Feat, path: str = "") -> Feat:
+        """``a + b`` of two values with the same features: RESIDUAL neurons with identity edges."""
+        from .errors import UnsupportedModuleError
+
+        if a.size != b.size or a.spatial != b.spatial or a.channel_major != b.channel_major:
+            raise UnsupportedModuleError(path, "add", f"operands carry {a.size}x{a.spatial} and "
+                                         f"{b.size}x{b.spatial} features; only same-shape "
+                                         "residual additions are supported")
+        out = self._new_set(a.size, NodeType.RESIDUAL, max(a.depth, b.depth) + 1)
+        self._one_to_one(a, out, EdgeType.RESIDUAL)
+        self._one_to_one(b, out, EdgeType.RESIDUAL)
+        return replace(self._feat(out), spatial=a.spatial, channel_major=a.channel_major)
+
+    def concat(self, parts: list[Feat], path: str = "") -> Feat:
+        """Features of several values side by side (``torch.cat`` along the feature dim)."""
+        from .errors import UnsupportedModuleError
+
+        if any(p.spatial != 1 for p in parts):
+            raise UnsupportedModuleError(path, "cat", "concatenating flattened feature maps is "
+                                         "not supported")
+        return Feat(torch.cat([p.nodes for p in parts]), None, max(p.depth for p in parts),
+                    pooled="none", exclusive=False)
+
+    def pool(self, x: Feat, how: str) -> Feat:
+        """An average ("avg") or max ("max") over positions: the channels stay the neurons."""
+        pooled = "max" if "max" in (how, x.pooled) else "avg"
+        return replace(x, pooled=pooled)
+
+    def flatten(self, x: Feat, positions: int, channel_major: bool = True) -> Feat:
+        """Merge ``positions`` positions per channel into the feature dimension."""
+        from .errors import UnsupportedModuleError
+
+        if x.spatial != 1 and positions != 1:
+            raise UnsupportedModuleError("", "flatten", "a feature map is flattened twice")
+        if positions == 1:
+            return x
+        return replace(x, spatial=positions, channel_major=channel_major)
+
+    def attention(self, x: Feat, heads: int, in_weight: tuple[str, Tensor],
+                  in_bias: tuple[str, Tensor] | None, out_weight: tuple[str, Tensor],
+                  out_bias: tuple[str, Tensor] | None, path: str = "") -> Feat:
+        """Multi-head self-attention: q, k, v neurons per head, then the out-projection.
+
+        The in-projection ``[3E, in]`` becomes edges into E query, E key and E value neurons
+        (allocated in that order, so the tensor stays one slice). Fixed ATTN_QK edges pair query
+        and key dimension i of a head, ATTN_KV edges join a head's keys to its values; the
+        out-projection reads the value neurons.
+        """
+        from .errors import UnsupportedModuleError
+
+        name, w = in_weight[0], in_weight[1].detach()
+        if x.spatial != 1 or w.shape[1] != x.size or w.shape[0] % 3:
+            raise UnsupportedModuleError(path, "multi-head attention", f"in-projection '{name}' "
+                                         f"of shape {tuple(w.shape)} does not fit {x.size} features")
+        e = w.shape[0] // 3
+        if e % heads:
+            raise UnsupportedModuleError(path, "multi-head attention",
+                                         f"{e} dimensions do not split into {heads} heads")
+        depth = x.depth + 1
+        q = self._new_set(e, NodeType.ATTN_Q, depth)
+        k = self._new_set(e, NodeType.ATTN_K, depth)
+        v = self._new_set(e, NodeType.ATTN_V, depth)
+        start = self.sets[q].start
+        row_type = torch.tensor([int(EdgeType.ATTN_IN_Q), int(EdgeType.ATTN_IN_K),
+                                 int(EdgeType.ATTN_IN_V)], dtype=torch.int8).repeat_interleave(e)
+        block = self._add_block(_Block(x.nodes, None, start, 3 * e, row_type, 1, w.unsqueeze(-1)))
+        self._edge_segment(name, w, block)
+        self._mark_consumed(x)
+        if in_bias is not None:
+            self._node_segment(in_bias[0], in_bias[1], start, "bias")
+        self.attention_groups.append(_Attention(q, k, v, heads))
+
+        d = e // heads
+        qs, ks, vs = (self.sets[i].nodes for i in (q, k, v))
+        self._add_block(_Block(qs, ks, 0, e, int(EdgeType.ATTN_QK), 1, None))
+        kv_src = ks.view(heads, d, 1).expand(heads, d, d).reshape(-1)
+        kv_dst = vs.view(heads, 1, d).expand(heads, d, d).reshape(-1)
+        self._add_block(_Block(kv_src, kv_dst, 0, 0, int(EdgeType.ATTN_KV), 1, None))
+
+        values = Feat(vs, v, depth + 1)
+        ow = out_weight[1].detach()
+        if ow.shape[1] != e:
+            raise UnsupportedModuleError(path, "multi-head attention", f"out-projection "
+                                         f"'{out_weight[0]}' has shape {tuple(ow.shape)}")
+        out = self._new_set(ow.shape[0], NodeType.HIDDEN, depth + 2, weighted=True)
+        block = self._add_block(_Block(vs, None, self.sets[out].start, ow.shape[0],
+                                       int(EdgeType.ATTN_OUT), 1, ow.unsqueeze(-1)))
+        self._edge_segment(out_weight[0], ow, block)
+        self._mark_consumed(values)
+        if out_bias is not None:
+            self._node_segment(out_bias[0], out_bias[1], self.sets[out].start, "bias")
+        return self._feat(out)
+
+    def output(self, x: Feat) -> None:
+        """Mark ``x``'s neurons as the network's output."""
+        self.outputs.append(x.nodes)
+
+    def _mark_consumed(self, x: Feat) -> None:
+        # A weight layer reading through a max cannot absorb a sign flip of its inputs.
+        if x.pooled == "max":
+            self.sign_blocked.append(x.nodes)
+
+    # -- emit --------------------------------------------------------------------------------------
+
+    def finalize(self, unplaced: tuple[str, ...] = ()) -> ParamGraph:
+        """Allocate and fill the graph, then record its symmetry group."""
+        dtype = self._value_dtype()
+        n, e, v = self.num_nodes, self.num_edges, self.num_values
+        edge_index = torch.empty(2, e, dtype=torch.long)
+        edge_type = torch.empty(e, dtype=torch.int8)
+        edge_size = torch.empty(e, dtype=torch.int32)
+        edge_value = torch.empty(v, dtype=dtype)
+        for b in self.blocks:
+            self._fill_block(b, edge_index, edge_type, edge_size, edge_value)
+
+        node_value = torch.zeros(n, len(NODE_SLOTS), dtype=dtype)
+        node_mask = torch.zeros(n, len(NODE_SLOTS), dtype=torch.bool)
+        for start, count, slot, t in self.slot_fills:
+            node_value[start : start + count, slot] = t.reshape(-1).to(dtype)
+            node_mask[start : start + count, slot] = True
+
+        fields = self._node_fields()
+        graph = ParamGraph(
+            edge_index=edge_index, edge_value=edge_value, edge_size=edge_size,
+            edge_type=edge_type, node_value=node_value, node_mask=node_mask,
+            segments=SegmentTable(tuple(self.segments), tuple(unplaced)), num_nodes=n, **fields,
+        )
+        self._symmetries(graph)
+        return graph
+
+    def _value_dtype(self) -> torch.dtype:
+        # One dtype holds every value; mixed precisions widen to float64, which is exact for all.
+        if len(self.dtypes) == 1:
+            (dt,) = self.dtypes
+            if dt.is_floating_point:
+                return dt
+        if not self.dtypes:
+            return torch.float32
+        return torch.float64
+
+    @staticmethod
+    def _fill_block(b: _Block, edge_index, edge_type, edge_size, edge_value) -> None:
+        e0, e1 = b.edge_start, b.edge_start + b.num_edges
+        if b.dst is None:
+            n_in = b.src.numel()
+            edge_index[0, e0:e1].view(b.n_out, n_in).copy_(b.src.expand(b.n_out, n_in))
+            rows = torch.arange(b.dst_start, b.dst_start + b.n_out).unsqueeze(1)
+            edge_index[1, e0:e1].view(b.n_out, n_in).copy_(rows.expand(b.n_out, n_in))
+            if isinstance(b.etype, Tensor):
+                edge_type[e0:e1].view(b.n_out, n_in).copy_(b.etype.unsqueeze(1).expand(b.n_out, n_in))
+            else:
+                edge_type[e0:e1] = b.etype
+        else:
+            edge_index[0, e0:e1] = b.src
+            edge_index[1, e0:e1] = b.dst
+            edge_type[e0:e1] = b.etype
+        edge_size[e0:e1] = b.size
+        v0, v1 = b.value_start, b.value_start + b.num_edges * b.size
+        if b.values is None:
+            edge_value[v0:v1] = 1
+        else:
+            edge_value[v0:v1].view(b.values.shape).copy_(b.values)
+
+    def _node_fields(self) -> dict[str, Tensor]:
+        def per_set(fn, dtype):
+            return torch.cat([torch.full((s.size,), int(fn(s)), dtype=dtype) for s in self.sets]) \
+                if self.sets else torch.empty(0, dtype=dtype)
+
+        node_type = per_set(lambda s: s.type, torch.int8)
+        for nodes in self.outputs:
+            node_type[nodes] = int(NodeType.OUTPUT)
+        return {
+            "node_type": node_type,
+            "node_layer": per_set(lambda s: s.depth, torch.long),
+            "node_act": per_set(lambda s: s.act, torch.int8),
+            "node_norm": per_set(lambda s: s.norm, torch.int8),
+        }
+
+    def _symmetries(self, g: ParamGraph) -> None:
+        n = self.num_nodes
+        sizes = torch.tensor([s.size for s in self.sets], dtype=torch.long)
+        set_of = torch.arange(len(self.sets)).repeat_interleave(sizes)
+        fixed_out = torch.zeros(n, dtype=torch.bool)
+        weights = g.weight_edge_mask()
+        fixed_out[g.edge_index[0, ~weights]] = True
+        is_output = g.node_type == int(NodeType.OUTPUT)
+        sign_blocked = torch.zeros(n, dtype=torch.bool)
+        for nodes in self.sign_blocked:
+            sign_blocked[nodes] = True
+
+        in_params = per_node(self.sets, lambda s: (s.norm_affine if s.norm != NormKind.NONE
+                                                   else s.weighted) and s.type not in _ATTENTION_TYPES)
+        free = in_params & ~fixed_out & ~is_output
+        act = g.node_act
+        homog = torch.isin(act, torch.tensor([int(a) for a in POSITIVELY_HOMOGENEOUS], dtype=torch.int8))
+        odd = torch.isin(act, torch.tensor([int(a) for a in ODD], dtype=torch.int8))
+        g.node_scale = free & homog
+        g.node_sign = free & odd & ~sign_blocked
+
+        perm_group, perm_pos, head, role = self._permutations(set_of, is_output)
+        g.perm_group, g.perm_pos, g.node_head, g.head_role = perm_group, perm_pos, head, role
+
+    def _permutations(self, set_of: Tensor, is_output: Tensor):
+        parent = list(range(len(self.sets)))
+
+        def find(i):
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        fixed = {i for i, s in enumerate(self.sets) if s.type == NodeType.INPUT}
+        fixed.update(set_of[is_output].unique().tolist())
+        for tie in self.ties:
+            if tie.src.layer is None:  # the identity edges do not map one whole set onto another
+                fixed.add(tie.dst_layer)
+                fixed.update(set_of[tie.src.nodes].unique().tolist())
+            else:
+                parent[find(tie.src.layer)] = find(tie.dst_layer)
+        for att in self.attention_groups:
+            parent[find(att.k_layer)] = find(att.q_layer)
+            parent[find(att.v_layer)] = find(att.q_layer)
+        fixed_roots = {find(i) for i in fixed}
+
+        group_id: dict[int, int] = {}
+        per_set_group = []
+        for i in range(len(self.sets)):
+            root = find(i)
+            if root in fixed_roots:
+                per_set_group.append(-1)
+            else:
+                per_set_group.append(group_id.setdefault(root, len(group_id)))
+        sizes = torch.tensor([s.size for s in self.sets], dtype=torch.long)
+        perm_group = torch.tensor(per_set_group, dtype=torch.long).repeat_interleave(sizes)
+        starts = torch.tensor([s.start for s in self.sets], dtype=torch.long)
+        perm_pos = torch.arange(self.num_nodes) - starts.repeat_interleave(sizes)
+        head = torch.full_like(perm_pos, -1)
+        role = torch.zeros_like(perm_pos, dtype=torch.int8)
+        for att in self.attention_groups:
+            d = self.sets[att.q_layer].size // att.heads
+            for layer, r in ((att.q_layer, HeadRole.QK), (att.k_layer, HeadRole.QK),
+                             (att.v_layer, HeadRole.VO)):
+                s = self.sets[layer]
+                head[s.start : s.start + s.size] = torch.arange(s.size) // d
+                role[s.start : s.start + s.size] = int(r)
+        return perm_group, perm_pos, head, role
+
+
+def per_node(sets: list[_NodeSet], fn, dtype=torch.bool) -> Tensor:
+    """Broadcast a per-set value to the set's nodes."""
+    if not sets:
+        return torch.empty(0, dtype=dtype)
+    return torch.cat([torch.full((s.size,), fn(s), dtype=dtype) for s in sets])
+

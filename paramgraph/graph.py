@@ -1,0 +1,269 @@
+"""The parameter graph: neurons are nodes, weights are edges.
+
+A :class:`ParamGraph` is a :class:`torch_geometric.data.Data`, so graphs of different architectures
+batch with :meth:`torch_geometric.data.Batch.from_data_list` and come back whole with
+``Batch.to_data_list()``.
+
+Layout (N nodes, E edges, V edge values):
+
+==================  ============  =========================================================
+field               shape         meaning
+==================  ============  =========================================================
+``edge_index``      [2, E] long   (source neuron, target neuron) of every edge
+``edge_value``      [V] float     every edge's values, concatenated in edge order; a linear
+                                  edge holds 1 value, a conv edge its flattened kernel
+``edge_size``       [E] int32     how many values each edge holds (its kernel size)
+``edge_type``       [E] int8      :class:`~paramgraph.types.EdgeType`
+``node_value``      [N, 5] float  bias and normalisation parameters, see ``NODE_SLOTS``
+``node_mask``       [N, 5] bool   which of those slots the network really has
+``node_type``       [N] int8      :class:`~paramgraph.types.NodeType`
+``node_layer``      [N] long      depth: longest path from the input, counted in layers
+``node_act``        [N] int8      :class:`~paramgraph.types.Activation` applied at the node
+``node_norm``       [N] int8      :class:`~paramgraph.types.NormKind` of its normalisation
+``node_scale``      [N] bool      has a positive-scale symmetry
+``node_sign``       [N] bool      has a sign-flip symmetry
+``perm_group``      [N] long      permutable channel set (tied sets share one); -1: fixed
+``perm_pos``        [N] long      position inside that set (tied nodes share it)
+``node_head``       [N] long      attention head of q/k/v nodes, -1 elsewhere
+``head_role``       [N] int8      :class:`~paramgraph.types.HeadRole`
+``segments``        object        :class:`SegmentTable`: where every converted tensor lives
+==================  ============  =========================================================
+
+Edges of one weight tensor are contiguous and ordered (output neuron, input neuron), so that the
+tensor's values are one slice of ``edge_value``; this is what makes the inverse exact and fast.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from .errors import GraphFormatError
+from .types import NODE_SLOTS, WEIGHT_EDGE_TYPES, EdgeType, NodeType
+
+_DTYPES = {
+    str(t).removeprefix("torch."): t
+    for t in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """Inverse of :func:`dtype_name` for the floating dtypes a graph can hold."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise GraphFormatError(f"unsupported tensor dtype '{name}'") from None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Where one state_dict tensor lives in the graph.
+
+    ``kind == "edge"``: edges ``start .. start+count`` hold the tensor; its values are
+    ``edge_value[value_start : value_start + numel]`` which, viewed as ``view`` and permuted by
+    ``permute``, reshape to ``shape``. ``kind == "node"``: nodes ``start .. start+count`` hold it in
+    column ``slot`` of ``node_value``.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str
+    start: int
+    count: int
+    value_start: int = 0
+    slot: int = 0
+    view: tuple[int, ...] | None = None
+    permute: tuple[int, ...] | None = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Segment":
+        d = dict(d)
+        d["shape"] = tuple(d["shape"])
+        for key in ("view", "permute"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SegmentTable:
+    """The segments of one graph, in state_dict order, plus what the converter did not place."""
+
+    segments: tuple[Segment, ...]
+    unplaced: tuple[str, ...] = field(default=())
+
+    def __iter__(self):
+        return iter(self.segments)
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.segments]
+
+    def __getitem__(self, name: str) -> Segment:
+        for s in self.segments:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {"segments": [s.to_dict() for s in self.segments], "unplaced": list(self.unplaced)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SegmentTable":
+        return cls(tuple(Segment.from_dict(s) for s in d["segments"]), tuple(d.get("unplaced", ())))
+
+
+class ParamGraph(Data):
+    """A network's parameters as a graph; see the module docstring for the fields."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+    # -- derived views -------------------------------------------------------------------------
+
+    @property
+    def num_params(self) -> int:
+        """Number of converted parameter and buffer values (learned edges and present slots)."""
+        weight = torch.isin(self.edge_type, _weight_types(self.edge_type.device))
+        return int(self.edge_size[weight].sum()) + int(self.node_mask.sum())
+
+    def edge_offsets(self) -> Tensor:
+        """[E] long: where each edge's values start in ``edge_value``."""
+        size = self.edge_size.long()
+        return torch.cumsum(size, 0) - size
+
+    def edge_values_padded(self, width: int | None = None) -> tuple[Tensor, Tensor]:
+        """Edge values as a zero-padded ``[E, width]`` matrix and its ``[E, width]`` bool mask.
+
+        ``width`` defaults to the largest edge size.
+        """
+        return pad_edge_values(self.edge_value, self.edge_size, width)
+
+    def weight_edge_mask(self) -> Tensor:
+        """[E] bool: which edges carry learned weights (the others are fixed wiring of value 1)."""
+        return torch.isin(self.edge_type, _weight_types(self.edge_type.device))
+
+    def with_values(self, edge_value: Tensor, node_value: Tensor) -> "ParamGraph":
+        """A copy of this graph with new values in the same layout (structure is shared)."""
+        if edge_value.shape != self.edge_value.shape or node_value.shape != self.node_value.shape:
+            raise GraphFormatError(
+                f"new values have shapes {tuple(edge_value.shape)}/{tuple(node_value.shape)}, the "
+                f"graph needs {tuple(self.edge_value.shape)}/{tuple(self.node_value.shape)}"
+            )
+        out = copy.copy(self)  # shallow: the structure tensors are shared, not duplicated
+        out.edge_value = edge_value
+        out.node_value = node_value
+        return out
+
+    def validate(self) -> None:
+        """Check internal consistency; raises :class:`GraphFormatError` naming the bad field."""
+        n, e = self.num_nodes, self.edge_index.size(1)
+        checks = [
+            ("edge_index", self.edge_index.dim() == 2 and self.edge_index.size(0) == 2),
+            ("edge_size", self.edge_size.shape == (e,)),
+            ("edge_type", self.edge_type.shape == (e,)),
+            ("edge_value", self.edge_value.numel() == int(self.edge_size.long().sum())),
+            ("node_value", tuple(self.node_value.shape) == (n, len(NODE_SLOTS))),
+            ("node_mask", tuple(self.node_mask.shape) == (n, len(NODE_SLOTS))),
+        ]
+        for key in ("node_type", "node_layer", "node_act", "node_norm", "node_scale", "node_sign",
+                    "perm_group", "perm_pos", "node_head", "head_role"):
+            checks.append((key, tuple(getattr(self, key).shape) == (n,)))
+        for key, ok in checks:
+            if not ok:
+                raise GraphFormatError(f"parameter graph field '{key}' has an inconsistent shape")
+        if e and (int(self.edge_index.min()) < 0 or int(self.edge_index.max()) >= n):
+            raise GraphFormatError("parameter graph field 'edge_index' points outside the nodes")
+        for seg in self.segments:
+            if seg.kind == "edge":
+                end = seg.value_start + seg.numel
+                if end > self.edge_value.numel() or seg.start + seg.count > e:
+                    raise GraphFormatError(f"segment '{seg.name}' points past the edge values")
+            elif seg.start + seg.count > n or seg.count != seg.numel:
+                raise GraphFormatError(f"segment '{seg.name}' points past the nodes")
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    def to_networkx(self, values: bool = True):
+        """A ``networkx.MultiDiGraph`` with every node and edge field as attributes.
+
+        Node attributes: ``type``, ``layer``, ``activation``, ``norm``, ``scale``, ``sign``,
+        ``perm_group``, ``perm_pos``, ``head`` and (with ``values``) one per present slot of
+        ``NODE_SLOTS``. Edge attributes: ``type``, ``size`` and (with ``values``) ``value``: a float
+        for single-value edges, a list for kernels. Names of enum members are used, not codes.
+        """
+        import networkx as nx
+
+        from .types import Activation, NormKind
+
+        g = nx.MultiDiGraph()
+        ntype = self.node_type.tolist()
+        fields = {
+            "layer": self.node_layer.tolist(),
+            "perm_group": self.perm_group.tolist(),
+            "perm_pos": self.perm_pos.tolist(),
+            "head": self.node_head.tolist(),
+            "scale": self.node_scale.tolist(),
+            "sign": self.node_sign.tolist(),
+        }
+        act, norm = self.node_act.tolist(), self.node_norm.tolist()
+        slot_values = self.node_value.double().tolist() if values else None
+        mask = self.node_mask.tolist()
+        for i in range(self.num_nodes):
+            attrs = {k: v[i] for k, v in fields.items()}
+            attrs["type"] = NodeType(ntype[i]).name.lower()
+            attrs["activation"] = Activation(act[i]).name.lower()
+            attrs["norm"] = NormKind(norm[i]).name.lower()
+            if values:
+                for j, slot in enumerate(NODE_SLOTS):
+                    if mask[i][j]:
+                        attrs[slot] = slot_values[i][j]
+            g.add_node(i, **attrs)
+        src, dst = self.edge_index.tolist()
+        etype, esize = self.edge_type.tolist(), self.edge_size.tolist()
+        flat = self.edge_value.double().tolist() if values else None
+        offset = 0
+        for k in range(len(src)):
+            attrs = {"type": EdgeType(etype[k]).name.lower(), "size": esize[k]}
+            if values:
+                chunk = flat[offset : offset + esize[k]]
+                attrs["value"] = chunk[0] if esize[k] == 1 else chunk
+            offset += esize[k]
+            g.add_edge(src[k], dst[k], **attrs)
+        return g
+
+
+def pad_edge_values(edge_value: Tensor, edge_size: Tensor, width: int | None = None):
+    """Scatter flat edge values into a zero-padded ``[E, width]`` matrix; also returns its mask."""
+    size = edge_size.long()
+    width = int(size.max()) if width is None and size.numel() else (width or 1)
+    mask = torch.arange(width, device=size.device).unsqueeze(0) < size.unsqueeze(1)
+    padded = edge_value.new_zeros(size.numel(), width)
+    padded[mask] = edge_value
+    return padded, mask
+
+
+def _weight_types(device) -> Tensor:
+    return torch.tensor([int(t) for t in WEIGHT_EDGE_TYPES], dtype=torch.int8, device=device)

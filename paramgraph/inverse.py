@@ -1,0 +1,59 @@
+"""The exact inverse: a parameter graph back to a state_dict."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .errors import GraphFormatError
+from .graph import ParamGraph, dtype_from_name
+
+
+def to_state_dict(graph: ParamGraph) -> dict[str, Tensor]:
+    """Every tensor the converter placed, with its original key, shape and dtype.
+
+    The values are bit-identical to the converted module's ``state_dict()`` (each tensor is one
+    slice of the graph's values, reshaped; dtype conversions are exact because the graph stores a
+    dtype that holds every converted dtype). The tensors are fresh copies, not views of the graph.
+    Raises :class:`~paramgraph.GraphFormatError` if a segment does not fit the graph.
+    """
+    out: dict[str, Tensor] = {}
+    for seg in graph.segments:
+        dtype = dtype_from_name(seg.dtype)
+        if seg.kind == "edge":
+            flat = graph.edge_value[seg.value_start : seg.value_start + seg.numel]
+            if flat.numel() != seg.numel:
+                raise GraphFormatError(f"segment '{seg.name}' points past the graph's edge values")
+            if seg.permute is not None:
+                inverse = [seg.permute.index(i) for i in range(len(seg.permute))]
+                permuted = [seg.view[p] for p in seg.permute]
+                t = flat.view(permuted).permute(inverse).reshape(seg.shape)
+            else:
+                t = flat.view(seg.shape)
+        elif seg.kind == "node":
+            col = graph.node_value[seg.start : seg.start + seg.count, seg.slot]
+            if col.numel() != seg.numel:
+                raise GraphFormatError(f"segment '{seg.name}' points past the graph's nodes")
+            t = col.reshape(seg.shape)
+        else:
+            raise GraphFormatError(f"segment '{seg.name}' has unknown kind '{seg.kind}'")
+        out[seg.name] = t.to(dtype, copy=True).contiguous()
+    return out
+
+
+def load_into(module: nn.Module, graph: ParamGraph) -> nn.Module:
+    """Load the graph's values into ``module`` (same architecture as converted); returns it.
+
+    Buffers and parameters that the graph does not hold (counters) are left as they are.
+    Raises :class:`~paramgraph.GraphFormatError` if a key or shape does not match the module.
+    """
+    state = to_state_dict(graph)
+    own = module.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise GraphFormatError(f"graph tensor '{key}' is not in {type(module).__name__}")
+        if own[key].shape != value.shape:
+            raise GraphFormatError(f"graph tensor '{key}' has shape {tuple(value.shape)}, the "
+                                   f"module expects {tuple(own[key].shape)}")
+    module.load_state_dict(state, strict=False)
+    return module

@@ -1,0 +1,577 @@
+"""``from_module``: read a live ``nn.Module`` by tracing it with ``torch.fx``.
+
+The real data flow is seen, not guessed from parameter names: residual additions, flattens,
+pooling, functional activations and modules nested to any depth. Supported layers are fx *leaves*
+(their calls appear as single nodes); user-defined modules are traced through. A shape pass over
+``example_input`` gives every intermediate shape, which decides how reshapes, flattens and
+transposes move the feature dimension.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+from dataclasses import dataclass, replace
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .builder import Feat, GraphBuilder
+from .errors import UnsupportedModuleError
+from .graph import ParamGraph
+from .nn import Sine
+from .types import Activation, NormKind
+
+SUPPORTED = (
+    "Linear, Conv1d/Conv2d/Conv3d (groups=1), BatchNorm1d/2d (eval), LayerNorm over the features, "
+    "ReLU, LeakyReLU, GELU, SiLU, Tanh, Sigmoid, Sine, Identity, Dropout, Flatten, "
+    "Avg/Max/AdaptiveAvg/AdaptiveMax pooling, MultiheadAttention (self-attention, packed "
+    "in-projection), TransformerEncoderLayer/TransformerEncoder (batch_first), the functional "
+    "forms of these, x + y, torch.cat on features, reshapes, transposes, mean/amax over positions, "
+    "and containers or custom modules built from them"
+)
+
+_ACT_MODULES = {
+    nn.ReLU: Activation.RELU, nn.LeakyReLU: Activation.LEAKY_RELU, nn.GELU: Activation.GELU,
+    nn.SiLU: Activation.SILU, nn.Tanh: Activation.TANH, nn.Sigmoid: Activation.SIGMOID,
+    Sine: Activation.SIN,
+}
+_ACT_FUNCTIONS = {
+    torch.relu: Activation.RELU, F.relu: Activation.RELU, F.leaky_relu: Activation.LEAKY_RELU,
+    F.gelu: Activation.GELU, F.silu: Activation.SILU, torch.tanh: Activation.TANH,
+    F.tanh: Activation.TANH, torch.sigmoid: Activation.SIGMOID, F.sigmoid: Activation.SIGMOID,
+    torch.sin: Activation.SIN,
+}
+_ACT_METHODS = {"relu": Activation.RELU, "tanh": Activation.TANH, "sigmoid": Activation.SIGMOID,
+                "sin": Activation.SIN}
+_TRANSPARENT_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+_TRANSPARENT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, torch.clone}
+_TRANSPARENT_METHODS = {"contiguous", "clone", "float", "double", "half", "to", "type_as"}
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
+_POOL_MODULES = {
+    nn.AvgPool1d: "avg", nn.AvgPool2d: "avg", nn.AdaptiveAvgPool1d: "avg",
+    nn.AdaptiveAvgPool2d: "avg", nn.MaxPool1d: "max", nn.MaxPool2d: "max",
+    nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max",
+}
+_POOL_FUNCTIONS = {
+    F.avg_pool1d: "avg", F.avg_pool2d: "avg", F.adaptive_avg_pool1d: "avg",
+    F.adaptive_avg_pool2d: "avg", F.max_pool1d: "max", F.max_pool2d: "max",
+    F.adaptive_max_pool1d: "max", F.adaptive_max_pool2d: "max",
+}
+_REDUCE = {"mean": "avg", "sum": "avg", "amax": "max"}
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def from_module(module: nn.Module, example_input: Tensor) -> ParamGraph:
+    """Convert ``module`` into a :class:`ParamGraph` by tracing it on ``example_input``.
+
+    Returns the graph; ``paramgraph.to_state_dict(graph)`` gives back ``module.state_dict()``
+    bit-exactly (every converted parameter and buffer; counters like ``num_batches_tracked`` are
+    not converted). The module is traced in eval mode and left in the mode it was in.
+
+    Raises :class:`~paramgraph.UnsupportedModuleError` naming the submodule, its type and what is
+    supported, for layers or data flow the graph cannot represent, and for a forward that
+    ``torch.fx`` cannot trace (data-dependent control flow).
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"from_module expects an nn.Module, got {type(module).__name__}")
+    gm = _trace(module)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input)
+    except Exception as err:  # the forward itself failed on this input
+        raise UnsupportedModuleError("", type(module).__name__, f"running it on an input of "
+                                     f"shape {tuple(example_input.shape)} failed: {err}") from err
+    finally:
+        module.train(was_training)
+    return _Converter(module, gm).run()
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, _CONTAINERS):
+            return False
+        # Every torch.nn layer is a leaf: supported ones get a handler, the rest a clear error.
+        return type(m).__module__.startswith("torch.nn") or isinstance(m, Sine)
+
+
+def _trace(module: nn.Module) -> fx.GraphModule:
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(module)
+    except Exception as err:
+        path = next(reversed(tracer.module_stack), "") if getattr(tracer, "module_stack", None) else ""
+        sub = module.get_submodule(path) if path else module
+        raise UnsupportedModuleError(
+            path, type(sub).__name__, f"its forward cannot be traced by torch.fx ({err}); "
+            "data-dependent control flow and non-tensor inputs are not supported",
+        ) from err
+    return fx.GraphModule(module, graph)
+
+
+@dataclass
+class _Value:
+    """A traced tensor: its neurons, its shape and which dimension carries the neurons."""
+
+    feat: Feat | None  # None: the network input, before its layout is known
+    shape: tuple[int, ...]
+    fdim: int
+
+
+class _AttentionOutput:
+    def __init__(self, value: _Value):
+        self.value = value
+
+
+class _Converter:
+    def __init__(self, root: nn.Module, gm: fx.GraphModule):
+        self.root = root
+        self.gm = gm
+        self.b = GraphBuilder()
+        self.env: dict[fx.Node, object] = {}
+        self.called: set[str] = set()
+        self.modules = dict(root.named_modules())
+
+    # -- driver ----------------------------------------------------------------------------------
+
+    def run(self) -> ParamGraph:
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        for node in self.gm.graph.nodes:
+            self.env[node] = self._convert(node, placeholders)
+        placed = {s.name for s in self.b.segments}
+        unplaced = tuple(k for k in self.root.state_dict() if k not in placed
+                         and not k.endswith("num_batches_tracked"))
+        if unplaced:
+            warnings.warn(f"{len(unplaced)} state_dict entries are not used by the traced forward "
+                          f"and are not in the graph: {', '.join(unplaced[:5])}", stacklevel=3)
+        return self.b.finalize(unplaced)
+
+    def _convert(self, node: fx.Node, placeholders):
+        if node.op == "placeholder":
+            if node is not placeholders[0]:
+                if node.users:
+                    raise UnsupportedModuleError("", type(self.root).__name__,
+                                                 f"forward takes a second tensor input '{node.name}'; "
+                                                 "one input tensor is supported")
+                return None
+            return _Value(None, self._shape(node), -1)
+        if node.op == "get_attr":
+            return (node.target, _fetch_attr(self.root, node.target))
+        if node.op == "call_module":
+            return self._call_module(node)
+        if node.op in ("call_function", "call_method"):
+            return self._call(node)
+        if node.op == "output":
+            self._output(node.args[0])
+            return None
+        raise UnsupportedModuleError(self._path(node), node.op, "unknown fx operation")
+
+    def _output(self, out):
+        if isinstance(out, (tuple, list)):
+            for item in out:
+                self._output(item)
+            return
+        val = self.env[out]
+        if isinstance(val, _AttentionOutput):
+            val = val.value
+        if not isinstance(val, _Value):
+            raise UnsupportedModuleError("", type(self.root).__name__, "the output is not a tensor")
+        self.b.output(self._feat(val, "channels"))
+
+    # -- values ----------------------------------------------------------------------------------
+
+    def _shape(self, node: fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
+
+    def _path(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return str(node.target)
+        stack = node.meta.get("nn_module_stack")
+        return next(reversed(stack.values()))[0] if stack else ""
+
+    def _take(self, node: fx.Node, arg) -> _Value:
+        """The value of a tensor argument; not exclusive if anything else also reads it."""
+        if not isinstance(arg, fx.Node):
+            raise UnsupportedModuleError(self._path(node), str(node.target),
+                                         f"expected a tensor argument, got {arg!r}")
+        val = self.env[arg]
+        if isinstance(val, _AttentionOutput):
+            raise UnsupportedModuleError(self._path(node), str(node.target),
+                                         "uses an attention module's output tuple directly")
+        if not isinstance(val, _Value):
+            raise UnsupportedModuleError(self._path(node), str(node.target),
+                                         f"argument '{arg.name}' is not a traced activation")
+        if val.feat is not None and len(arg.users) > 1:
+            val = replace(val, feat=replace(val.feat, exclusive=False))
+        return val
+
+    def _feat(self, val: _Value, layout: str) -> Feat:
+        """The neurons of ``val``; fixes the input's layout on first use (channels or last dim)."""
+        if val.feat is None:
+            fdim = len(val.shape) - 1 if layout == "last" or len(val.shape) <= 2 else 1
+            val.feat, val.fdim = self.b.input(val.shape[fdim]), fdim
+        return val.feat
+
+    def _fdim(self, val: _Value) -> int:
+        return val.fdim % len(val.shape)
+
+    def _result(self, node: fx.Node, feat: Feat, fdim: int | None = None) -> _Value:
+        shape = self._shape(node)
+        return _Value(feat, shape, len(shape) - 1 if fdim is None else fdim)
+
+    # -- modules ---------------------------------------------------------------------------------
+
+    def _call_module(self, node: fx.Node):
+        path = str(node.target)
+        m = self.gm.get_submodule(path)
+        if any(True for _ in m.parameters(recurse=False)) or isinstance(m, nn.MultiheadAttention):
+            if path in self.called:
+                raise UnsupportedModuleError(path, type(m).__name__, "it is called more than "
+                                             "once; shared weights cannot be represented")
+            self.called.add(path)
+        if isinstance(m, _TRANSPARENT_MODULES):
+            return self._take(node, node.args[0])
+        if isinstance(m, nn.Linear):
+            return self._linear(node, self._take(node, node.args[0]), path,
+                                self._param(path, "weight", m.weight), self._param(path, "bias", m.bias))
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            if m.groups != 1:
+                raise UnsupportedModuleError(path, type(m).__name__, f"groups={m.groups}; only "
+                                             "groups=1 convolutions are supported", SUPPORTED)
+            return self._conv(node, self._take(node, node.args[0]), path,
+                              self._param(path, "weight", m.weight), self._param(path, "bias", m.bias))
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            return self._batch_norm(node, self._take(node, node.args[0]), path, m)
+        if isinstance(m, nn.LayerNorm):
+            return self._layer_norm(node, self._take(node, node.args[0]), path,
+                                    m.normalized_shape, self._param(path, "weight", m.weight),
+                                    self._param(path, "bias", m.bias))
+        for cls, act in _ACT_MODULES.items():
+            if isinstance(m, cls):
+                return self._activation(node, self._take(node, node.args[0]), act)
+        if isinstance(m, nn.Flatten):
+            return self._reshape(node, self._take(node, node.args[0]))
+        for cls, how in _POOL_MODULES.items():
+            if isinstance(m, cls):
+                return self._pool(node, self._take(node, node.args[0]), how)
+        if isinstance(m, nn.MultiheadAttention):
+            return self._mha_call(node, path, m)
+        if isinstance(m, nn.TransformerEncoderLayer):
+            val = self._take(node, node.args[0])
+            self._no_masks(node, path, m, skip=1)
+            feat = self._encoder_layer(path, m, self._feat(val, "last"), val)
+            return self._result(node, feat)
+        if isinstance(m, nn.TransformerEncoder):
+            val = self._take(node, node.args[0])
+            self._no_masks(node, path, m, skip=1)
+            feat = self._feat(val, "last")
+            for i, layer in enumerate(m.layers):
+                feat = self._encoder_layer(f"{path}.layers.{i}", layer, feat, val)
+            if m.norm is not None:
+                feat = self._ln_feat(f"{path}.norm", m.norm, feat, val)
+            return self._result(node, feat)
+        raise UnsupportedModuleError(path, type(m).__name__, "this layer type is not supported",
+                                     SUPPORTED)
+
+    def _param(self, path: str, name: str, tensor):
+        if tensor is None:
+            return None
+        return (f"{path}.{name}" if path else name, tensor)
+
+    def _linear(self, node, val: _Value, path, weight, bias) -> _Value:
+        if self._fdim(val) != len(val.shape) - 1 and val.feat is not None:
+            raise UnsupportedModuleError(path, "Linear", "it is applied along a dimension that does "
+                                         "not carry the features (e.g. along a conv's width)")
+        feat = self.b.linear(self._feat(val, "last"), weight, bias, path)
+        return self._result(node, feat)
+
+    def _conv(self, node, val: _Value, path, weight, bias) -> _Value:
+        if val.feat is not None and self._fdim(val) != 1:
+            raise UnsupportedModuleError(path, "convolution", "its input's channels are not in "
+                                         "dimension 1")
+        feat = self.b.conv(self._feat(val, "channels"), weight, bias, path)
+        return self._result(node, feat, 1)
+
+    def _batch_norm(self, node, val: _Value, path, m) -> _Value:
+        if val.feat is not None and self._fdim(val) != 1:
+            raise UnsupportedModuleError(path, type(m).__name__, "its features are not in dim 1")
+        params = {}
+        for slot, attr in (("norm_weight", "weight"), ("norm_bias", "bias"),
+                           ("running_mean", "running_mean"), ("running_var", "running_var")):
+            p = self._param(path, attr, getattr(m, attr))
+            if p is not None:
+                params[slot] = p
+        feat = self.b.norm(self._feat(val, "channels"), NormKind.BATCH, params, path)
+        return self._result(node, feat, 1)
+
+    def _layer_norm(self, node, val: _Value, path, shape, weight, bias) -> _Value:
+        feat = self._feat(val, "last")
+        self._check_ln(path, shape, feat, val)
+        params = {k: v for k, v in (("norm_weight", weight), ("norm_bias", bias)) if v is not None}
+        return self._result(node, self.b.norm(feat, NormKind.LAYER, params, path))
+
+    def _check_ln(self, path, shape, feat: Feat, val: _Value):
+        if tuple(shape) != (feat.size,) or self._fdim(val) != len(val.shape) - 1:
+            raise UnsupportedModuleError(path, "LayerNorm", f"normalized_shape {tuple(shape)} is "
+                                         f"not the {feat.size} features of the last dimension")
+
+    def _ln_feat(self, path, m: nn.LayerNorm, feat: Feat, val: _Value) -> Feat:
+        self._check_ln(path, m.normalized_shape, feat, val)
+        params = {k: v for k, v in (("norm_weight", self._param(path, "weight", m.weight)),
+                                    ("norm_bias", self._param(path, "bias", m.bias))) if v is not None}
+        return self.b.norm(feat, NormKind.LAYER, params, path)
+
+    def _activation(self, node, val: _Value, act: Activation) -> _Value:
+        feat = self._feat(val, "channels")
+        return _Value(self.b.activation(feat, act), val.shape, val.fdim)
+
+    def _pool(self, node, val: _Value, how: str) -> _Value:
+        if val.feat is not None and self._fdim(val) != 1:
+            raise UnsupportedModuleError(self._path(node), "pooling", "features not in dim 1")
+        feat = self._feat(val, "channels")
+        return self._result(node, self.b.pool(feat, how), 1)
+
+    def _no_masks(self, node, path, m, skip):
+        extra = list(node.args[skip:]) + [v for k, v in node.kwargs.items()
+                                          if k not in ("need_weights", "average_attn_weights",
+                                                       "is_causal")]
+        if any(a is not None for a in extra):
+            raise UnsupportedModuleError(path, type(m).__name__, "attention masks are not supported")
+
+    # -- attention -------------------------------------------------------------------------------
+
+    def _mha_call(self, node, path, m: nn.MultiheadAttention):
+        q, k, v = (node.args + (None, None, None))[:3]
+        k = node.kwargs.get("key", k)
+        v = node.kwargs.get("value", v)
+        if not (q is k is v):
+            raise UnsupportedModuleError(path, "MultiheadAttention", "only self-attention "
+                                         "(query, key and value the same tensor) is supported")
+        val = self._take(node, q)
+        self._no_masks(node, path, m, skip=3)
+        feat = self._mha(path, m, self._feat(val, "last"))
+        return _AttentionOutput(_Value(feat, val.shape, -1))  # same shape as the input
+
+    def _mha(self, path: str, m: nn.MultiheadAttention, feat: Feat) -> Feat:
+        if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+            raise UnsupportedModuleError(path, "MultiheadAttention", "separate q/k/v projections, "
+                                         "bias_k/bias_v and add_zero_attn are not supported", SUPPORTED)
+        return self.b.attention(
+            feat, m.num_heads, self._param(path, "in_proj_weight", m.in_proj_weight),
+            self._param(path, "in_proj_bias", m.in_proj_bias),
+            self._param(path, "out_proj.weight", m.out_proj.weight),
+            self._param(path, "out_proj.bias", m.out_proj.bias), path,
+        )
+
+    def _encoder_layer(self, path: str, m: nn.TransformerEncoderLayer, x: Feat, val: _Value) -> Feat:
+        act = _encoder_activation(path, m)
+        shared = replace(x, exclusive=False)  # x feeds both the residual and the branch
+
+        def attention(f: Feat) -> Feat:
+            return self._mha(f"{path}.self_attn", m.self_attn, f)
+
+        def feed_forward(f: Feat) -> Feat:
+            h = self.b.linear(f, self._param(f"{path}.linear1", "weight", m.linear1.weight),
+                              self._param(f"{path}.linear1", "bias", m.linear1.bias), path)
+            h = self.b.activation(h, act)
+            return self.b.linear(h, self._param(f"{path}.linear2", "weight", m.linear2.weight),
+                                 self._param(f"{path}.linear2", "bias", m.linear2.bias), path)
+
+        def norm(name: str, f: Feat) -> Feat:
+            return self._ln_feat(f"{path}.{name}", getattr(m, name), f, val)
+
+        if m.norm_first:
+            x = self.b.add(shared, attention(norm("norm1", shared)), path)
+            shared = replace(x, exclusive=False)
+            return self.b.add(shared, feed_forward(norm("norm2", shared)), path)
+        x = norm("norm1", self.b.add(shared, attention(shared), path))
+        shared = replace(x, exclusive=False)
+        return norm("norm2", self.b.add(shared, feed_forward(shared), path))
+
+    # -- functions and methods -------------------------------------------------------------------
+
+    def _call(self, node: fx.Node):
+        t, args, path = node.target, node.args, self._path(node)
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        if node.op == "call_method" and t in ("size", "dim") or t is getattr:
+            return None  # shape queries: the shape pass already knows every shape
+        if t is operator.getitem:
+            return self._getitem(node)
+        if not node.users and node.op == "call_function" and t in (torch._assert,):
+            return None
+        if t in _ACT_FUNCTIONS or (node.op == "call_method" and t in _ACT_METHODS):
+            act = _ACT_FUNCTIONS.get(t) if not isinstance(t, str) else _ACT_METHODS[t]
+            return self._activation(node, self._take(node, args[0]), act)
+        if t in _TRANSPARENT_FUNCTIONS or (node.op == "call_method" and t in _TRANSPARENT_METHODS):
+            return self._take(node, args[0])
+        if t in _RESHAPE_FUNCTIONS or (node.op == "call_method" and t in _RESHAPE_METHODS):
+            return self._reshape(node, self._take(node, args[0]))
+        if t in (torch.transpose, torch.permute) or (node.op == "call_method" and t in
+                                                    ("transpose", "permute", "t")):
+            return self._transpose(node, self._take(node, args[0]))
+        if t in (operator.add, operator.iadd, torch.add) or (node.op == "call_method" and t == "add"):
+            return self._add(node)
+        if t is torch.cat:
+            return self._cat(node)
+        if t in _POOL_FUNCTIONS:
+            return self._pool(node, self._take(node, args[0]), _POOL_FUNCTIONS[t])
+        if name in _REDUCE and (node.op == "call_method" or getattr(torch, name, None) is t):
+            return self._reduce(node, _REDUCE[name])
+        if t is F.linear:
+            w, b = self._attr_args(node, 1, ("weight", "bias"))
+            return self._linear(node, self._take(node, args[0]), path, w, b)
+        if t in (F.conv1d, F.conv2d, F.conv3d):
+            groups = _arg(node, 6, "groups", 1)
+            if groups != 1:
+                raise UnsupportedModuleError(path, name, f"groups={groups}; only groups=1 is "
+                                             "supported", SUPPORTED)
+            w, b = self._attr_args(node, 1, ("weight", "bias"))
+            return self._conv(node, self._take(node, args[0]), path, w, b)
+        if t is F.layer_norm:
+            w, b = self._attr_args(node, 2, ("weight", "bias"))
+            return self._layer_norm(node, self._take(node, args[0]), path, _arg(node, 1, "normalized_shape"), w, b)
+        raise UnsupportedModuleError(path, f"{node.op} {name}", "this operation is not supported",
+                                     SUPPORTED)
+
+    def _attr_args(self, node, first: int, names):
+        out = []
+        for i, name in enumerate(names):
+            arg = _arg(node, first + i, name)
+            if arg is None:
+                out.append(None)
+                continue
+            val = self.env.get(arg) if isinstance(arg, fx.Node) else None
+            if not (isinstance(val, tuple) and len(val) == 2 and isinstance(val[1], Tensor)):
+                raise UnsupportedModuleError(self._path(node), str(node.target), f"its {name} is "
+                                             "not a parameter of the module")
+            out.append(val)
+        return out
+
+    def _getitem(self, node: fx.Node):
+        src, index = node.args
+        val = self.env[src]
+        if isinstance(val, _AttentionOutput):
+            if index == 0:
+                return val.value
+            if node.users:
+                raise UnsupportedModuleError(self._path(node), "MultiheadAttention",
+                                             "its attention weights are used; only its output is supported")
+            return None
+        if not isinstance(val, _Value):
+            return None  # indexing a shape tuple
+        val = self._take(node, src)
+        fdim = self._fdim(val)
+        items = index if isinstance(index, tuple) else (index,)
+        if any(i is Ellipsis or i is None or isinstance(i, (fx.Node, Tensor)) for i in items):
+            raise UnsupportedModuleError(self._path(node), "indexing", f"index {index!r} is not "
+                                         "supported (use plain ints and slices)")
+        if len(items) > fdim and items[fdim] != slice(None):
+            raise UnsupportedModuleError(self._path(node), "indexing", "it selects a subset of "
+                                         "the features")
+        dropped = sum(isinstance(i, int) for i in items[:fdim])
+        return _Value(self._feat(val, "last"), self._shape(node), fdim - dropped)
+
+    def _reshape(self, node: fx.Node, val: _Value) -> _Value:
+        out = self._shape(node)
+        if val.feat is None:  # reshaping the raw input: its layout is decided by what reads it
+            return _Value(None, out, -1)
+        fdim, shape = self._fdim(val), val.shape
+        pre, size = math.prod(shape[:fdim]), shape[fdim]
+        cum = [math.prod(out[:j]) for j in range(len(out))]
+        for j, n in enumerate(out):
+            if cum[j] == pre and n == size:  # the feature dimension survives untouched
+                return _Value(val.feat, out, j)
+        for j, n in enumerate(out):
+            if cum[j] == pre and n == size * math.prod(shape[fdim + 1:]):  # (C, *pos) -> C*pos
+                return _Value(self.b.flatten(val.feat, n // size, True), out, j)
+            for i in range(1, fdim):
+                if cum[j] == math.prod(shape[:i]) and n == math.prod(shape[i : fdim + 1]):
+                    return _Value(self.b.flatten(val.feat, n // size, False), out, j)  # (pos, C)
+        raise UnsupportedModuleError(self._path(node), f"reshape {shape} -> {out}", "it splits or "
+                                     "scatters the feature dimension")
+
+    def _transpose(self, node: fx.Node, val: _Value) -> _Value:
+        if val.feat is None:
+            return _Value(None, self._shape(node), -1)
+        n, fdim, t = len(val.shape), self._fdim(val), node.target
+        if t in ("transpose", torch.transpose):
+            a, b = (d % n for d in node.args[1:3])
+            new = b if fdim == a else a if fdim == b else fdim
+        elif t == "t":
+            new = 1 - fdim
+        else:
+            dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) \
+                else node.args[1:]
+            new = [d % n for d in dims].index(fdim)
+        return _Value(val.feat, self._shape(node), new)
+
+    def _reduce(self, node: fx.Node, how: str) -> _Value:
+        val = self._take(node, node.args[0])
+        dims = _arg(node, 1, "dim")
+        feat = self._feat(val, "channels")
+        fdim, n = self._fdim(val), len(val.shape)
+        if dims is None:
+            raise UnsupportedModuleError(self._path(node), str(node.target), "reduces over the "
+                                         "features (no dim given)")
+        dims = [d % n for d in (dims if isinstance(dims, (tuple, list)) else (dims,))]
+        if fdim in dims:
+            raise UnsupportedModuleError(self._path(node), str(node.target), "reduces over the "
+                                         "features")
+        keep = _arg(node, 2, "keepdim", False)
+        new = fdim if keep else fdim - sum(d < fdim for d in dims)
+        return _Value(self.b.pool(feat, how), self._shape(node), new)
+
+    def _add(self, node: fx.Node) -> _Value:
+        a, b = node.args[:2]
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or _arg(node, 2, "alpha", 1) != 1:
+            raise UnsupportedModuleError(self._path(node), "add", "only the sum of two traced "
+                                         "activations is supported (no constants or parameters)")
+        va, vb = self._take(node, a), self._take(node, b)
+        if va.shape != vb.shape or self._fdim(va) != self._fdim(vb):
+            raise UnsupportedModuleError(self._path(node), "add", f"operand shapes {va.shape} and "
+                                         f"{vb.shape} differ; broadcasting is not supported")
+        layout = "last" if self._fdim(va) == len(va.shape) - 1 else "channels"
+        feat = self.b.add(self._feat(va, layout), self._feat(vb, layout), self._path(node))
+        fdim = va.fdim if va.feat is not None else vb.fdim
+        return _Value(feat, self._shape(node), fdim)
+
+    def _cat(self, node: fx.Node) -> _Value:
+        parts = [self._take(node, a) for a in node.args[0]]
+        dim = _arg(node, 1, "dim", 0)
+        fdim = self._fdim(parts[0])
+        if dim % len(parts[0].shape) != fdim or any(self._fdim(p) != fdim for p in parts):
+            raise UnsupportedModuleError(self._path(node), "cat", "only concatenation along the "
+                                         "feature dimension is supported")
+        feat = self.b.concat([self._feat(p, "channels") for p in parts], self._path(node))
+        return _Value(feat, self._shape(node), fdim)
+
+
+def _arg(node: fx.Node, pos: int, name: str, default=None):
+    if len(node.args) > pos:
+        return node.args[pos]
+    return node.kwargs.get(name, default)
+
+
+def _fetch_attr(root: nn.Module, target: str):
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj.detach() if isinstance(obj, Tensor) else obj
+
+
+def _encoder_activation(path: str, m: nn.TransformerEncoderLayer) -> Activation:
+    act = m.activation
+    if act in (F.relu, torch.relu) or isinstance(act, nn.ReLU):
+        return Activation.RELU
+    if act is F.gelu or isinstance(act, nn.GELU):
+        return Activation.GELU
+    raise UnsupportedModuleError(path, "TransformerEncoderLayer", f"activation {act!r} is not "
+                                 "supported (relu or gelu)")

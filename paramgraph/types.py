@@ -1,0 +1,96 @@
+"""Integer codes stored in a :class:`~paramgraph.ParamGraph`.
+
+Every categorical fact about a node or an edge is an integer so that a metanet can embed it and
+graphs of different architectures batch together. The codes are part of the file format: append new
+members, never renumber old ones.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class NodeType(IntEnum):
+    """What a node (a neuron, or a channel of a convolution) is."""
+
+    INPUT = 0  # a feature/channel of the network's input
+    HIDDEN = 1  # output neuron of a linear/conv layer inside the network
+    OUTPUT = 2  # a neuron of the network's output
+    RESIDUAL = 3  # result of an addition x + f(x)
+    NORM = 4  # output of a normalisation layer that could not be folded into the previous neurons
+    COPY = 5  # an activation applied to a value that is also used un-activated elsewhere
+    ATTN_Q = 6  # query dimension of an attention head
+    ATTN_K = 7  # key dimension of an attention head
+    ATTN_V = 8  # value dimension of an attention head (the out-projection reads these)
+
+
+class EdgeType(IntEnum):
+    """What an edge is. Edges of a *weight* type carry learned values; the others carry 1."""
+
+    LINEAR = 0  # one entry of a Linear weight
+    CONV = 1  # one (in channel, out channel) kernel of a convolution, flattened
+    FLATTEN_LINEAR = 2  # Linear reading a flattened feature map: one edge per channel, spatial vector
+    RESIDUAL = 3  # identity wiring of an addition
+    NORM = 4  # identity wiring into a normalisation layer's own neurons
+    IDENTITY = 5  # identity wiring into a COPY neuron
+    ATTN_IN_Q = 6  # in-projection weight to a query dimension
+    ATTN_IN_K = 7  # in-projection weight to a key dimension
+    ATTN_IN_V = 8  # in-projection weight to a value dimension
+    ATTN_OUT = 9  # out-projection weight from a value dimension
+    ATTN_QK = 10  # pairs query dimension i with key dimension i of the same head
+    ATTN_KV = 11  # connects every key dimension to every value dimension of the same head
+
+
+WEIGHT_EDGE_TYPES = (
+    EdgeType.LINEAR,
+    EdgeType.CONV,
+    EdgeType.FLATTEN_LINEAR,
+    EdgeType.ATTN_IN_Q,
+    EdgeType.ATTN_IN_K,
+    EdgeType.ATTN_IN_V,
+    EdgeType.ATTN_OUT,
+)
+
+# Edges that copy a neuron one-to-one: their two ends must share a permutation.
+ONE_TO_ONE_EDGE_TYPES = (EdgeType.RESIDUAL, EdgeType.NORM, EdgeType.IDENTITY)
+
+
+class Activation(IntEnum):
+    """The elementwise function applied at a node, after its bias and normalisation."""
+
+    IDENTITY = 0
+    RELU = 1
+    LEAKY_RELU = 2
+    GELU = 3
+    SILU = 4
+    TANH = 5
+    SIGMOID = 6
+    SIN = 7
+
+
+# f(q z) = q f(z) for q > 0: a positive per-neuron scaling passes through.
+POSITIVELY_HOMOGENEOUS = (Activation.IDENTITY, Activation.RELU, Activation.LEAKY_RELU)
+# f(-z) = -f(z): a per-neuron sign flip passes through.
+ODD = (Activation.IDENTITY, Activation.TANH, Activation.SIN)
+
+
+class NormKind(IntEnum):
+    """Which normalisation's parameters a node carries."""
+
+    NONE = 0
+    BATCH = 1
+    LAYER = 2
+
+
+class HeadRole(IntEnum):
+    """The part of an attention head a node belongs to (for the per-head GL symmetry)."""
+
+    NONE = 0
+    QK = 1  # query and key dimensions: q_h -> M^T q_h, k_h -> M^-1 k_h
+    VO = 2  # value dimensions: v_h -> N^T v_h, out-projection columns -> N^-1
+
+
+# Columns of ``ParamGraph.node_value``. A node carries its bias and the per-neuron parameters and
+# statistics of the normalisation that follows it; absent entries are 0 and masked out.
+NODE_SLOTS = ("bias", "norm_weight", "norm_bias", "running_mean", "running_var")
+SLOT = {name: i for i, name in enumerate(NODE_SLOTS)}
