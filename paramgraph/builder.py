@@ -381,8 +381,15 @@ class GraphBuilder:
 
     # -- emit --------------------------------------------------------------------------------------
 
-    def finalize(self, unplaced: tuple[str, ...] = ()) -> ParamGraph:
-        """Allocate and fill the graph, then record its symmetry group."""
+    def finalize(self, unplaced: tuple[str, ...] = (), order=None) -> ParamGraph:
+        """Allocate and fill the graph, then record its symmetry group.
+
+        ``order`` (the module's state_dict keys, say) sorts the segment table, so that
+        ``to_state_dict`` returns the tensors in that order; segments it does not name go last.
+        """
+        if order is not None:
+            rank = {name: i for i, name in enumerate(order)}
+            self.segments.sort(key=lambda seg: rank.get(seg.name, len(rank)))
         dtype = self._value_dtype()
         n, e, v = self.num_nodes, self.num_edges, self.num_values
         edge_index = torch.empty(2, e, dtype=torch.long)

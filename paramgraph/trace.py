@@ -146,12 +146,13 @@ class _Converter:
         for node in self.gm.graph.nodes:
             self.env[node] = self._convert(node, placeholders)
         placed = {s.name for s in self.b.segments}
-        unplaced = tuple(k for k in self.root.state_dict() if k not in placed
+        keys = list(self.root.state_dict())
+        unplaced = tuple(k for k in keys if k not in placed
                          and not k.endswith("num_batches_tracked"))
         if unplaced:
             warnings.warn(f"{len(unplaced)} state_dict entries are not used by the traced forward "
                           f"and are not in the graph: {', '.join(unplaced[:5])}", stacklevel=3)
-        return self.b.finalize(unplaced)
+        return self.b.finalize(unplaced, order=keys)
 
     def _convert(self, node: fx.Node, placeholders):
         if node.op == "placeholder":
