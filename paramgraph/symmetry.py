@@ -152,14 +152,21 @@ def _permute_values(graph: ParamGraph, new_of: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def edge_destinations(graph: ParamGraph, new_of: Tensor) -> Tensor:
-    """For each edge, the id of the edge of the same type between its endpoints' images."""
+    """For each edge, the id of the edge of the same type between its endpoints' images.
+
+    Parallel edges of one type (a value read twice, ``torch.cat([h, h])`` or ``h + h``) keep
+    their order: the r-th such edge between two nodes goes to the r-th between their images.
+    """
     n = graph.num_nodes
     src, dst = graph.edge_index
     etype = graph.edge_type.long()
     key = (etype * n + src) * n + dst
-    sorted_key, order = torch.sort(key)
+    sorted_key, order = torch.sort(key, stable=True)
+    # rank of each edge among the parallel edges with its key, in edge order
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(key.numel()) - torch.searchsorted(sorted_key, sorted_key)
     moved = (etype * n + new_of[src]) * n + new_of[dst]
-    where = torch.searchsorted(sorted_key, moved).clamp_max(key.numel() - 1)
+    where = (torch.searchsorted(sorted_key, moved) + rank).clamp_max(key.numel() - 1)
     if not bool((sorted_key[where] == moved).all()):
         raise ValueError("the permutation does not map the graph onto itself; its perm_group "
                          "fields are inconsistent")
