@@ -131,6 +131,7 @@ class GraphBuilder:
         self.sign_blocked: list[Tensor] = []
         self.outputs: list[Tensor] = []
         self.dtypes: set[torch.dtype] = set()
+        self._placed: dict[object, str] = {}  # tensor name / storage -> name, to refuse sharing
 
     # -- node sets -------------------------------------------------------------------------------
 
@@ -156,7 +157,27 @@ class GraphBuilder:
         self.blocks.append(block)
         return block
 
+    def _claim(self, name: str, tensor: Tensor) -> None:
+        """Refuse a tensor placed twice (a weight used by two layers, or tied to another one):
+        one value in two places of the graph would drift apart under the symmetry group."""
+        from .errors import UnsupportedModuleError
+
+        keys = [("name", name)]
+        if tensor.numel():
+            keys.append(("storage", tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride())))
+        for key in keys:
+            if key in self._placed:
+                other = self._placed[key]
+                shared = f"'{name}' is the same tensor as '{other}'" if other != name else \
+                    f"'{name}' is used more than once"
+                raise UnsupportedModuleError(
+                    name.rpartition(".")[0], "parameter", f"{shared}; shared weights cannot be "
+                    "represented", "each parameter used by one layer, once")
+        for key in keys:
+            self._placed[key] = name
+
     def _edge_segment(self, name: str, tensor: Tensor, block: _Block, view=None, permute=None):
+        self._claim(name, tensor)
         self.dtypes.add(tensor.dtype)
         self.segments.append(Segment(
             name, tuple(tensor.shape), dtype_name(tensor.dtype), "edge", block.edge_start,
@@ -165,6 +186,7 @@ class GraphBuilder:
 
     def _node_segment(self, name: str, tensor: Tensor, start: int, slot: str):
         tensor = tensor.detach()
+        self._claim(name, tensor)
         self.dtypes.add(tensor.dtype)
         self.slot_fills.append((start, tensor.numel(), SLOT[slot], tensor))
         self.segments.append(Segment(name, tuple(tensor.shape), dtype_name(tensor.dtype), "node",

@@ -17,6 +17,7 @@ class UnsupportedModuleError(ParamGraphError):
         self.path = path
         self.what = what
         self.reason = reason
+        self.supported = supported
         where = f"submodule '{path}'" if path else "the root module"
         message = f"{where} ({what}): {reason}"
         if supported:

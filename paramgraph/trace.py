@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .builder import Feat, GraphBuilder
 from .errors import UnsupportedModuleError
-from .graph import ParamGraph
+from .graph import ParamGraph, SegmentTable
 from .nn import Sine
 from .types import Activation, NormKind
 
@@ -80,6 +80,8 @@ def from_module(module: nn.Module, example_input: Tensor) -> ParamGraph:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"from_module expects an nn.Module, got {type(module).__name__}")
+    if _Tracer().is_leaf_module(module, ""):
+        return _from_bare_layer(module, example_input)
     gm = _trace(module)
     was_training = module.training
     module.eval()
@@ -92,6 +94,38 @@ def from_module(module: nn.Module, example_input: Tensor) -> ParamGraph:
     finally:
         module.train(was_training)
     return _Converter(module, gm).run()
+
+
+class _Bare(nn.Module):
+    """Holds a root module that is itself a torch.nn layer, so that it is traced as one call."""
+
+    NAME = "layer"
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+        self.self_attention = isinstance(layer, nn.MultiheadAttention)
+        self.train(layer.training)
+
+    def forward(self, x):
+        return self.layer(x, x, x) if self.self_attention else self.layer(x)
+
+
+def _from_bare_layer(module: nn.Module, example_input: Tensor) -> ParamGraph:
+    """``from_module`` of a bare torch.nn layer (``nn.TransformerEncoderLayer(...)`` itself)."""
+    prefix = _Bare.NAME + "."
+    try:
+        graph = from_module(_Bare(module), example_input)
+    except UnsupportedModuleError as err:
+        path = err.path.removeprefix(_Bare.NAME).removeprefix(".")
+        what = type(module).__name__ if not path and err.what == "_Bare" else err.what
+        raise UnsupportedModuleError(path, what, err.reason, err.supported) from err
+    table = graph.segments
+    graph.segments = SegmentTable(
+        tuple(replace(s, name=s.name.removeprefix(prefix)) for s in table),
+        tuple(k.removeprefix(prefix) for k in table.unplaced),
+    )
+    return graph
 
 
 class _Tracer(fx.Tracer):
@@ -112,6 +146,8 @@ def _trace(module: nn.Module) -> fx.GraphModule:
         raise UnsupportedModuleError(
             path, type(sub).__name__, f"its forward cannot be traced by torch.fx ({err}); "
             "data-dependent control flow and non-tensor inputs are not supported",
+            "forwards that torch.fx can trace (one tensor input, no Python control flow on "
+            "tensor values), built from " + SUPPORTED,
         ) from err
     return fx.GraphModule(module, graph)
 
@@ -236,7 +272,8 @@ class _Converter:
         if any(True for _ in m.parameters(recurse=False)) or isinstance(m, nn.MultiheadAttention):
             if path in self.called:
                 raise UnsupportedModuleError(path, type(m).__name__, "it is called more than "
-                                             "once; shared weights cannot be represented")
+                                             "once; shared weights cannot be represented",
+                                             "each weight layer called once, " + SUPPORTED)
             self.called.add(path)
         if isinstance(m, _TRANSPARENT_MODULES):
             return self._take(node, node.args[0])
