@@ -319,6 +319,8 @@ class GraphBuilder:
         if any(p.spatial != 1 for p in parts):
             raise UnsupportedModuleError(path, "cat", "concatenating flattened feature maps is "
                                          "not supported")
+        for p in parts:  # the result forgets how each part was pooled: block signs through max
+            self._mark_consumed(p)
         return Feat(torch.cat([p.nodes for p in parts]), None, max(p.depth for p in parts),
                     pooled="none", exclusive=False)
 
