@@ -7,7 +7,7 @@ element of the network's symmetry group (the test oracle of the whole project).
 
 from .errors import GraphFormatError, ParamGraphError, UnsupportedModuleError
 from .graph import ParamGraph, Segment, SegmentTable, pad_edge_values
-from .inverse import load_into, to_state_dict
+from .inverse import from_state_dict, load_into, to_state_dict
 from .nn import Sine
 from .symmetry import GroupElement, apply_element, random_element, random_symmetry
 from .trace import SUPPORTED, from_module
@@ -26,5 +26,5 @@ __all__ = [
     "Activation", "EdgeType", "GraphFormatError", "GroupElement", "HeadRole", "NODE_SLOTS",
     "NodeType", "NormKind", "ParamGraph", "ParamGraphError", "SUPPORTED", "Segment",
     "SegmentTable", "Sine", "UnsupportedModuleError", "apply_element", "from_module",
-    "load_into", "pad_edge_values", "random_element", "random_symmetry", "to_state_dict",
+    "from_state_dict", "load_into", "pad_edge_values", "random_element", "random_symmetry", "to_state_dict",
 ]

@@ -57,3 +57,39 @@ def load_into(module: nn.Module, graph: ParamGraph) -> nn.Module:
                                    f"module expects {tuple(own[key].shape)}")
     module.load_state_dict(state, strict=False)
     return module
+
+
+def from_state_dict(template: ParamGraph, state_dict: dict[str, Tensor]) -> ParamGraph:
+    """A graph with ``template``'s structure holding the values of ``state_dict``.
+
+    The forward direction of :func:`to_state_dict` for a known architecture: every segment's
+    tensor is written into its slice, so a zoo of one architecture is converted by tracing it once
+    and filling the template per checkpoint (no tracing, no Python loop per weight).
+    Raises :class:`~paramgraph.GraphFormatError` naming the tensor that is missing or whose shape
+    does not match; extra keys (counters such as ``num_batches_tracked``) are ignored.
+    """
+    edge_value = torch.empty_like(template.edge_value)
+    node_value = template.node_value.clone()
+    for seg in template.segments:
+        if seg.name not in state_dict:
+            raise GraphFormatError(f"state_dict has no tensor '{seg.name}'")
+        t = state_dict[seg.name]
+        if tuple(t.shape) != seg.shape:
+            raise GraphFormatError(f"tensor '{seg.name}' has shape {tuple(t.shape)}, the graph "
+                                   f"expects {seg.shape}")
+        t = t.detach().to(edge_value.dtype)
+        if seg.kind == "edge":
+            if seg.permute is not None:
+                t = t.reshape(seg.view).permute(seg.permute)
+            edge_value[seg.value_start : seg.value_start + seg.numel].view(t.shape).copy_(t)
+        else:
+            node_value[seg.start : seg.start + seg.count, seg.slot] = t.reshape(-1)
+    fixed = ~template.weight_edge_mask()
+    if bool(fixed.any()):  # fixed wiring keeps its value 1
+        edge_value[_value_mask(template, fixed)] = template.edge_value[_value_mask(template, fixed)]
+    return template.with_values(edge_value, node_value)
+
+
+def _value_mask(graph: ParamGraph, edge_mask: Tensor) -> Tensor:
+    """[V] bool: the values of the edges selected by ``edge_mask``."""
+    return torch.repeat_interleave(edge_mask, graph.edge_size.long())

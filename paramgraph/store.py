@@ -1,0 +1,242 @@
+"""Sharded on-disk storage of many parameter graphs, read lazily (zoos larger than memory).
+
+A store is a directory::
+
+    DIR/index.json                 format version, shard list, graphs per shard, sha256 per shard
+    DIR/shard-00000.safetensors    the graphs of shard 0, concatenated field by field
+
+Inside a shard every tensor field of the graphs is concatenated (``edge_index`` along its edge
+dimension, the rest along dimension 0, indices kept graph-local) and ``ptr.<field>`` records where
+each graph's rows start. Segment tables, which repeat across a zoo of one architecture, are stored
+once per distinct table in the shard's metadata. Reading graph ``i`` memory-maps its shard and
+slices exactly its rows, so resident memory stays flat however large the store grows, and no
+pickle is involved anywhere.
+
+A shard whose bytes do not match the checksum written with it raises :class:`CorruptShardError`
+naming the file; :meth:`GraphStore.verify` lists every bad shard so a data set can rebuild them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .errors import GraphFormatError
+from .graph import ParamGraph, SegmentTable
+
+FORMAT = "paramgraph-store/1"
+INDEX = "index.json"
+_EDGE_DIM_ONE = ("edge_index",)
+
+
+class CorruptShardError(GraphFormatError):
+    """A shard file that is missing, truncated or altered since it was written."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: corrupt graph-store shard ({reason}); rebuild it")
+
+
+def write_store(graphs: Iterable[ParamGraph], directory: str | os.PathLike,
+                shard_size: int = 1024) -> Path:
+    """Write ``graphs`` into a new store at ``directory`` in shards of ``shard_size`` graphs.
+
+    Returns the directory. Each shard and the index are written atomically; the index last, so an
+    interrupted write leaves no index and is not mistaken for a store.
+    Raises :class:`GraphFormatError` if the graphs do not all have the same fields.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shards, pending = [], []
+    for graph in graphs:
+        pending.append(graph)
+        if len(pending) == shard_size:
+            shards.append(_write_shard(directory, len(shards), pending))
+            pending = []
+    if pending or not shards:
+        shards.append(_write_shard(directory, len(shards), pending))
+    _write_index(directory, shards)
+    return directory
+
+
+def rewrite_shard(directory: str | os.PathLike, shard: int, graphs: Sequence[ParamGraph]) -> None:
+    """Replace shard ``shard`` of an existing store (e.g. after :class:`CorruptShardError`)."""
+    directory = Path(directory)
+    index = _read_index(directory)
+    if not 0 <= shard < len(index["shards"]):
+        raise GraphFormatError(f"{directory}: the store has no shard {shard}")
+    if len(graphs) != index["shards"][shard]["count"]:
+        raise GraphFormatError(f"{directory}: shard {shard} holds {index['shards'][shard]['count']} "
+                               f"graphs, {len(graphs)} were given")
+    index["shards"][shard] = _write_shard(directory, shard, list(graphs))
+    _write_index(directory, index["shards"])
+
+
+class GraphStore(Sequence):
+    """Read-only, lazily loaded sequence of the graphs in a store directory.
+
+    ``store[i]`` returns a :class:`ParamGraph`. A shard's checksum is checked the first time it is
+    read (``verify_on_read``). Safe to use from DataLoader worker processes: file handles are
+    opened per process.
+    """
+
+    def __init__(self, directory: str | os.PathLike, verify_on_read: bool = True):
+        self.directory = Path(directory)
+        self.index = _read_index(self.directory)
+        self.counts = [s["count"] for s in self.index["shards"]]
+        self.starts = [0]
+        for c in self.counts:
+            self.starts.append(self.starts[-1] + c)
+        self.verify_on_read = verify_on_read
+        self._open: dict[int, tuple[int, object, dict]] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"graph {i} is out of range for a store of {len(self)}")
+        shard = _bisect(self.starts, i)
+        return self._read(shard, i - self.starts[shard])
+
+    def shard_of(self, i: int) -> int:
+        """Which shard holds graph ``i``."""
+        return _bisect(self.starts, i)
+
+    def verify(self) -> list[Path]:
+        """Paths of the shards whose contents do not match their checksum (empty if all good)."""
+        bad = []
+        for k, info in enumerate(self.index["shards"]):
+            try:
+                self._check(k, info)
+            except CorruptShardError as err:
+                bad.append(err.path)
+        return bad
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _check(self, shard: int, info: dict) -> None:
+        path = self.directory / info["file"]
+        if not path.is_file():
+            raise CorruptShardError(path, "file is missing")
+        if path.stat().st_size != info["bytes"]:
+            raise CorruptShardError(path, f"{path.stat().st_size} bytes, {info['bytes']} expected")
+        if _sha256(path) != info["sha256"]:
+            raise CorruptShardError(path, "checksum mismatch")
+
+    def _handle(self, shard: int):
+        pid = os.getpid()
+        cached = self._open.get(shard)
+        if cached is not None and cached[0] == pid:
+            return cached[1], cached[2]
+        info = self.index["shards"][shard]
+        if self.verify_on_read:
+            self._check(shard, info)
+        path = self.directory / info["file"]
+        try:
+            handle = safe_open(str(path), framework="pt")
+            meta = json.loads(handle.metadata()["paramgraph"])
+            ptrs = {key: handle.get_tensor(f"ptr.{key}") for key in meta["fields"]}
+        except Exception as err:  # safetensors raises its own error types on bad headers
+            raise CorruptShardError(path, str(err)) from err
+        meta["ptrs"] = ptrs
+        self._open[shard] = (pid, handle, meta)
+        return handle, meta
+
+    def _read(self, shard: int, j: int) -> ParamGraph:
+        handle, meta = self._handle(shard)
+        fields = {}
+        for key in meta["fields"]:
+            ptr = meta["ptrs"][key]
+            a, b = int(ptr[j]), int(ptr[j + 1])
+            sl = handle.get_slice(key)
+            fields[key] = sl[:, a:b] if key in _EDGE_DIM_ONE else sl[a:b]
+        extra = meta["graphs"][j]
+        table = SegmentTable.from_dict(meta["tables"][extra["table"]])
+        return ParamGraph(segments=table, num_nodes=extra["num_nodes"], **fields,
+                          **extra.get("scalars", {}))
+
+
+def _write_shard(directory: Path, shard: int, graphs: list[ParamGraph]) -> dict:
+    fields = sorted(k for k, v in graphs[0].items() if isinstance(v, Tensor)) if graphs else []
+    tensors: dict[str, Tensor] = {}
+    tables: list[dict] = []
+    table_ids: dict[str, int] = {}
+    per_graph = []
+    for g in graphs:
+        keys = sorted(k for k, v in g.items() if isinstance(v, Tensor))
+        if keys != fields:
+            raise GraphFormatError(f"graphs in one store must have the same fields: {keys} vs {fields}")
+        table = json.dumps(g.segments.to_dict(), sort_keys=True)
+        tid = table_ids.setdefault(table, len(tables))
+        if tid == len(tables):
+            tables.append(g.segments.to_dict())
+        scalars = {k: v for k, v in g.items() if isinstance(v, (int, float, str, bool))
+                   and k not in ("num_nodes",)}
+        per_graph.append({"table": tid, "num_nodes": g.num_nodes, "scalars": scalars})
+    for key in fields:
+        parts = [g[key] for g in graphs]
+        dim = 1 if key in _EDGE_DIM_ONE else 0
+        sizes = torch.tensor([0] + [p.shape[dim] for p in parts], dtype=torch.long)
+        tensors[f"ptr.{key}"] = torch.cumsum(sizes, 0)
+        tensors[key] = torch.cat(parts, dim=dim).contiguous()
+    meta = {"fields": fields, "tables": tables, "graphs": per_graph}
+    name = f"shard-{shard:05d}.safetensors"
+    path = directory / name
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"paramgraph": json.dumps(meta), "format": FORMAT})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"file": name, "count": len(graphs), "bytes": path.stat().st_size,
+            "sha256": _sha256(path)}
+
+
+def _write_index(directory: Path, shards: list[dict]) -> None:
+    index = {"format": FORMAT, "shards": shards, "graphs": sum(s["count"] for s in shards)}
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".index.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(index, f, indent=1)
+    os.replace(tmp, directory / INDEX)
+
+
+def _read_index(directory: Path) -> dict:
+    path = directory / INDEX
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GraphFormatError(f"{directory}: not a graph store (no {INDEX})") from None
+    except json.JSONDecodeError as err:
+        raise GraphFormatError(f"{path}: corrupt store index ({err})") from None
+    if index.get("format") != FORMAT:
+        raise GraphFormatError(f"{path}: unknown store format {index.get('format')!r}")
+    return index
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _bisect(starts: list[int], i: int) -> int:
+    return bisect.bisect_right(starts, i) - 1
