@@ -1,0 +1,210 @@
+"""The learned quasi-equivariant gauge map: canonicaliser composed with a learned factor.
+
+Notation. A neuron ``n`` with a continuous symmetry has a factor ``f_n`` (a positive scale where
+``node_scale``, a sign where ``node_sign``, both for a neuron with identity activation). The group
+acts exactly as :mod:`paramgraph.symmetry` does (:func:`apply_factors` is the differentiable,
+batch-aware form of that action): a weight edge ``u -> v`` is multiplied by ``a_v / f_u`` with
+``a_v = f_v`` for a plain neuron and ``a_v = 1`` for a normalised one (``node_norm != NONE``); a
+plain neuron's bias is multiplied by ``f_n``, a normalised neuron's ``norm_weight``/``norm_bias``
+by ``f_n``; fixed edges (residual, normalisation, identity and attention wiring) and running
+statistics never change.
+
+The gauge map :math:`\\alpha(\\theta) = \\kappa(c(\\theta)\\theta)\\,c(\\theta)` (a factor per
+neuron) is applied to the values before any message passing:
+
+1. **Canonicaliser** :math:`c` (:func:`canonical_factors`), exact, no learned parameters. Neurons
+   are processed in order of ``node_layer`` (a loop over depth levels, vectorised inside a level).
+   A scalable neuron gets the positive scale that makes its incoming parameters unit-norm *after*
+   the factors already chosen for its sources are applied: for a plain neuron
+   :math:`\\big(\\sum_{u\\to n} \\|w_{un}\\|^2 / f_u^2 + b_n^2\\big)^{-1/2}` over incoming weight edges
+   (whole kernels), for a normalised neuron :math:`(\\gamma_n^2 + \\beta_n^2)^{-1/2}` of its norm
+   weight and shift. A sign-symmetric neuron is flipped so that its bias (normalised neurons:
+   norm weight) is positive; where that is exactly zero the tie-break is the sum of its incoming
+   weights :math:`\\sum_u \\sum w_{un} / f_u` (normalised: the norm shift); where both are zero
+   it is left unflipped. A neuron that is both gets both. A zero norm (a dead neuron) is left
+   unscaled, so the result is finite. If :math:`\\theta' = g\\theta` then
+   :math:`c(\\theta') = c(\\theta) g^{-1}` (by induction over the levels), so the canonical network
+   :math:`c(\\theta)\\theta` is exactly invariant (to float rounding, ~1e-13 in float64).
+
+2. **Learned factor** :math:`\\kappa` (:class:`GaugeMap`): a permutation-equivariant network that
+   reads only quantities of the *canonical* network (per-neuron statistics of its canonical
+   incoming and outgoing weights, bias, norm parameters and running statistics, plus embeddings of
+   type, activation, normalisation and depth; one light message-passing step over weight edges in
+   both directions) and returns :math:`s_n = s_{\\max} \\tanh(\\cdot)` per scalable neuron; the
+   factor is :math:`e^{s_n}`. Signs come from :math:`c` alone (they are discrete and cannot be
+   learned continuously).
+
+Because :math:`\\kappa` reads only invariant inputs, :math:`\\alpha(g\\theta) = \\alpha(\\theta) g^{-1}`,
+so the gauged network :math:`\\alpha(\\theta)\\theta` is (i) functionally identical to
+:math:`\\theta` (it is :math:`\\theta` moved by a group element) and (ii) exactly invariant under
+the neurons' positive scalings and sign flips. :math:`\\kappa`'s parameters get gradients (the
+downstream GNN is not scale invariant, so the choice of gauge matters) and changing them changes
+the metanet's output.
+
+**What it fixes**, for every architecture :mod:`paramgraph` converts (MLPs, CNNs with or without
+batch norm and residual blocks, transformer encoder layers, SIRENs): the positive scale of every
+neuron with ``node_scale`` (ReLU / LeakyReLU / identity, including normalised neurons, through
+their affine parameters) and the sign of every neuron with ``node_sign`` (tanh / sin / identity).
+Permutations are not fixed here: the GNN after the gauge is permutation equivariant by
+construction. **Not fixed** (future work): the per-head GL(d_head) symmetry of attention
+(``W_q -> M^T W_q``, ``W_k -> M^{-1} W_k`` and the v/o pair). A metanet in ``quasi`` mode is
+therefore invariant to a transformer's permutations, scales and signs but not to its head maps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import scatter
+
+from paramgraph.types import Activation, NodeType, NormKind
+
+from .structure import GraphStructure, symlog
+
+
+def apply_factors(st: GraphStructure, factor: Tensor, edge_value: Tensor,
+                  node_value: Tensor) -> tuple[Tensor, Tensor]:
+    """Apply per-neuron factors (scale times sign; 1 where none) to a batch's values.
+
+    The same action as :func:`paramgraph.apply_element` with the identity permutation, written
+    out-of-place so that it is differentiable in ``factor`` and in the values, and batch-aware.
+    Returns the new ``(edge_value [V], node_value [N, 5])``.
+    """
+    f = factor.to(edge_value.dtype)
+    one = torch.ones_like(f)
+    a = torch.where(st.plain, f, one)  # what incoming weights and the bias are multiplied by
+    mult = torch.where(st.weight, a[st.dst] / f[st.src], torch.ones_like(a[st.dst]))
+    edge_value = edge_value * mult[st.value_edge]
+    norm_f = torch.where(st.plain, one, f)
+    node_value = torch.stack([
+        node_value[:, 0] * a, node_value[:, 1] * norm_f, node_value[:, 2] * norm_f,
+        node_value[:, 3], node_value[:, 4],
+    ], dim=1)
+    return edge_value, node_value
+
+
+def _edge_sums(st: GraphStructure, edge_value: Tensor) -> tuple[Tensor, Tensor]:
+    """Per edge: sum of squares and sum of its values."""
+    ss = scatter(edge_value.square(), st.value_edge, 0, dim_size=st.num_edges, reduce="sum")
+    sv = scatter(edge_value, st.value_edge, 0, dim_size=st.num_edges, reduce="sum")
+    return ss, sv
+
+
+def canonical_factors(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
+                      edge_sums: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """The canonicaliser's factor per neuron, ``[N]`` (1 where the neuron has no symmetry).
+
+    See the module docstring for the construction. ``apply_factors(st, f, ...)`` of the result
+    gives the canonical network, which is invariant under the group's scales and signs.
+    Differentiable (out-of-place), one vectorised step per depth level.
+    """
+    n = st.num_nodes
+    dtype = edge_value.dtype
+    ss, sv = edge_sums if edge_sums is not None else _edge_sums(st, edge_value)
+    f = torch.ones(n, dtype=dtype, device=edge_value.device)
+    sym = st.scale | st.sign
+    if not bool(sym.any()):
+        return f
+    bias, nw, nb = node_value[:, 0], node_value[:, 1], node_value[:, 2]
+    # Normalised neurons depend on their own norm parameters only.
+    normed_n2 = nw.square() + nb.square()
+    into = (st.weight & sym[st.dst] & st.plain[st.dst]).nonzero().squeeze(1)
+    into_level = st.node_layer[st.dst[into]]
+    order = torch.argsort(into_level, stable=True)
+    into, into_level = into[order], into_level[order]
+    levels = torch.unique(st.node_layer[sym])
+    bounds = torch.searchsorted(into_level, torch.stack([levels, levels + 1])).tolist()
+    zeros = torch.zeros(n, dtype=dtype, device=f.device)
+    for i, level in enumerate(levels.tolist()):
+        ids = into[bounds[0][i] : bounds[1][i]]
+        at_level = sym & (st.node_layer == level)
+        src, dst = st.src[ids], st.dst[ids]
+        inv = 1.0 / f[src]
+        n2 = zeros.index_add(0, dst, ss[ids] * inv.square())
+        wsum = zeros.index_add(0, dst, sv[ids] * inv)
+        n2 = torch.where(st.plain, n2 + bias.square(), normed_n2)
+        primary = torch.where(st.plain, bias, nw)
+        tie = torch.where(st.plain, wsum, nb)
+        stat = torch.where(primary != 0, primary, tie)
+        sgn = torch.where(stat < 0, -torch.ones_like(stat), torch.ones_like(stat))
+        scale = torch.where(n2 > 0, n2, torch.ones_like(n2)).rsqrt()
+        level_f = torch.where(st.scale, scale, torch.ones_like(scale))
+        level_f = torch.where(st.sign, level_f * sgn, level_f)
+        f = torch.where(at_level, level_f, f)
+    return f
+
+
+class GaugeMap(nn.Module):
+    """``mode="quasi"``'s gauge: canonicaliser then the learned factor; see the module docstring.
+
+    ``forward(st, edge_value, node_value, node_mask)`` returns ``(edge_value, node_value,
+    alpha)``: the gauged values (functionally identical to the input, invariant under scales and
+    signs) and the per-neuron factor ``alpha`` that was applied (``apply_factors(st, 1 / alpha,
+    ...)`` undoes it). ``learned=False`` gives the bare canonicaliser (an ablation).
+    """
+
+    def __init__(self, hidden: int = 16, bound: float = 2.0, learned: bool = True):
+        super().__init__()
+        self.bound = float(bound)
+        self.learned = learned
+        if not learned:
+            return
+        self.type_emb = nn.Embedding(len(NodeType) + 4, hidden)
+        self.act_emb = nn.Embedding(len(Activation) + 4, hidden)
+        self.norm_emb = nn.Embedding(len(NormKind) + 2, hidden)
+        self.inp = nn.Linear(_NUM_FEATURES, hidden)
+        self.mix = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
+        self.out = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        with torch.no_grad():  # start near the canonical gauge, with gradients everywhere
+            self.out[-1].weight.mul_(0.1)
+            self.out[-1].bias.zero_()
+
+    def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
+                node_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        sums = _edge_sums(st, edge_value)
+        f = canonical_factors(st, edge_value, node_value, sums)
+        alpha = f
+        if self.learned and bool(st.scale.any()):
+            s = self.log_scale(st, f, sums, node_value, node_mask)
+            alpha = f * torch.where(st.scale, s.exp(), torch.ones_like(s))
+        edge_value, node_value = apply_factors(st, alpha, edge_value, node_value)
+        return edge_value, node_value, alpha
+
+    def log_scale(self, st: GraphStructure, f: Tensor, sums: tuple[Tensor, Tensor],
+                  node_value: Tensor, node_mask: Tensor) -> Tensor:
+        """kappa: ``[N]`` log-factors in ``[-bound, bound]``, from canonical quantities only."""
+        ss, sv = sums
+        dtype = f.dtype
+        one = torch.ones_like(f)
+        a = torch.where(st.plain, f, one)
+        mult = torch.where(st.weight, a[st.dst] / f[st.src], torch.zeros_like(a[st.dst]))
+        css, csv = ss * mult.square(), sv * mult  # canonical per-edge sums (0 for fixed edges)
+        n = st.num_nodes
+        in_ss = scatter(css, st.dst, 0, dim_size=n, reduce="sum")
+        in_sv = scatter(csv, st.dst, 0, dim_size=n, reduce="sum")
+        out_ss = scatter(css, st.src, 0, dim_size=n, reduce="sum")
+        out_sv = scatter(csv, st.src, 0, dim_size=n, reduce="sum")
+        fan_in = st.fan_in.clamp_min(1).to(dtype)
+        fan_out = st.fan_out.clamp_min(1).to(dtype)
+        norm_f = torch.where(st.plain, one, f)
+        mask = node_mask.to(dtype)
+        feats = torch.stack([
+            torch.log(in_ss + 1e-12) / 4, in_sv / (fan_in * (in_ss + 1e-12)).sqrt(),
+            torch.log(out_ss + 1e-12) / 4, out_sv / (fan_out * (out_ss + 1e-12)).sqrt(),
+            node_value[:, 0] * a * mask[:, 0], node_value[:, 1] * norm_f * mask[:, 1],
+            node_value[:, 2] * norm_f * mask[:, 2], symlog(node_value[:, 3]) * mask[:, 3],
+            torch.log(node_value[:, 4].clamp_min(1e-12)) * mask[:, 4],
+            torch.log(fan_in) / 4, torch.log(fan_out) / 4, st.rel_depth.to(dtype),
+        ], dim=1)
+        h = (self.inp(feats) + self.type_emb(st.node_type) + self.act_emb(st.node_act)
+             + self.norm_emb(st.node_norm))
+        h = self.mix(h)
+        w = st.weight
+        src, dst = st.src[w], st.dst[w]
+        m_in = scatter(h[src], dst, 0, dim_size=n, reduce="mean")
+        m_out = scatter(h[dst], src, 0, dim_size=n, reduce="mean")
+        s = self.out(torch.cat([h, m_in, m_out], dim=1)).squeeze(1)
+        return self.bound * torch.tanh(s)
+
+
+_NUM_FEATURES = 12

@@ -1,0 +1,153 @@
+"""Per-batch index tensors that every part of the metanet reads, computed once per forward.
+
+A :class:`GraphStructure` is built from a ``torch_geometric`` ``Batch`` of
+:class:`~paramgraph.ParamGraph` (or from a single graph) and holds only *structural* facts (types,
+endpoints, fan-in, kernel sizes, which group acts on which neuron), never values. Everything here
+is invariant under the network's symmetry group: permutations move nodes together with their
+structure, scales and signs do not touch structure at all. The value-dependent parts of the
+metanet can therefore use these tensors freely without breaking any symmetry.
+
+Also here: the two scalar maps that every value encoder uses, :func:`symlog` and
+:func:`fourier_features`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import scatter
+
+from paramgraph.types import WEIGHT_EDGE_TYPES, NormKind
+
+
+@dataclass
+class GraphStructure:
+    """Structural index tensors of a batch of parameter graphs.
+
+    ``N`` nodes, ``E`` edges, ``V`` edge values, ``B`` graphs.
+
+    * ``src``, ``dst`` [E]: edge endpoints; ``edge_type`` [E] long; ``weight`` [E] bool: edges that
+      carry learned values (the others are fixed wiring of value 1).
+    * ``edge_size`` [E] long: values per edge; ``value_edge`` [V]: the edge of every value;
+      ``value_pos`` [V]: its position inside the edge's kernel.
+    * ``node_graph`` [N], ``edge_graph`` [E]: graph of every node / edge; ``num_graphs``.
+    * ``plain`` [N] bool: no normalisation (a scale acts on incoming weights and bias);
+      ``scale``, ``sign`` [N] bool: the neuron's continuous symmetries.
+    * ``fan_in`` [N]: number of incoming *weight values*; ``fan_out`` [N]: outgoing ones;
+      ``in_degree``, ``out_degree`` [N]: edges of any type.
+    * ``rel_depth`` [N]: ``node_layer`` divided by its graph's deepest layer (in [0, 1]).
+    """
+
+    num_nodes: int
+    num_edges: int
+    num_graphs: int
+    src: Tensor
+    dst: Tensor
+    edge_type: Tensor
+    weight: Tensor
+    edge_size: Tensor
+    value_edge: Tensor
+    value_pos: Tensor
+    node_graph: Tensor
+    edge_graph: Tensor
+    node_layer: Tensor
+    node_type: Tensor
+    node_act: Tensor
+    node_norm: Tensor
+    plain: Tensor
+    scale: Tensor
+    sign: Tensor
+    fixed: Tensor
+    perm_pos: Tensor
+    fan_in: Tensor
+    fan_out: Tensor
+    in_degree: Tensor
+    out_degree: Tensor
+    rel_depth: Tensor
+    max_size: int
+
+    @classmethod
+    def of(cls, batch) -> "GraphStructure":
+        """Read the structure of ``batch`` (a ``Batch`` of ParamGraphs or one ParamGraph)."""
+        edge_index = batch.edge_index
+        device = edge_index.device
+        src, dst = edge_index[0], edge_index[1]
+        n = int(batch.num_nodes)
+        e = int(src.numel())
+        node_graph = getattr(batch, "batch", None)
+        if node_graph is None:
+            node_graph = torch.zeros(n, dtype=torch.long, device=device)
+            num_graphs = 1
+        else:
+            num_graphs = int(batch.num_graphs)
+        edge_type = batch.edge_type.long()
+        weight_types = torch.tensor([int(t) for t in WEIGHT_EDGE_TYPES], device=device)
+        weight = torch.isin(edge_type, weight_types)
+        edge_size = batch.edge_size.long()
+        value_edge = torch.repeat_interleave(torch.arange(e, device=device), edge_size)
+        offsets = torch.cumsum(edge_size, 0) - edge_size
+        value_pos = torch.arange(value_edge.numel(), device=device) - offsets[value_edge]
+        wsize = torch.where(weight, edge_size, torch.zeros_like(edge_size))
+        fan_in = scatter(wsize, dst, 0, dim_size=n, reduce="sum")
+        fan_out = scatter(wsize, src, 0, dim_size=n, reduce="sum")
+        ones = torch.ones(e, dtype=torch.long, device=device)
+        in_degree = scatter(ones, dst, 0, dim_size=n, reduce="sum")
+        out_degree = scatter(ones, src, 0, dim_size=n, reduce="sum")
+        layer = batch.node_layer.long()
+        deepest = scatter(layer, node_graph, 0, dim_size=num_graphs, reduce="max").clamp_min(1)
+        return cls(
+            num_nodes=n, num_edges=e, num_graphs=num_graphs, src=src, dst=dst,
+            edge_type=edge_type, weight=weight, edge_size=edge_size, value_edge=value_edge,
+            value_pos=value_pos, node_graph=node_graph, edge_graph=node_graph[src],
+            node_layer=layer, node_type=batch.node_type.long(), node_act=batch.node_act.long(),
+            node_norm=batch.node_norm.long(), plain=batch.node_norm == int(NormKind.NONE),
+            scale=batch.node_scale.bool(), sign=batch.node_sign.bool(),
+            fixed=batch.perm_group < 0, perm_pos=batch.perm_pos.long(), fan_in=fan_in,
+            fan_out=fan_out, in_degree=in_degree, out_degree=out_degree,
+            rel_depth=layer.double() / deepest[node_graph].double(),
+            max_size=int(edge_size.max()) if e else 1,
+        )
+
+    # -- how the continuous group acts on values ------------------------------------------------
+
+    def edge_kinds(self) -> tuple[Tensor, Tensor]:
+        """[E] bool pair (scaled, signed): whether an edge's values can be multiplied by an
+        arbitrary positive number / by -1 under the group. A weight edge ``u -> v`` is multiplied
+        by ``a_v / f_u``, where ``f`` is the neuron factor and ``a_v = f_v`` for a plain neuron, 1
+        for a normalised one; fixed edges never change."""
+        plain_dst = self.plain[self.dst]
+        scaled = ((self.scale[self.dst] & plain_dst) | self.scale[self.src]) & self.weight
+        signed = ((self.sign[self.dst] & plain_dst) | self.sign[self.src]) & self.weight
+        return scaled, signed
+
+    def value_scale(self) -> Tensor:
+        """[E] positive structural factor that brings typical weights to O(1): the square root of
+        the target neuron's fan-in (in values). Invariant under the whole group."""
+        return self.fan_in[self.dst].clamp_min(1).to(torch.float64).sqrt()
+
+
+def symlog(x: Tensor) -> Tensor:
+    """``sign(x) * log(1 + |x|)``: sign-preserving, compresses large magnitudes, odd."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def fourier_frequencies(count: int, low: float = 0.25, high: float = 64.0) -> Tensor:
+    """``count`` geometrically spaced angular frequencies between ``low`` and ``high``."""
+    if count == 1:
+        return torch.tensor([low], dtype=torch.float64)
+    exps = torch.linspace(math.log(low), math.log(high), count, dtype=torch.float64)
+    return exps.exp()
+
+
+def fourier_features(x: Tensor, freqs: Tensor) -> Tensor:
+    """``[symlog(x), sin(w x), cos(w x)]`` for every frequency ``w``: ``x.shape + (1 + 2F,)``.
+
+    The high frequencies let a network tell apart values that differ by much less than their
+    magnitude (a deterministic version of random Fourier features, log-spaced like NeRF's
+    positional encoding); ``symlog`` keeps the sign and the order of magnitude.
+    """
+    wx = x.unsqueeze(-1) * freqs.to(x.dtype)
+    return torch.cat([symlog(x).unsqueeze(-1), torch.sin(wx), torch.cos(wx)], dim=-1)
