@@ -22,12 +22,13 @@ import bisect
 import hashlib
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -98,7 +99,7 @@ class GraphStore(Sequence):
         for c in self.counts:
             self.starts.append(self.starts[-1] + c)
         self.verify_on_read = verify_on_read
-        self._open: dict[int, tuple[int, object, dict]] = {}
+        self._open: dict[int, tuple[int, dict]] = {}
 
     def __len__(self) -> int:
         return self.starts[-1]
@@ -138,37 +139,66 @@ class GraphStore(Sequence):
         if _sha256(path) != info["sha256"]:
             raise CorruptShardError(path, "checksum mismatch")
 
-    def _handle(self, shard: int):
+    def _handle(self, shard: int) -> dict:
         pid = os.getpid()
         cached = self._open.get(shard)
         if cached is not None and cached[0] == pid:
-            return cached[1], cached[2]
+            return cached[1]
         info = self.index["shards"][shard]
         if self.verify_on_read:
             self._check(shard, info)
         path = self.directory / info["file"]
         try:
-            handle = safe_open(str(path), framework="pt")
-            meta = json.loads(handle.metadata()["paramgraph"])
-            ptrs = {key: handle.get_tensor(f"ptr.{key}") for key in meta["fields"]}
-        except Exception as err:  # safetensors raises its own error types on bad headers
-            raise CorruptShardError(path, str(err)) from err
-        meta["ptrs"] = ptrs
-        self._open[shard] = (pid, handle, meta)
-        return handle, meta
+            tensors, metadata = _map_safetensors(path)
+            meta = json.loads(metadata["paramgraph"])
+            meta["tensors"] = tensors
+            meta["ptrs"] = {key: tensors[f"ptr.{key}"].tolist() for key in meta["fields"]}
+        except Exception as err:  # a bad header, a short file, missing fields
+            raise CorruptShardError(path, f"unreadable ({err})") from err
+        self._open[shard] = (pid, meta)
+        return meta
 
     def _read(self, shard: int, j: int) -> ParamGraph:
-        handle, meta = self._handle(shard)
+        meta = self._handle(shard)
         fields = {}
         for key in meta["fields"]:
             ptr = meta["ptrs"][key]
-            a, b = int(ptr[j]), int(ptr[j + 1])
-            sl = handle.get_slice(key)
-            fields[key] = sl[:, a:b] if key in _EDGE_DIM_ONE else sl[a:b]
+            t = meta["tensors"][key]
+            a, b = ptr[j], ptr[j + 1]
+            fields[key] = t[:, a:b] if key in _EDGE_DIM_ONE else t[a:b]
         extra = meta["graphs"][j]
-        table = SegmentTable.from_dict(meta["tables"][extra["table"]])
+        table = meta.setdefault("parsed_tables", {}).get(extra["table"])
+        if table is None:
+            table = SegmentTable.from_dict(meta["tables"][extra["table"]])
+            meta["parsed_tables"][extra["table"]] = table
         return ParamGraph(segments=table, num_nodes=extra["num_nodes"], **fields,
                           **extra.get("scalars", {}))
+
+
+_NP_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _map_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Memory-map a safetensors file: tensors are copy-on-write views of the page cache, so
+    reading one graph touches only its own bytes (and a process never holds a whole shard)."""
+    raw = np.memmap(path, dtype=np.uint8, mode="c")
+    (header_len,) = struct.unpack("<Q", raw[:8].tobytes())
+    header = json.loads(raw[8 : 8 + header_len].tobytes())
+    metadata = header.pop("__metadata__", {})
+    base = 8 + header_len
+    tensors = {}
+    for name, info in header.items():
+        start, end = info["data_offsets"]
+        if base + end > raw.size:
+            raise ValueError(f"tensor '{name}' runs past the end of the file")
+        if info["dtype"] == "BF16":  # numpy has no bfloat16: map the bits, then reinterpret
+            array = raw[base + start : base + end].view(np.int16).reshape(info["shape"])
+            tensors[name] = torch.from_numpy(array).view(torch.bfloat16)
+        else:
+            array = raw[base + start : base + end].view(_NP_DTYPES[info["dtype"]])
+            tensors[name] = torch.from_numpy(array.reshape(info["shape"]))
+    return tensors, metadata
 
 
 def _write_shard(directory: Path, shard: int, graphs: list[ParamGraph]) -> dict:

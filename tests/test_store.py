@@ -94,3 +94,14 @@ def test_from_state_dict_names_a_missing_or_misshapen_tensor():
     state["0.weight"] = torch.zeros(4, 1, 5, 5)
     with pytest.raises(pg.GraphFormatError, match="0.weight"):
         pg.from_state_dict(template, state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_store_keeps_every_value_dtype(tmp_path, dtype):
+    net = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)).to(dtype)
+    graph = pg.from_module(net, torch.randn(2, 3, dtype=dtype))
+    write_store([graph], tmp_path)
+    back = GraphStore(tmp_path)[0]
+    assert back.edge_value.dtype == dtype
+    state = pg.to_state_dict(back)
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
