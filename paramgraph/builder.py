@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from . import _memory
 from .graph import ParamGraph, Segment, SegmentTable, dtype_name
 from .types import (
     NODE_SLOTS,
@@ -416,10 +417,10 @@ class GraphBuilder:
             self.segments.sort(key=lambda seg: rank.get(seg.name, len(rank)))
         dtype = self._value_dtype()
         n, e, v = self.num_nodes, self.num_edges, self.num_values
-        edge_index = torch.empty(2, e, dtype=torch.long)
-        edge_type = torch.empty(e, dtype=torch.int8)
-        edge_size = torch.empty(e, dtype=torch.int32)
-        edge_value = torch.empty(v, dtype=dtype)
+        edge_index = _memory.empty((2, e), torch.long)
+        edge_type = _memory.empty(e, torch.int8)
+        edge_size = _memory.empty(e, torch.int32)
+        edge_value = _memory.empty(v, dtype)
         for b in self.blocks:
             self._fill_block(b, edge_index, edge_type, edge_size, edge_value)
 
@@ -490,9 +491,10 @@ class GraphBuilder:
         n = self.num_nodes
         sizes = torch.tensor([s.size for s in self.sets], dtype=torch.long)
         set_of = torch.arange(len(self.sets)).repeat_interleave(sizes)
-        fixed_out = torch.zeros(n, dtype=torch.bool)
-        weights = g.weight_edge_mask()
-        fixed_out[g.edge_index[0, ~weights]] = True
+        fixed_out = torch.zeros(n, dtype=torch.bool)  # sources of fixed (non-weight) edges
+        for b in self.blocks:
+            if b.values is None:
+                fixed_out[b.src] = True
         is_output = g.node_type == int(NodeType.OUTPUT)
         sign_blocked = torch.zeros(n, dtype=torch.bool)
         for nodes in self.sign_blocked:
