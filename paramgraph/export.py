@@ -1,0 +1,458 @@
+"""``from_exported``: read a ``torch.export`` program (a ``.pt2`` file) without its Python class.
+
+An :class:`~torch.export.ExportedProgram` carries its own architecture as an ATen-level graph, so a
+checkpoint saved with ``torch.export.save`` converts without the code that built it. This front end
+walks that graph and calls the same :class:`~paramgraph.builder.GraphBuilder` methods as the
+``torch.fx`` front end (:mod:`paramgraph.trace`), reusing its handling of reshapes, flattens,
+pooling, reductions, residual additions and concatenation; only the mapping from ATen operators to
+those handlers is specific to this module.
+
+Both forms of an exported graph are read: the default one of ``torch.export.export``
+(``aten.linear``, ``aten.conv2d``, ``aten.batch_norm``, ``aten.layer_norm``, ...) and the core-ATen
+form of ``ep.run_decompositions()`` (``aten.convolution``, ``aten.addmm`` with a transposed weight,
+``aten._native_batch_norm_legit_no_training``, ``aten.native_layer_norm``, ...). Parameter names come
+from the program's graph signature, so the segments of the graph are named by the original
+``state_dict`` keys and :func:`~paramgraph.to_state_dict` reproduces them bit-exactly.
+
+Nothing in the program is run: shapes come from the recorded ``node.meta["val"]``, and
+``ep.module()`` (which would compile the program's guard code) is never called. Loading a ``.pt2``
+file safely is :func:`paramgraph.io.load_checkpoint`'s job (``torch.export.load`` alone is not safe
+for untrusted files; see there).
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from dataclasses import dataclass, replace
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from .builder import GraphBuilder
+from .errors import UnsupportedModuleError
+from .graph import ParamGraph
+from .trace import _Converter, _Value, _arg
+from .types import Activation, NormKind
+
+SUPPORTED_EXPORT = (
+    "aten linear, addmm/mm with a transposed parameter, conv1d/conv2d/conv3d/convolution "
+    "(groups=1, not transposed), batch_norm and its native forms, layer_norm/native_layer_norm over "
+    "the features, relu, leaky_relu, gelu, silu, tanh, sigmoid, sin (optionally of x * constant), x * sigmoid(x), "
+    "add.Tensor of two activations, cat on features, view/reshape/flatten/squeeze/unsqueeze, "
+    "permute/transpose, mean/sum/amax over positions, avg/max/adaptive pooling, and the no-ops "
+    "dropout, clone, alias, detach, contiguous, _to_copy. Attention is not supported from "
+    "exported programs: convert the live module with paramgraph.from_module"
+)
+
+_ACTIVATIONS = {
+    "relu": Activation.RELU, "relu_": Activation.RELU, "leaky_relu": Activation.LEAKY_RELU,
+    "leaky_relu_": Activation.LEAKY_RELU, "gelu": Activation.GELU, "gelu_": Activation.GELU,
+    "silu": Activation.SILU, "silu_": Activation.SILU, "tanh": Activation.TANH,
+    "tanh_": Activation.TANH, "sigmoid": Activation.SIGMOID, "sigmoid_": Activation.SIGMOID,
+    "sin": Activation.SIN, "sin_": Activation.SIN,
+}
+_TRANSPARENT = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "clone",
+                "alias", "detach", "contiguous", "_to_copy", "to", "lift_fresh_copy"}
+_TRANSPARENT_TUPLE = {"native_dropout"}  # (output, mask)
+_RESHAPE = {"view", "reshape", "_unsafe_view", "flatten", "squeeze", "unsqueeze", "unflatten"}
+_TRANSPOSE = {"transpose", "t", "permute", "swapaxes", "swapdims"}
+_POOL = {
+    "avg_pool1d": "avg", "avg_pool2d": "avg", "avg_pool3d": "avg", "adaptive_avg_pool1d": "avg",
+    "adaptive_avg_pool2d": "avg", "adaptive_avg_pool3d": "avg", "_adaptive_avg_pool2d": "avg",
+    "_adaptive_avg_pool3d": "avg", "max_pool1d": "max", "max_pool2d": "max", "max_pool3d": "max",
+}
+_POOL_TUPLE = {  # (output, indices)
+    "max_pool1d_with_indices": "max", "max_pool2d_with_indices": "max",
+    "max_pool3d_with_indices": "max", "adaptive_max_pool1d": "max", "adaptive_max_pool2d": "max",
+    "adaptive_max_pool3d": "max",
+}
+_REDUCE = {"mean": "avg", "sum": "avg", "amax": "max"}
+_BATCH_NORM = {"batch_norm", "native_batch_norm", "_native_batch_norm_legit",
+               "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional"}
+_SHAPE_QUERIES = {"sym_size", "sym_numel", "sym_stride", "sym_storage_offset"}
+_ATTENTION_OPS = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+                  "_scaled_dot_product_efficient_attention", "_native_multi_head_attention",
+                  "_scaled_dot_product_flash_attention_for_cpu", "bmm", "baddbmm",
+                  "softmax", "_softmax"}
+_ATTENTION_MODULES = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder",
+                      "TransformerDecoderLayer", "TransformerDecoder", "Transformer")
+
+
+def from_exported(ep: torch.export.ExportedProgram) -> ParamGraph:
+    """Convert an exported program into a :class:`ParamGraph`.
+
+    Returns the graph; its segments are named by the program's ``state_dict`` keys (the original
+    module's keys), so ``paramgraph.to_state_dict(graph)`` equals those tensors bit-exactly (every
+    converted parameter and buffer; counters like ``num_batches_tracked`` are not converted and are
+    listed nowhere, other unused entries are listed in ``graph.segments.unplaced``). Batch norm is
+    read as its inference form, whatever mode the module was exported in, as :func:`from_module`
+    does. The program is not run and ``ep.module()`` is not called.
+
+    Raises :class:`~paramgraph.UnsupportedModuleError` naming the submodule (from the program's
+    module stack), the ATen operator and what is supported, for operators or data flow the graph
+    cannot represent, and for attention (not supported from exported programs).
+    """
+    if not isinstance(ep, torch.export.ExportedProgram):
+        raise TypeError(f"from_exported expects a torch.export.ExportedProgram, got "
+                        f"{type(ep).__name__}")
+    return _ExportConverter(ep).run()
+
+
+@dataclass
+class _Multi:
+    """An ATen operator's tuple result whose element 0 is the value (the rest are statistics)."""
+
+    value: _Value
+    op: str
+
+
+@dataclass
+class _Transposed:
+    """A 2-d parameter viewed transposed (the core-ATen form of a linear layer's weight)."""
+
+    name: str
+    tensor: Tensor
+
+
+class _ExportConverter(_Converter):
+    """The fx converter's value handling, driven by an exported program's ATen graph."""
+
+    def __init__(self, ep: torch.export.ExportedProgram):  # noqa: D107 (no super(): no nn.Module)
+        self.ep = ep
+        self.gm = ep.graph_module
+        self.b = GraphBuilder()
+        self.env: dict[fx.Node, object] = {}
+        self.called: set[str] = set()
+        self.modules: dict = {}
+        self.root = type(_root_type(ep), (), {})()  # error messages name the exported class
+        sig = ep.graph_signature
+        self.tensors: dict[str, tuple[str, Tensor]] = {}
+        for placeholder, fqn in {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
+                                 **sig.inputs_to_lifted_tensor_constants}.items():
+            tensor = ep.state_dict.get(fqn)
+            if tensor is None:
+                tensor = ep.constants.get(fqn)
+            if isinstance(tensor, Tensor):
+                self.tensors[placeholder] = (fqn, tensor.detach())
+        self.user_inputs = list(sig.user_inputs)
+        output = next(n for n in self.gm.graph.nodes if n.op == "output")
+        results = list(output.args[0]) if isinstance(output.args[0], (tuple, list)) \
+            else [output.args[0]]
+        kinds = [spec.kind for spec in sig.output_specs]
+        user = torch.export.graph_signature.OutputKind.USER_OUTPUT
+        self.user_outputs = [r for r, k in zip(results, kinds) if k == user]
+        self.live = _ancestors([r for r in self.user_outputs if isinstance(r, fx.Node)])
+
+    # -- driver ----------------------------------------------------------------------------------
+
+    def run(self) -> ParamGraph:
+        used_inputs = [n for n in self.gm.graph.nodes if n.op == "placeholder"
+                       and n.name in self.user_inputs and n in self.live]
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                self.env[node] = self._placeholder(node, used_inputs)
+            elif node.op == "output":
+                for item in self.user_outputs:
+                    self._output(item)
+            elif node not in self.live:
+                self.env[node] = None  # counters, running-stat updates, assertions
+            elif node.op == "call_function":
+                self.env[node] = self._aten(node)
+            else:
+                raise UnsupportedModuleError(self._path(node), f"{node.op} {node.target}",
+                                             "this graph operation is not supported",
+                                             SUPPORTED_EXPORT)
+        placed = {s.name for s in self.b.segments}
+        unplaced = tuple(k for k in self.ep.state_dict if k not in placed
+                         and not k.endswith("num_batches_tracked"))
+        if unplaced:
+            warnings.warn(f"{len(unplaced)} state_dict entries are not used by the exported "
+                          f"program's output and are not in the graph: {', '.join(unplaced[:5])}",
+                          stacklevel=3)
+        return self.b.finalize(unplaced, order=state_dict_order(self.ep))
+
+    def _placeholder(self, node: fx.Node, used_inputs: list[fx.Node]):
+        if node.name in self.tensors:
+            return self.tensors[node.name]
+        if node.name in self.user_inputs:
+            if node not in self.live:
+                return None
+            if node is not used_inputs[0]:
+                raise UnsupportedModuleError("", type(self.root).__name__, f"the program takes a "
+                                             f"second tensor input '{node.name}'; one input tensor "
+                                             "is supported")
+            return _Value(None, self._shape(node), -1)
+        return None  # tokens and script objects: nothing reads them as activations
+
+    # -- values ----------------------------------------------------------------------------------
+
+    def _shape(self, node: fx.Node) -> tuple[int, ...]:
+        val = node.meta.get("val")
+        if isinstance(val, (tuple, list)) and val and isinstance(val[0], Tensor):
+            val = val[0]
+        if not isinstance(val, Tensor):
+            return ()
+        shape = []
+        for d in val.shape:
+            if isinstance(d, int):
+                shape.append(d)
+                continue
+            hint = getattr(getattr(d, "node", None), "hint", None)
+            if hint is None:
+                raise UnsupportedModuleError(self._path(node), str(node.target), f"dimension {d} "
+                                             "of its output has no concrete size")
+            shape.append(int(hint))
+        return tuple(shape)
+
+    def _take(self, node: fx.Node, arg) -> _Value:
+        val = super()._take(node, arg)
+        # The fx converter counts every user; here users that do not reach the output (shape
+        # assertions, running-stat updates) must not stop a normalisation from folding.
+        if isinstance(arg, fx.Node) and len(arg.users) > 1 \
+                and sum(u in self.live for u in arg.users) <= 1:
+            val = self.env[arg]
+        return val
+
+    # -- ATen operators --------------------------------------------------------------------------
+
+    def _aten(self, node: fx.Node):
+        path, t, args = self._path(node), node.target, node.args
+        if t is operator.getitem:
+            return self._getitem(node)
+        name = _op_name(node)
+        _check_not_attention(node, path, name)
+        if name in _SHAPE_QUERIES:
+            return None
+        if name in ("sigmoid", "sigmoid_") and _silu_product(node, self.live) is not None:
+            return None  # the sigmoid half of a decomposed silu, x * sigmoid(x): see _product
+        if name in _ACTIVATIONS:
+            return self._activation(node, self._take(node, args[0]), _ACTIVATIONS[name])
+        if name in _TRANSPARENT:
+            return self._take(node, args[0])
+        if name in _TRANSPARENT_TUPLE:
+            return _Multi(self._take(node, args[0]), name)
+        if name == "mul":
+            return self._product(node, path)
+        if name in _RESHAPE:
+            return self._reshape(node, self._take(node, args[0]))
+        if name in _TRANSPOSE:
+            return self._transpose(node, path, name)
+        if name == "add":
+            return self._add(node)
+        if name == "cat":
+            return self._cat(node)
+        if name in _POOL:
+            return self._pool(node, self._take(node, args[0]), _POOL[name])
+        if name in _POOL_TUPLE:
+            return _Multi(self._pool(node, self._take(node, args[0]), _POOL_TUPLE[name]), name)
+        if name in _REDUCE:
+            dims = _arg(node, 1, "dim")
+            if dims is None or (isinstance(dims, (tuple, list)) and not dims):
+                raise UnsupportedModuleError(path, f"aten.{name}", "reduces over every dimension, "
+                                             "the features included")
+            return self._reduce(node, _REDUCE[name])
+        if name == "linear":
+            w, b = self._attr_args(node, 1, ("weight", "bias"))
+            return self._linear(node, self._take(node, args[0]), path, w, b)
+        if name in ("addmm", "mm", "matmul"):
+            return self._matmul(node, path, name)
+        if name in ("conv1d", "conv2d", "conv3d", "convolution", "_convolution"):
+            return self._convolution(node, path, name)
+        if name in _BATCH_NORM:
+            return self._batch_norm_op(node, path, name)
+        if name in ("layer_norm", "native_layer_norm"):
+            w, b = self._attr_args(node, 2, ("weight", "bias"))
+            out = self._layer_norm(node, self._take(node, args[0]), path,
+                                   _arg(node, 1, "normalized_shape"), w, b)
+            return out if name == "layer_norm" else _Multi(out, name)
+        raise UnsupportedModuleError(path, f"aten.{name}", "this operation is not supported",
+                                     SUPPORTED_EXPORT)
+
+    def _getitem(self, node: fx.Node):
+        src, index = node.args
+        val = self.env.get(src)
+        if isinstance(val, _Multi):
+            if index == 0:
+                return val.value
+            raise UnsupportedModuleError(self._path(node), f"aten.{val.op}", f"its output {index} "
+                                         "is used; only its main output is supported")
+        return super()._getitem(node)
+
+    def _transpose(self, node: fx.Node, path: str, name: str):
+        src = node.args[0]
+        param = self.env.get(src) if isinstance(src, fx.Node) else None
+        if isinstance(param, tuple) and len(param) == 2 and isinstance(param[1], Tensor):
+            if param[1].dim() == 2 and _moved_dim(node, name, 0, 2) == 1:
+                return _Transposed(*param)  # W^T, read by addmm/mm below
+            raise UnsupportedModuleError(path, f"aten.{name}", f"it rearranges parameter "
+                                         f"'{param[0]}'; only the transpose of a 2-d weight is "
+                                         "supported")
+        val = self._take(node, src)
+        if val.feat is None:
+            return _Value(None, self._shape(node), -1)
+        fdim = _moved_dim(node, name, self._fdim(val), len(val.shape))
+        return _Value(val.feat, self._shape(node), fdim)
+
+    def _matmul(self, node: fx.Node, path: str, name: str):
+        if name == "addmm":
+            bias_arg, x_arg, w_arg = node.args[:3]
+            if _arg(node, 3, "beta", 1) != 1 or _arg(node, 4, "alpha", 1) != 1:
+                raise UnsupportedModuleError(path, "aten.addmm", "beta/alpha other than 1 are not "
+                                             "supported")
+            (bias,) = self._attr_args(node, 0, ("bias",))
+        else:
+            x_arg, w_arg = node.args[:2]
+            bias = None
+        w = self.env.get(w_arg) if isinstance(w_arg, fx.Node) else None
+        if not isinstance(w, _Transposed):
+            raise UnsupportedModuleError(path, f"aten.{name}", "only a product with a transposed "
+                                         "weight parameter (a linear layer) is supported")
+        return self._linear(node, self._take(node, x_arg), path, (w.name, w.tensor), bias)
+
+    def _convolution(self, node: fx.Node, path: str, name: str):
+        if name in ("convolution", "_convolution"):
+            if _arg(node, 6, "transposed", False):
+                raise UnsupportedModuleError(path, f"aten.{name}", "transposed convolutions are not "
+                                             "supported", SUPPORTED_EXPORT)
+            groups = _arg(node, 8, "groups", 1)
+        else:
+            groups = _arg(node, 6, "groups", 1)
+        if groups != 1:
+            raise UnsupportedModuleError(path, f"aten.{name}", f"groups={groups}; only groups=1 "
+                                         "is supported", SUPPORTED_EXPORT)
+        w, b = self._attr_args(node, 1, ("weight", "bias"))
+        return self._conv(node, self._take(node, node.args[0]), path, w, b)
+
+    def _batch_norm_op(self, node: fx.Node, path: str, name: str):
+        val = self._take(node, node.args[0])
+        if val.feat is not None and self._fdim(val) != 1:
+            raise UnsupportedModuleError(path, f"aten.{name}", "its features are not in dim 1")
+        slots = ("norm_weight", "norm_bias", "running_mean", "running_var")
+        names = ("weight", "bias", "running_mean", "running_var")
+        if node.target.overloadpacket.__name__ == "_native_batch_norm_legit" \
+                and node.target._overloadname == "no_stats":
+            slots, names = slots[:2], names[:2]
+        params = {slot: p for slot, p in zip(slots, self._attr_args(node, 1, names)) if p is not None}
+        feat = self.b.norm(self._feat(val, "channels"), NormKind.BATCH, params, path)
+        out = self._result(node, feat, 1)
+        return out if name == "batch_norm" else _Multi(out, name)
+
+    def _product(self, node: fx.Node, path: str):
+        x, c = node.args[:2]
+        if isinstance(c, fx.Node) and not isinstance(x, fx.Node):
+            x, c = c, x
+        # Core ATen decomposes silu into x * sigmoid(x).
+        for a, b in ((x, c), (c, x)):
+            if isinstance(b, fx.Node) and _op_name(b) in ("sigmoid", "sigmoid_") \
+                    and b.args[0] is a and _silu_product(b, self.live) is node:
+                val = self._take(node, a)
+                if {u for u in a.users if u in self.live} == {b, node}:
+                    val = self.env[a]  # both uses are this one activation
+                return self._activation(node, val, Activation.SILU)
+        # Sine(w0) exports as sin(x * w0): the scale is part of the activation, as it is when the
+        # fx converter reads the Sine module.
+        users = [u for u in node.users if u in self.live]
+        if isinstance(c, (int, float)) and users and all(_op_name(u) in ("sin", "sin_")
+                                                         for u in users):
+            return self._take(node, x)
+        raise UnsupportedModuleError(path, "aten.mul", "only x * constant feeding sin (a SIREN "
+                                     "layer) and x * sigmoid(x) (silu) are supported",
+                                     SUPPORTED_EXPORT)
+
+
+def _silu_product(sigmoid: fx.Node, live: set[fx.Node]) -> fx.Node | None:
+    """The ``mul(x, sigmoid(x))`` node when that is the sigmoid's only use, else None."""
+    users = [u for u in sigmoid.users if u in live]
+    if len(users) != 1 or _op_name(users[0]) != "mul":
+        return None
+    x = sigmoid.args[0]
+    return users[0] if set(users[0].args[:2]) == {x, sigmoid} else None
+
+
+def state_dict_order(ep: torch.export.ExportedProgram) -> list[str]:
+    """The keys of ``ep.state_dict`` in the order the original ``module.state_dict()`` had them.
+
+    An exported program lists every parameter before every buffer; ``nn.Module.state_dict``
+    walks the modules depth-first and gives each module's parameters, then its buffers, then its
+    children. Both lists are in that depth-first module order, so the module tree (children in
+    order of first appearance) gives back the original order. A child module that holds only
+    buffers is placed after its siblings that hold parameters.
+    """
+    keys = list(ep.state_dict)
+    present = set(keys)
+    params = [k for k in ep.graph_signature.parameters if k in present]
+    buffers = [k for k in ep.graph_signature.buffers if k in present]
+    rest = [k for k in keys if k not in set(params) | set(buffers)]
+    children: dict[str, list[str]] = {}
+    own: dict[str, list[str]] = {}
+    for key in params + buffers:
+        parts = key.split(".")
+        for i in range(len(parts) - 1):
+            parent, child = ".".join(parts[:i]), ".".join(parts[: i + 1])
+            siblings = children.setdefault(parent, [])
+            if child not in siblings:
+                siblings.append(child)
+        own.setdefault(".".join(parts[:-1]), []).append(key)
+    order: list[str] = []
+    stack = [""]
+    while stack:
+        module = stack.pop()
+        order.extend(own.get(module, ()))  # parameters first: they were added first
+        stack.extend(reversed(children.get(module, [])))
+    return order + rest
+
+
+def _op_name(node: fx.Node) -> str:
+    packet = getattr(node.target, "overloadpacket", None)
+    if packet is not None:
+        return packet.__name__
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _moved_dim(node: fx.Node, name: str, dim: int, ndim: int) -> int:
+    """Where dimension ``dim`` of the input ends up after a transpose/permute node."""
+    if name == "t":
+        return 1 - dim if ndim == 2 else dim
+    if name == "permute":
+        dims = [d % ndim for d in _arg(node, 1, "dims")]
+        return dims.index(dim)
+    a, b = (d % ndim for d in node.args[1:3])
+    return b if dim == a else a if dim == b else dim
+
+
+def _check_not_attention(node: fx.Node, path: str, name: str) -> None:
+    stack = node.meta.get("nn_module_stack") or {}
+    for sub_path, sub_type in stack.values():
+        kind = str(sub_type).rsplit(".", 1)[-1]
+        if str(sub_type).startswith("torch.nn.") and kind in _ATTENTION_MODULES:
+            raise UnsupportedModuleError(sub_path, kind, "attention is not supported in "
+                                         "torch.export programs; convert the live module with "
+                                         "paramgraph.from_module (or the checkpoint with --arch)")
+    if name in _ATTENTION_OPS:
+        raise UnsupportedModuleError(path, f"aten.{name}", "attention is not supported in "
+                                     "torch.export programs; convert the live module with "
+                                     "paramgraph.from_module (or the checkpoint with --arch)")
+
+
+def _ancestors(outputs: list[fx.Node]) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = list(outputs)
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(n.all_input_nodes)
+    return seen
+
+
+def _root_type(ep: torch.export.ExportedProgram) -> str:
+    for node in ep.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            path, kind = next(iter(stack.values()))
+            if path == "":
+                return str(kind).rsplit(".", 1)[-1] or "ExportedProgram"
+    return "ExportedProgram"
