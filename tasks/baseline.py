@@ -1,0 +1,114 @@
+"""The statistics baseline (StatNN, Unterthiner et al. 2020): per-tensor weight statistics fed to
+scikit-learn's histogram gradient boosting.
+
+Features. For every floating-point tensor of a network's state_dict (weights, biases, and the
+batch-norm scales, shifts and running statistics), in state_dict order (which is the forward
+order of the zoo architectures), seven statistics: mean, variance, and the 0/25/50/75/100%
+quantiles. Then:
+
+* a zoo of one architecture (``cnn``, ``inr``) uses the statistics of every tensor, concatenated;
+* a heterogeneous zoo needs a fixed length whatever the depth, so it uses the statistics of the
+  first ``K = 4`` and of the last ``K = 4`` tensors (two layers' weight and bias at each end),
+  zero-padded with a 0/1 "present" flag per slot when a network has fewer tensors, plus global
+  statistics of all weight matrices/kernels pooled together and of all 1-d tensors pooled
+  together, plus log(number of parameters) and the number of tensors. No architecture labels
+  are used: the baseline sees weights only, like the metanets.
+
+Models: ``HistGradientBoostingRegressor`` (generalisation: test accuracy; INR editing: one
+regressor per output pixel of the dilated image) and ``HistGradientBoostingClassifier`` (INR
+classification), with default settings and a fixed ``random_state``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from .errors import TaskError
+from .zoo import Zoo
+
+K_ENDS = 4
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+STATS = 2 + len(QUANTILES)
+
+
+def tensor_stats(t: torch.Tensor) -> np.ndarray:
+    """``[7]``: mean, variance and the 0/25/50/75/100% quantiles of ``t``'s entries."""
+    v = t.detach().double().reshape(-1)
+    if v.numel() == 0:
+        return np.zeros(STATS)
+    q = torch.quantile(v, torch.tensor(QUANTILES, dtype=torch.float64))
+    var = v.var(unbiased=False) if v.numel() > 1 else torch.zeros((), dtype=torch.float64)
+    return np.concatenate([[float(v.mean()), float(var)], q.numpy()])
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    return [v for v in state.values() if v.is_floating_point()]
+
+
+def features(state: dict[str, torch.Tensor], hetero: bool) -> np.ndarray:
+    """The baseline's feature vector of one network (see the module docstring)."""
+    ts = _tensors(state)
+    if not ts:
+        raise TaskError("a network without floating-point tensors has no weight statistics")
+    if not hetero:
+        return np.concatenate([tensor_stats(t) for t in ts])
+    slots = []
+    for t in (ts[:K_ENDS] + [None] * K_ENDS)[:K_ENDS] + ([None] * K_ENDS + ts[-K_ENDS:])[-K_ENDS:]:
+        slots.append(np.concatenate([[0.0], np.zeros(STATS)]) if t is None
+                     else np.concatenate([[1.0], tensor_stats(t)]))
+    mats = [t.reshape(-1) for t in ts if t.dim() >= 2]
+    vecs = [t.reshape(-1) for t in ts if t.dim() < 2]
+    glob = [tensor_stats(torch.cat(mats)) if mats else np.zeros(STATS),
+            tensor_stats(torch.cat(vecs)) if vecs else np.zeros(STATS)]
+    n_params = sum(t.numel() for t in ts)
+    return np.concatenate(slots + glob + [[math.log(n_params), float(len(ts))]])
+
+
+def zoo_features(zoo: Zoo, ids: list[int] | None = None) -> np.ndarray:
+    """``[n, F]`` features of the networks ``ids`` (default all) of ``zoo``."""
+    ids = list(range(len(zoo))) if ids is None else ids
+    hetero = zoo.kind == "hetero"
+    return np.stack([features(zoo.state_dict(i), hetero) for i in ids])
+
+
+def fit_predict(task: str, zoo: Zoo, split_train: str = "train", split_eval: str = "test",
+                seed: int = 0, x_all: np.ndarray | None = None) -> dict:
+    """Fit the baseline for ``task`` on one split and predict another.
+
+    Returns ``{"pred": array, "true": array, "metrics": dict, "seconds": fit+predict time}``; the
+    metrics are those of :func:`tasks.metrics.task_metrics`. ``x_all`` may pass precomputed
+    :func:`zoo_features` of the whole zoo. Raises :class:`TaskError` for an unknown task or a zoo
+    of the wrong kind.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    from .data import targets
+    from .metrics import task_metrics
+
+    target = {"generalization": "test_acc", "inr-class": "label", "inr-edit": "dilate"}.get(task)
+    if target is None:
+        raise TaskError(f"unknown task '{task}' (known: generalization, inr-class, inr-edit)")
+    y_all = targets(zoo, target).numpy()
+    tr, ev = zoo.split(split_train), zoo.split(split_eval)
+    start = time.time()
+    x_all = zoo_features(zoo) if x_all is None else x_all
+    x_tr, x_ev, y_tr, y_ev = x_all[tr], x_all[ev], y_all[tr], y_all[ev]
+    if task == "generalization":
+        model = HistGradientBoostingRegressor(random_state=seed).fit(x_tr, y_tr)
+        pred = model.predict(x_ev)
+    elif task == "inr-class":
+        model = HistGradientBoostingClassifier(random_state=seed).fit(x_tr, y_tr)
+        pred = model.predict_proba(x_ev)
+        full = np.zeros((len(ev), 10))
+        full[:, model.classes_] = pred
+        pred = full
+    else:
+        pred = np.stack([HistGradientBoostingRegressor(random_state=seed, max_iter=50)
+                         .fit(x_tr, y_tr[:, p]).predict(x_ev) for p in range(y_tr.shape[1])], 1)
+    seconds = time.time() - start
+    return {"pred": pred, "true": y_ev, "metrics": task_metrics(task, pred, y_ev),
+            "seconds": seconds}

@@ -1,0 +1,185 @@
+"""PyTorch Geometric data sets over a zoo directory.
+
+Every network of a zoo is converted once (``paramgraph.from_module`` on the rebuilt module, or a
+template fill for a repeated architecture) and the graphs are cached under ``ZOO/cache/`` as a
+:mod:`paramgraph.store` (sharded safetensors, memory-mapped, no pickle). The cache directory name
+contains a key made of the zoo's fingerprint (a hash of its metadata table, which records each
+checkpoint's SHA-256, and of its splits), the paramgraph version and the cache format, so a changed
+zoo, converter or format is never served stale graphs; stale caches are deleted when a new one is
+written.
+
+:class:`ZooDataset` yields :class:`~paramgraph.ParamGraph` objects with a target ``y`` and the
+network's id ``net_id``; batch them with ``torch_geometric.loader.DataLoader``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Dataset
+
+import paramgraph
+from paramgraph import ParamGraph
+
+from .archs import example_input
+from .errors import TaskError, ZooError
+from .threads import threads
+from .io import sha256_text
+from .zoo import Zoo
+
+CACHE_FORMAT = 2
+TARGETS = ("test_acc", "label", "dilate")
+
+
+def cache_key(zoo: Zoo) -> str:
+    """The 16-hex-digit key of the zoo's graph cache (see the module docstring)."""
+    return sha256_text(f"{zoo.fingerprint()}|{paramgraph.__version__}|{CACHE_FORMAT}")[:16]
+
+
+def convert_network(zoo: Zoo, i: int, templates: dict | None = None) -> ParamGraph:
+    """Network ``i`` of ``zoo`` as a parameter graph.
+
+    With ``templates`` (a dict kept between calls), each distinct architecture is traced once and
+    later networks of the same spec are filled into its graph (``paramgraph.from_state_dict``),
+    which gives the same graph much faster. Raises :class:`ZooError` naming the network if its
+    checkpoint is missing/corrupt or cannot be converted.
+    """
+    spec = zoo.rows[i]["spec"]
+    key = json.dumps(spec, sort_keys=True)
+    try:
+        if templates is not None and key in templates:
+            return paramgraph.from_state_dict(templates[key], zoo.state_dict(i))
+        model = zoo.model(i)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = paramgraph.from_module(model, example_input(spec))
+    except paramgraph.ParamGraphError as err:
+        if isinstance(err, ZooError):
+            raise
+        raise ZooError(f"zoo '{zoo.root}' network {i} ({zoo.rows[i].get('arch')}) cannot be "
+                       f"converted: {err}") from None
+    if templates is not None:
+        templates[key] = graph
+    return graph
+
+
+def load_graphs(zoo: Zoo | str | os.PathLike, progress: bool = True) -> list[ParamGraph]:
+    """Every network of ``zoo`` as a parameter graph, in id order, converted once and cached.
+
+    The cache is a :mod:`paramgraph.store` directory ``ZOO/cache/graphs-<key>``, written under a
+    temporary name and renamed when complete. Returns the list of graphs (without targets; they
+    are memory-mapped views of the cache). Raises :class:`ZooError` for a missing or corrupt zoo
+    or a network that cannot be converted.
+    """
+    from paramgraph.store import GraphStore, write_store
+
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    cache_dir = zoo.root / "cache"
+    path = cache_dir / f"graphs-{cache_key(zoo)}"
+    if path.is_dir():
+        try:
+            store = GraphStore(path)
+            if len(store) == len(zoo):
+                return [store[i] for i in range(len(store))]
+        except paramgraph.ParamGraphError:
+            pass  # unreadable or corrupt cache: rebuild it below
+    from tqdm import tqdm
+
+    templates: dict = {}
+    with threads(1):  # tiny tensors: one thread is several times faster
+        graphs = [convert_network(zoo, i, templates)
+                  for i in tqdm(range(len(zoo)), unit="net", desc=f"convert {zoo.root}",
+                                disable=not progress)]
+    cache_dir.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=cache_dir))
+    try:
+        write_store(graphs, tmp)
+        for old in cache_dir.glob("graphs-*"):  # stale caches of an earlier zoo or version
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return graphs
+
+
+def targets(zoo: Zoo, target: str) -> Tensor:
+    """The per-network target of ``zoo`` for ``target``.
+
+    ``test_acc``: ``[n]`` float test accuracies (hetero/cnn zoos); ``label``: ``[n]`` long digit
+    classes (inr zoos); ``dilate``: ``[n, 64]`` float dilated images (inr zoos). Raises
+    :class:`TaskError` for an unknown target or one the zoo does not have.
+    """
+    if target not in TARGETS:
+        raise TaskError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
+    need = "test_acc" if target == "test_acc" else "label"
+    if any(need not in r for r in zoo.rows):
+        raise TaskError(f"zoo '{zoo.root}' ({zoo.kind}) has no '{need}' for target '{target}'; "
+                        f"{'accuracy targets need a hetero or cnn zoo' if need == 'test_acc' else 'INR targets need an inr zoo'}")
+    if target == "test_acc":
+        return torch.tensor([float(r["test_acc"]) for r in zoo.rows], dtype=torch.float32)
+    if target == "label":
+        return torch.tensor([int(r["label"]) for r in zoo.rows], dtype=torch.long)
+    from .digits import images
+    from .inr import dilate
+
+    x, _ = images()
+    return dilate(x[[int(r["image_index"]) for r in zoo.rows]])
+
+
+class ZooDataset(Dataset):
+    """The graphs of one split of a zoo, each with its target ``y`` and id ``net_id``.
+
+    ``zoo``: a :class:`~tasks.zoo.Zoo` or its directory. ``split``: a split name of the zoo
+    (``None``: every network). ``target``: see :func:`targets` (``None``: no ``y``). ``graphs``:
+    already loaded graphs of the whole zoo (to share them between splits). ``y`` of one graph has
+    shape ``[1]`` (accuracy, label) or ``[1, 64]`` (dilated image), so a batch's ``y`` is ``[B]``
+    or ``[B, 64]``. Raises :class:`ZooError`/:class:`TaskError` for a bad zoo, split or target.
+    """
+
+    def __init__(self, zoo: Zoo | str | os.PathLike, split: str | None = None,
+                 target: str | None = None, graphs: list[ParamGraph] | None = None,
+                 progress: bool = True):
+        self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+        self.ids = list(range(len(self.zoo))) if split is None else list(self.zoo.split(split))
+        self.split_name = split
+        self.target = target
+        self.graphs = graphs if graphs is not None else load_graphs(self.zoo, progress)
+        if len(self.graphs) != len(self.zoo):
+            raise TaskError(f"{len(self.graphs)} graphs given for a zoo of {len(self.zoo)}")
+        self._y = targets(self.zoo, target) if target is not None else None
+        super().__init__(None)
+
+    def len(self) -> int:
+        return len(self.ids)
+
+    def get(self, idx: int) -> ParamGraph:
+        i = self.ids[idx]
+        g = self.graphs[i]
+        out = g.with_values(g.edge_value, g.node_value)  # shallow copy: targets do not leak
+        out.net_id = torch.tensor([i])
+        if self._y is not None:
+            out.y = self._y[i : i + 1]
+        return out
+
+    @property
+    def rows(self) -> list[dict]:
+        """The metadata rows of this split's networks, in order."""
+        return [self.zoo.rows[i] for i in self.ids]
+
+    def target_tensor(self) -> Tensor:
+        """The targets of this split's networks, stacked in order."""
+        if self._y is None:
+            raise TaskError("this data set has no target")
+        return self._y[self.ids]
+
+
+def cache_path(zoo: Zoo) -> Path:
+    """The directory of the zoo's current graph cache (it may not exist yet)."""
+    return zoo.root / "cache" / f"graphs-{cache_key(zoo)}"

@@ -1,0 +1,67 @@
+"""Metrics of the three tasks, on plain tensors or arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def kendall_tau(pred, true) -> float:
+    """Kendall's tau-b between predictions and targets (nan when either is constant)."""
+    from scipy.stats import kendalltau
+
+    p, t = _np(pred).reshape(-1), _np(true).reshape(-1)
+    if len(p) < 2 or np.all(p == p[0]) or np.all(t == t[0]):
+        return float("nan")
+    return float(kendalltau(p, t).statistic)
+
+
+def r2(pred, true) -> float:
+    """Coefficient of determination 1 - SS_res / SS_tot (nan for constant targets)."""
+    p, t = _np(pred).reshape(-1), _np(true).reshape(-1)
+    ss_tot = float(((t - t.mean()) ** 2).sum())
+    if ss_tot == 0:
+        return float("nan")
+    return 1.0 - float(((t - p) ** 2).sum()) / ss_tot
+
+
+def accuracy(logits_or_labels, true) -> float:
+    """Fraction of correct classes; takes ``[n, C]`` scores or ``[n]`` predicted labels."""
+    p = _np(logits_or_labels)
+    if p.ndim == 2:
+        p = p.argmax(1)
+    return float((p.reshape(-1) == _np(true).reshape(-1)).mean())
+
+
+def mse(pred, true) -> float:
+    """Mean squared error over every entry."""
+    return float(((_np(pred) - _np(true)) ** 2).mean())
+
+
+def task_metrics(task: str, pred, true) -> dict[str, float]:
+    """Every metric of ``task`` (generalization: kendall_tau, r2, mse; inr-class: accuracy;
+    inr-edit: mse), as a dict of floats."""
+    if task == "generalization":
+        return {"kendall_tau": kendall_tau(pred, true), "r2": r2(pred, true), "mse": mse(pred, true)}
+    if task == "inr-class":
+        return {"accuracy": accuracy(pred, true)}
+    if task == "inr-edit":
+        return {"mse": mse(pred, true)}
+    raise ValueError(f"unknown task '{task}'")
+
+
+def is_better(metric: str, new: float, best: float | None) -> bool:
+    """Whether ``new`` beats ``best`` for ``metric`` (higher is better except for losses/mse)."""
+    if new is None or (isinstance(new, float) and math.isnan(new)):
+        return False
+    if best is None or (isinstance(best, float) and math.isnan(best)):
+        return True
+    lower = metric in ("mse", "loss")
+    return new < best if lower else new > best

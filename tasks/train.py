@@ -1,0 +1,436 @@
+"""Training, evaluating and plotting metanet runs.
+
+A run directory holds::
+
+    config.json          the TrainConfig, the zoo's fingerprint and the metanet's arguments
+    metrics.csv/.json    one row per epoch: lr, train loss, validation scores, seconds
+    best.safetensors     the metanet's weights at the best validation score
+    best.json            that epoch and its validation scores
+    resume.pt            model, optimiser, scheduler and history after the last finished epoch
+                         (tensors and plain containers only: read with weights_only=True)
+    eval-<split>.json    written by :func:`evaluate_run`: scores and predictions on a split
+    *.png                written by :func:`plot_run`
+
+Training: AdamW, linear warm-up then cosine decay (per step), gradient-norm clipping, one
+progress bar. Determinism: the metanet is initialised from ``seed``, the order of the training
+graphs in epoch ``e`` is a permutation drawn from ``(seed, e)`` and the global RNG is re-seeded
+from ``(seed, e)`` at the start of every epoch, so a run stopped after any epoch and resumed ends
+with the same metrics as an uninterrupted one (on the same number of threads).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import RunError, TaskError
+from .io import atomic_write_json, atomic_write_text, atomic_save_safetensors, load_safetensors, read_json
+from .metrics import is_better
+from .objectives import Objective, get_objective, identity_edit_mse, siren_hidden
+from .threads import threads as thread_count
+
+CONFIG = "config.json"
+RESUME = "resume.pt"
+BEST = "best.safetensors"
+SPLIT_SETS = ("id", "ood")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as the run's ``config.json``)."""
+
+    task: str
+    zoo: str
+    mode: str = "quasi"
+    hidden: int = 32
+    layers: int = 3
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    warmup: float = 0.05  # fraction of all steps spent warming up linearly
+    min_lr: float = 0.01  # cosine decays to this fraction of lr
+    clip: float = 1.0
+    seed: int = 0
+    splits: str = "id"  # "id": train/val/test; "ood": ood_train/ood_val/ood_test (hetero)
+    eval_batch_size: int = 64
+    max_train: int | None = None  # use only the first N training networks (quick runs)
+    model_kwargs: dict = field(default_factory=dict)
+
+    def split(self, which: str) -> str:
+        """The zoo split name of ``which`` (train/val/test) under this run's split set."""
+        return which if self.splits == "id" else f"ood_{which}"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise RunError(f"run config has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def build_metanet(cfg: TrainConfig, objective: Objective):
+    """The metanet of a run (freshly initialised from the global RNG)."""
+    import models
+
+    kwargs = dict(mode=cfg.mode, task=objective.head, hidden=cfg.hidden, layers=cfg.layers,
+                  **cfg.model_kwargs)
+    if objective.head == "invariant":
+        kwargs["out_dim"] = objective.out_dim
+    try:
+        return models.MetaNet(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise TaskError(f"cannot build the metanet: {err}") from None
+
+
+def lr_factor(step: int, total: int, warmup: float, min_lr: float) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``total``: linear warm-up over the
+    first ``warmup`` fraction of the steps, then cosine decay to ``min_lr``."""
+    w = max(1, int(round(warmup * total)))
+    if step < w:
+        return (step + 1) / w
+    t = min(1.0, (step - w) / max(1, total - w))
+    return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class _Data:
+    """The zoo, its graphs and the three split data sets of a run."""
+
+    def __init__(self, cfg: TrainConfig, objective: Objective, progress: bool):
+        from .data import ZooDataset, load_graphs
+        from .zoo import Zoo
+
+        self.zoo = Zoo(cfg.zoo)
+        objective.check_zoo(self.zoo)
+        graphs = load_graphs(self.zoo, progress)
+        self.sets = {}
+        for which in ("train", "val", "test"):
+            self.sets[which] = ZooDataset(self.zoo, cfg.split(which), objective.target,
+                                          graphs=graphs)
+            if len(self.sets[which]) == 0:
+                raise TaskError(f"zoo '{self.zoo.root}' split '{cfg.split(which)}' is empty; "
+                                "make a larger zoo")
+        if cfg.max_train:
+            ds = self.sets["train"]
+            ds.ids = ds.ids[: cfg.max_train]
+        self.hidden = siren_hidden(self.zoo) if objective.name == "inr-edit" else None
+
+
+def predict(net, objective: Objective, dataset, batch_size: int, hidden=None):
+    """Predictions and targets of ``net`` on every graph of ``dataset`` (in order), no grad.
+
+    Returns ``(pred, y, net_ids)`` as stacked tensors.
+    """
+    from torch_geometric.loader import DataLoader
+
+    preds, ys, ids = [], [], []
+    net.eval()
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            preds.append(objective.predict(net, batch, hidden).float())
+            ys.append(batch.y)
+            ids.append(batch.net_id)
+    return torch.cat(preds), torch.cat(ys), torch.cat(ids)
+
+
+def _write_metrics(run: Path, history: list[dict]) -> None:
+    atomic_write_json(run / "metrics.json", history)
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for row in history:
+        w.writerow(row)
+    atomic_write_text(run / "metrics.csv", buf.getvalue())
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
+          threads: int | None = None, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Train a metanet for ``cfg`` into the run directory ``out``.
+
+    ``resume``: continue the run in ``out`` from its last finished epoch (its saved config is
+    used; ``cfg`` may be ``None``). ``threads``: torch threads while training. ``stop_after``:
+    finish at most this many epochs in this call, leaving the run resumable.
+
+    Returns a summary dict: ``run``, ``epochs_done``, ``complete``, ``best_epoch``, ``best``
+    (validation scores) and ``seconds`` (training time summed over all calls). Raises
+    :class:`RunError` for a run directory that exists without ``resume`` (or is missing with
+    it), or whose zoo has changed; :class:`TaskError`/:class:`~tasks.errors.ZooError` for a bad
+    task, mode or zoo.
+    """
+    run = Path(out)
+    if resume:
+        if not (run / CONFIG).is_file():
+            raise RunError(f"cannot resume '{run}': it has no {CONFIG} (not a run directory)")
+        saved = read_json(run / CONFIG, "run config")
+        cfg = TrainConfig.from_dict(saved["config"])
+    else:
+        if cfg is None:
+            raise RunError("a new run needs a configuration")
+        if (run / CONFIG).exists():
+            raise RunError(f"'{run}' already holds a run; pass --resume to continue it or "
+                           "choose another --out")
+    objective = get_objective(cfg.task)
+    from models import MODES
+
+    if cfg.mode not in MODES:
+        raise TaskError(f"unknown mode '{cfg.mode}' (known: {', '.join(MODES)})")
+    if cfg.splits not in SPLIT_SETS:
+        raise TaskError(f"unknown split set '{cfg.splits}' (known: {', '.join(SPLIT_SETS)})")
+    with thread_count(threads):
+        return _train(cfg, objective, run, resume, progress, stop_after, threads)
+
+
+def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, progress: bool,
+           stop_after: int | None, threads: int | None) -> dict:
+    from torch_geometric.loader import DataLoader
+    from tqdm import tqdm
+
+    data = _Data(cfg, objective, progress)
+    fingerprint = data.zoo.fingerprint()
+    torch.manual_seed(cfg.seed)
+    net = build_metanet(cfg, objective)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_set = data.sets["train"]
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, cfg.warmup, cfg.min_lr))
+    history: list[dict] = []
+    best: dict | None = None
+    start_epoch = 1
+    if resume:
+        saved = read_json(run / CONFIG, "run config")
+        if saved.get("zoo_fingerprint") != fingerprint:
+            raise RunError(f"cannot resume '{run}': zoo '{cfg.zoo}' has changed since the run "
+                           "started")
+        if (run / RESUME).is_file():
+            try:
+                state = torch.load(run / RESUME, weights_only=True)
+                net.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+            except Exception as err:
+                raise RunError(f"cannot resume '{run}': {run / RESUME} is unreadable ({err})") \
+                    from None
+            history, best = state["history"], state["best"]
+            start_epoch = int(state["epoch"]) + 1
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run / CONFIG, {
+            "config": asdict(cfg), "zoo_fingerprint": fingerprint, "zoo_kind": data.zoo.kind,
+            "objective": objective.name, "siren_hidden": data.hidden,
+            "metanet_parameters": sum(p.numel() for p in net.parameters()),
+            "train_size": len(train_set), "val_size": len(data.sets["val"]),
+            "test_size": len(data.sets["test"]), "threads": threads,
+        })
+    identity = None  # inr-edit: the validation error of leaving the SIRENs unedited
+    if objective.name == "inr-edit":
+        identity = (history[0]["val_identity_mse"] if history
+                    else identity_edit_mse(data.sets["val"], data.hidden))
+
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch - 1 + stop_after)
+    bar = tqdm(total=(last - start_epoch + 1) * steps_per_epoch, unit="step",
+               desc=f"{cfg.task}/{cfg.mode}", disable=not progress)
+    for epoch in range(start_epoch, last + 1):
+        t0 = time.time()
+        torch.manual_seed(_seed(cfg.seed, epoch, 1))
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(
+            _seed(cfg.seed, epoch, 2)))
+        net.train()
+        loss_sum, count = 0.0, 0
+        for batch in DataLoader(train_set[order], batch_size=cfg.batch_size, shuffle=False):
+            pred = objective.predict(net, batch, data.hidden)
+            loss = objective.loss(pred, batch.y)
+            if not torch.isfinite(loss):
+                raise TaskError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
+                                "lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * batch.num_graphs
+            count += batch.num_graphs
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+        pred, y, _ = predict(net, objective, data.sets["val"], cfg.eval_batch_size, data.hidden)
+        val = objective.metrics(pred, y)
+        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / count,
+               **{f"val_{k}": v for k, v in val.items()}}
+        if identity is not None:
+            row["val_identity_mse"] = identity
+        row["seconds"] = time.time() - t0
+        history.append(row)
+        score = val[objective.select]
+        if best is None or _improves(objective, score, best["val"][objective.select]):
+            best = {"epoch": epoch, "val": val}
+            atomic_save_safetensors(run / BEST, net.state_dict(),
+                                    metadata={"epoch": str(epoch)})
+            atomic_write_json(run / "best.json", best)
+        _write_metrics(run, history)
+        _atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
+                            "best": best}, run / RESUME)
+        bar.set_postfix(epoch=epoch, **{f"val_{objective.select}": f"{score:.4f}"})
+    bar.close()
+    done = history[-1]["epoch"] if history else 0
+    return {"run": str(run), "epochs_done": done, "complete": done >= cfg.epochs,
+            "best_epoch": best["epoch"] if best else None, "best": best["val"] if best else None,
+            "seconds": sum(h["seconds"] for h in history)}
+
+
+def _improves(objective: Objective, new: float, old: float) -> bool:
+    return is_better("mse" if not objective.higher else objective.select, new, old)
+
+
+# -- loading, evaluating, plotting ----------------------------------------------------------------
+
+def load_run(run: str | os.PathLike):
+    """The saved config and the best metanet of a run: returns ``(cfg, objective, net, info)``
+    where ``info`` is the run's ``config.json``. Raises :class:`RunError` for a missing or
+    corrupt run or checkpoint."""
+    run = Path(run)
+    if not run.is_dir():
+        raise RunError(f"run directory '{run}' does not exist")
+    try:
+        info = read_json(run / CONFIG, "run config")
+    except TaskError as err:
+        raise RunError(str(err)) from None
+    cfg = TrainConfig.from_dict(info["config"])
+    objective = get_objective(cfg.task)
+    net = build_metanet(cfg, objective)
+    try:
+        state = load_safetensors(run / BEST, "metanet checkpoint")
+    except TaskError as err:
+        raise RunError(f"{err} (has the run finished an epoch?)") from None
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise RunError(f"metanet checkpoint '{run / BEST}' does not fit the run's config: "
+                       f"{str(err).splitlines()[0]}") from None
+    return cfg, objective, net.eval(), info
+
+
+def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | None = None,
+                 progress: bool = False) -> dict:
+    """Score a run's best metanet on ``split`` (train/val/test of the run's split set).
+
+    Writes ``RUN/eval-<split>.json`` (scores, predictions, targets, network ids) and returns
+    ``{"split", "zoo_split", "metrics", "n", "seconds"}``. For inr-edit the scores include
+    ``identity_mse``, the error of leaving the SIREN unedited. Raises :class:`RunError`/
+    :class:`TaskError` for a bad run or split.
+    """
+    if split not in ("train", "val", "test"):
+        raise TaskError(f"unknown split '{split}' (use train, val or test)")
+    cfg, objective, net, _ = load_run(run)
+    with thread_count(threads):
+        data = _Data(cfg, objective, progress)
+        t0 = time.time()
+        pred, y, ids = predict(net, objective, data.sets[split], cfg.eval_batch_size, data.hidden)
+        metrics = objective.metrics(pred, y)
+        if objective.name == "inr-edit":
+            metrics["identity_mse"] = identity_edit_mse(data.sets[split], data.hidden)
+        seconds = time.time() - t0
+    result = {"split": split, "zoo_split": cfg.split(split), "metrics": metrics,
+              "n": int(len(y)), "seconds": seconds}
+    store = dict(result, net_id=ids.tolist(), pred=pred.tolist(), true=y.tolist())
+    atomic_write_json(Path(run) / f"eval-{split}.json", store, indent=None)
+    return result
+
+
+def plot_run(run: str | os.PathLike, split: str = "test") -> list[Path]:
+    """Draw the run's learning curves (``curves.png``) and, for generalisation, predicted
+    against true accuracy on ``split`` (``scatter-<split>.png``, evaluated first if needed).
+    Returns the written paths. Raises :class:`RunError` if the run has no metrics yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(run)
+    try:
+        history = read_json(run / "metrics.json", "run metrics")
+    except TaskError as err:
+        raise RunError(f"{err} (has the run finished an epoch?)") from None
+    info = read_json(run / CONFIG, "run config")
+    task = info["config"]["task"]
+    epochs = [h["epoch"] for h in history]
+    val_keys = [k for k in history[0] if k.startswith("val_")]
+    fig, axes = plt.subplots(1, 1 + len(val_keys), figsize=(4 * (1 + len(val_keys)), 3.2))
+    axes = np.atleast_1d(axes)
+    axes[0].plot(epochs, [h["train_loss"] for h in history], marker="o")
+    axes[0].set(title="train loss", xlabel="epoch")
+    axes[0].set_yscale("log")
+    for ax, key in zip(axes[1:], val_keys):
+        ax.plot(epochs, [h[key] for h in history], marker="o")
+        ax.set(title=key.replace("_", " "), xlabel="epoch")
+    fig.suptitle(f"{task} / {info['config']['mode']}")
+    fig.tight_layout()
+    out = [run / "curves.png"]
+    _save_fig(fig, out[0])
+    plt.close(fig)
+    if task == "generalization":
+        path = run / f"eval-{split}.json"
+        if not path.is_file():
+            evaluate_run(run, split)
+        ev = read_json(path, "evaluation")
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.scatter(ev["true"], ev["pred"], s=8, alpha=0.6)
+        ax.plot([0, 1], [0, 1], color="grey", lw=1)
+        m = ev["metrics"]
+        ax.set(xlabel="true test accuracy", ylabel="predicted", xlim=(0, 1.02), ylim=(0, 1.02),
+               title=f"{info['config']['mode']}: tau {m['kendall_tau']:.3f}, R2 {m['r2']:.3f}")
+        fig.tight_layout()
+        out.append(run / f"scatter-{split}.png")
+        _save_fig(fig, out[-1])
+        plt.close(fig)
+    return out
+
+
+def _save_fig(fig, path: Path) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,557 @@
+"""Model zoos made from the bundled digits: generation (parallel, resumable, deterministic) and
+loading.
+
+Three kinds (``paramgraph zoo make --kind ...``):
+
+``hetero``  MLPs, CNNs (with/without batch norm and residual blocks) and small ViTs with randomly
+            drawn architectures and training hyperparameters; several checkpoints per run.
+``cnn``     the Small-CNN-Zoo protocol on digits: one fixed CNN (3 convolutions of 16 channels,
+            3x3, stride 2, global average pool, Linear: 4,970 parameters, like the original), with
+            the activation (ReLU/tanh) and the training hyperparameters drawn at random.
+``inr``     one SIREN per digit image (see :mod:`tasks.inr`), fitted in batches.
+
+A zoo directory holds::
+
+    zoo.json             manifest: kind, size, seed, checkpoints per run, format version, status
+    nets/000042.safetensors   one checkpoint per network (its spec is in the file's metadata too)
+    rows/000042.json     one metadata row per network, written atomically after its checkpoint
+    metadata.jsonl       the merged metadata table (one JSON row per network, by id)
+    metadata.csv         the same, flattened, for people and spreadsheets
+    splits.json          train/val/test network ids, split by run (and ood_* splits for hetero)
+    cache/               converted parameter graphs (see :mod:`tasks.data`)
+
+Determinism: run ``r`` of a zoo with seed ``s`` draws everything from the seed
+:func:`run_seed` ``(s, r)`` and trains on one thread, so its checkpoints do not depend on the number
+of workers or on the order in which runs finish. Resuming: a run whose rows and checkpoints all
+exist is skipped, so an interrupted ``zoo make`` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .archs import build_model, describe, example_input  # noqa: F401  (re-exported)
+from .errors import TaskError, ZooError
+from .io import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    atomic_write_text,
+    load_safetensors,
+    read_json,
+    sha256_file,
+)
+
+KINDS = ("hetero", "cnn", "inr")
+FORMAT_VERSION = 1
+SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+DEFAULT_CKPTS = 4
+INR_CHUNK = 128  # SIRENs fitted together in one batched optimisation
+INR_HIDDEN = [32, 32]
+INR_STEPS = 500
+OOD_FAMILY = "vit"
+SMALL_CNN = {"family": "cnn", "channels": [16, 16, 16], "kernels": [3, 3, 3],
+             "strides": [2, 2, 2], "batch_norm": False, "residual": False, "dropout": 0.0}
+
+
+def run_seed(seed: int, run: int) -> int:
+    """The seed of run ``run`` of a zoo with seed ``seed`` (independent of workers and order)."""
+    return int(np.random.SeedSequence([int(seed), int(run)]).generate_state(1)[0])
+
+
+# -- sampling architectures and hyperparameters ---------------------------------------------------
+
+def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def sample_hetero_spec(rng: np.random.Generator) -> dict:
+    """A random MLP (40%), CNN (40%) or ViT (20%) spec for the hetero zoo."""
+    family = str(rng.choice(["mlp", "cnn", "vit"], p=[0.4, 0.4, 0.2]))
+    acts = ["relu", "leaky_relu", "tanh", "gelu"]
+    if family == "mlp":
+        depth = int(rng.integers(1, 5))
+        return {"family": "mlp", "hidden": [int(rng.choice([8, 16, 24, 32, 48, 64]))
+                                            for _ in range(depth)],
+                "act": str(rng.choice(acts))}
+    if family == "cnn":
+        depth = int(rng.integers(2, 5))
+        residual = bool(rng.random() < 0.4)
+        batch_norm = bool(rng.random() < 0.5)
+        widths = [4, 8, 12, 16, 24, 32]
+        if residual:
+            channels = [int(rng.choice(widths))] * depth
+        else:
+            channels = sorted(int(rng.choice(widths)) for _ in range(depth))
+        kernels = [int(rng.choice([3, 5])) for _ in range(depth)]
+        strides = [2 if rng.random() < 0.5 else 1] + [1] * (depth - 1)
+        return {"family": "cnn", "channels": channels, "kernels": kernels, "strides": strides,
+                "batch_norm": batch_norm, "residual": residual, "act": str(rng.choice(acts))}
+    width = int(rng.choice([16, 24, 32]))
+    return {"family": "vit", "width": width, "layers": int(rng.integers(1, 3)),
+            "heads": int(rng.choice([2, 4])), "ff": 2 * width}
+
+
+def sample_cnn_spec(rng: np.random.Generator) -> dict:
+    """The fixed Small-CNN-Zoo architecture with a random activation (ReLU or tanh)."""
+    return {**SMALL_CNN, "act": str(rng.choice(["relu", "tanh"]))}
+
+
+def sample_hparams(rng: np.random.Generator) -> dict:
+    """Random training hyperparameters, wide enough that test accuracies range from chance to
+    the best: optimiser, learning rate, weight decay, initialisation scale, epochs, dropout,
+    fraction of the training set and batch size."""
+    optimizer = str(rng.choice(["sgd", "adam", "rmsprop"]))
+    lr_range = {"sgd": (1e-3, 0.5), "adam": (1e-4, 3e-2), "rmsprop": (1e-4, 1e-2)}[optimizer]
+    return {
+        "optimizer": optimizer,
+        "lr": _loguniform(rng, *lr_range),
+        "weight_decay": 0.0 if rng.random() < 0.3 else _loguniform(rng, 1e-6, 1e-2),
+        "init_scale": _loguniform(rng, 0.2, 4.0),
+        "epochs": int(rng.integers(4, 31)),
+        "dropout": 0.0 if rng.random() < 0.5 else float(rng.uniform(0.0, 0.5)),
+        "train_fraction": float(rng.uniform(0.05, 1.0)),
+        "batch_size": int(rng.choice([32, 64, 128])),
+    }
+
+
+def checkpoint_epochs(epochs: int, ckpts: int) -> list[int]:
+    """The epochs at which a run of ``epochs`` epochs saves its ``ckpts`` checkpoints (evenly
+    spaced, the last one at the end; fewer when there are fewer epochs than checkpoints)."""
+    return sorted({max(1, round(epochs * (k + 1) / ckpts)) for k in range(ckpts)})
+
+
+# -- training one run -------------------------------------------------------------------------
+
+def _optimizer(name: str, params, lr: float, wd: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+    raise ZooError(f"unknown optimiser '{name}'")
+
+
+def _with_dropout(spec: dict, dropout: float) -> dict:
+    return {**spec, "dropout": round(dropout, 4)} if spec["family"] != "siren" else spec
+
+
+def _evaluate(model: nn.Module, x, y) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        loss = F.cross_entropy(logits, y).item()
+        acc = (logits.argmax(1) == y).float().mean().item()
+    return acc, loss if math.isfinite(loss) else float("nan")
+
+
+def train_run(spec: dict, hp: dict, seed: int, ckpts: int):
+    """Train one network; yield ``(epoch, state_dict, metrics)`` at each checkpoint epoch.
+
+    ``metrics`` holds ``train_acc``/``train_loss`` (on the run's training subset),
+    ``test_acc``/``test_loss`` (on the fixed 360 test digits) and ``diverged`` (the loss became
+    non-finite: the weights were rolled back to the last finite epoch and training stopped, so
+    later checkpoints repeat them).
+    """
+    from .digits import classification_split
+
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(hp["init_scale"])
+    x_tr, y_tr, x_te, y_te = classification_split()
+    g = torch.Generator().manual_seed(seed)
+    n = max(hp["batch_size"], int(round(hp["train_fraction"] * len(x_tr))))
+    subset = torch.randperm(len(x_tr), generator=g)[:n]
+    x_tr, y_tr = x_tr[subset], y_tr[subset]
+    opt = _optimizer(hp["optimizer"], model.parameters(), hp["lr"], hp["weight_decay"])
+    at = set(checkpoint_epochs(hp["epochs"], ckpts))
+    diverged = False
+    for epoch in range(1, hp["epochs"] + 1):
+        if not diverged:
+            snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+            model.train()
+            order = torch.randperm(n, generator=g)
+            for i in range(0, n, hp["batch_size"]):
+                idx = order[i : i + hp["batch_size"]]
+                if idx.numel() < 2:
+                    continue  # batch norm needs two samples
+                loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+                if not torch.isfinite(loss):
+                    diverged = True
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if not diverged and not all(torch.isfinite(v).all() for v in
+                                        model.state_dict().values() if v.is_floating_point()):
+                diverged = True
+            if diverged:
+                model.load_state_dict(snapshot)
+        if epoch in at:
+            train_acc, train_loss = _evaluate(model, x_tr, y_tr)
+            test_acc, test_loss = _evaluate(model, x_te, y_te)
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            yield epoch, state, {"train_acc": train_acc, "train_loss": train_loss,
+                                 "test_acc": test_acc, "test_loss": test_loss,
+                                 "diverged": diverged}
+
+
+# -- the work units -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Unit:
+    """One unit of work: a training run (hetero/cnn) or a chunk of images (inr)."""
+
+    root: str
+    kind: str
+    seed: int
+    index: int
+    ids: tuple[int, ...]
+    ckpts: int
+    inr_steps: int
+    inr_hidden: tuple[int, ...]
+
+
+def _net_path(root: Path, i: int) -> Path:
+    return root / "nets" / f"{i:06d}.safetensors"
+
+
+def _row_path(root: Path, i: int) -> Path:
+    return root / "rows" / f"{i:06d}.json"
+
+
+def _write_network(root: Path, i: int, state: dict, row: dict) -> None:
+    path = _net_path(root, i)
+    # One metadata key only: safetensors writes several in a random order, which would make the
+    # bytes (and the recorded SHA-256) differ between otherwise identical runs.
+    atomic_save_safetensors(path, state, metadata={
+        "paramgraph_zoo": json.dumps({"id": i, "spec": row["spec"]}, sort_keys=True)})
+    row = {**row, "file": f"nets/{i:06d}.safetensors", "sha256": sha256_file(path),
+           "num_params": int(sum(v.numel() for k, v in state.items()
+                                 if v.is_floating_point()))}
+    atomic_write_json(_row_path(root, i), row, indent=None)
+
+
+def _do_unit(unit: _Unit) -> int:
+    """Make every network of ``unit`` (in a worker: one thread). Returns how many it wrote."""
+    from .threads import threads
+
+    with threads(1):
+        if unit.kind == "inr":
+            return _do_inr_chunk(unit)
+        return _do_run(unit)
+
+
+def _do_run(unit: _Unit) -> int:
+    root = Path(unit.root)
+    seed = run_seed(unit.seed, unit.index)
+    rng = np.random.default_rng(seed)
+    spec = sample_hetero_spec(rng) if unit.kind == "hetero" else sample_cnn_spec(rng)
+    hp = sample_hparams(rng)
+    spec = _with_dropout(spec, hp["dropout"])
+    written = 0
+    for k, (epoch, state, metrics) in enumerate(train_run(spec, hp, seed, unit.ckpts)):
+        if k >= len(unit.ids):
+            break
+        i = unit.ids[k]
+        row = {"id": i, "run": unit.index, "ckpt": k, "epoch": epoch, "family": spec["family"],
+               "arch": describe(spec), "spec": spec, "hparams": hp, "seed": seed, **metrics}
+        _write_network(root, i, state, row)
+        written += 1
+    return written
+
+
+def _do_inr_chunk(unit: _Unit) -> int:
+    from .digits import images
+    from .inr import fit_sirens, unstack
+
+    root = Path(unit.root)
+    x, y = images()
+    ids = list(unit.ids)
+    seeds = [run_seed(unit.seed, i) for i in ids]
+    hidden = list(unit.inr_hidden)
+    params, err = fit_sirens(x[ids], hidden, seeds, steps=unit.inr_steps)
+    spec = {"family": "siren", "hidden": hidden, "w0": 30.0}
+    for j, i in enumerate(ids):
+        row = {"id": i, "run": i, "ckpt": 0, "family": "siren", "arch": describe(spec),
+               "spec": spec, "label": int(y[i]), "image_index": i, "fit_mse": float(err[j]),
+               "fit_steps": unit.inr_steps, "seed": seeds[j]}
+        _write_network(root, i, unstack(params, hidden, j), row)
+    return len(ids)
+
+
+def _units(root: Path, kind: str, size: int, seed: int, ckpts: int, inr_steps: int,
+           inr_hidden: list[int]) -> list[_Unit]:
+    if kind == "inr":
+        groups = [tuple(range(s, min(s + INR_CHUNK, size))) for s in range(0, size, INR_CHUNK)]
+    else:
+        groups = [tuple(range(s, min(s + ckpts, size))) for s in range(0, size, ckpts)]
+    return [_Unit(str(root), kind, seed, (g[0] // (INR_CHUNK if kind == "inr" else ckpts)), g,
+                  ckpts, inr_steps, tuple(inr_hidden)) for g in groups]
+
+
+def _unit_done(root: Path, unit: _Unit) -> bool:
+    return all(_row_path(root, i).is_file() and _net_path(root, i).is_file() for i in unit.ids)
+
+
+# -- making a zoo ---------------------------------------------------------------------------------
+
+def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, seed: int = 0,
+             ckpts: int = DEFAULT_CKPTS, inr_steps: int = INR_STEPS,
+             inr_hidden: list[int] | None = None, progress: bool = True) -> "Zoo":
+    """Make (or finish making) a zoo of ``size`` networks in ``out``; returns the loaded zoo.
+
+    Networks already written (by an interrupted earlier call) are kept and skipped, so calling
+    again continues where it stopped; the result is the same as one uninterrupted call, whatever
+    ``workers`` is. Raises :class:`~tasks.errors.ZooError` for a bad kind or size, or when
+    ``out`` holds a zoo made with a different kind, seed or settings.
+    """
+    if kind not in KINDS:
+        raise ZooError(f"unknown zoo kind '{kind}' (known: {', '.join(KINDS)})")
+    if size < 1:
+        raise ZooError(f"zoo size must be at least 1, got {size}")
+    if kind == "inr" and size > 1797:
+        raise ZooError(f"an inr zoo has at most one SIREN per digit image (1797), got {size}")
+    if workers < 1:
+        raise ZooError(f"--workers must be at least 1, got {workers}")
+    root = Path(out)
+    inr_hidden = list(inr_hidden or INR_HIDDEN)
+    settings = {"kind": kind, "seed": int(seed), "ckpts": int(ckpts) if kind != "inr" else 1}
+    if kind == "inr":
+        settings.update(inr_steps=int(inr_steps), inr_hidden=inr_hidden)
+    manifest_path = root / "zoo.json"
+    if manifest_path.exists():
+        old = read_json(manifest_path, "zoo manifest")
+        clash = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if clash:
+            what = ", ".join(f"{k}={a!r} (asked {b!r})" for k, (a, b) in clash.items())
+            raise ZooError(f"'{root}' already holds a zoo made with {what}; use another --out "
+                           "directory or the same settings to resume it")
+    elif root.exists() and any(root.iterdir()):
+        raise ZooError(f"'{root}' exists, is not empty and holds no zoo (no zoo.json)")
+    manifest = {"format": FORMAT_VERSION, **settings, "size": int(size), "complete": False,
+                "paramgraph_version": _version()}
+    atomic_write_json(manifest_path, manifest)
+    (root / "nets").mkdir(exist_ok=True)
+    (root / "rows").mkdir(exist_ok=True)
+
+    units = _units(root, kind, size, seed, settings["ckpts"], inr_steps, inr_hidden)
+    todo = [u for u in units if not _unit_done(root, u)]
+    if todo:
+        from tqdm import tqdm
+
+        total = sum(len(u.ids) for u in todo)
+        bar = tqdm(total=total, desc=f"zoo {kind} -> {root}", unit="net", disable=not progress,
+                   initial=0)
+        start = time.time()
+        from .digits import classification_split
+
+        classification_split()  # load once here: forked workers inherit it
+        if workers == 1 or len(todo) == 1:
+            for u in todo:
+                bar.update(_do_unit(u))
+        else:
+            # fork is fast (no re-import per worker); each unit runs on one thread, like
+            # DataLoader workers, which is what makes forking a torch process safe.
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(min(workers, len(todo))) as pool:
+                for n in pool.imap_unordered(_do_unit, todo):
+                    bar.update(n)
+        bar.close()
+        manifest["seconds"] = round(time.time() - start, 2)
+    _merge(root, kind, size, seed)
+    manifest["complete"] = True
+    atomic_write_json(manifest_path, manifest)
+    return Zoo(root)
+
+
+def _version() -> str:
+    import paramgraph
+
+    return paramgraph.__version__
+
+
+def _merge(root: Path, kind: str, size: int, seed: int) -> None:
+    rows = []
+    for i in range(size):
+        row = read_json(_row_path(root, i), "zoo metadata row")
+        if row.get("id") != i:
+            raise ZooError(f"zoo '{root}': metadata row {_row_path(root, i)} has id "
+                           f"{row.get('id')!r}, expected {i}")
+        rows.append(row)
+    atomic_write_text(root / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(root / "metadata.csv", _csv(rows))
+    atomic_write_json(root / "splits.json", make_splits(rows, seed, kind))
+
+
+_CSV_SKIP = ("spec", "hparams")
+
+
+def _csv(rows: list[dict]) -> str:
+    keys: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k == "hparams":
+                keys += [f"hp_{h}" for h in v if f"hp_{h}" not in keys]
+            elif k not in _CSV_SKIP and k not in keys:
+                keys.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        flat = {k: v for k, v in r.items() if k not in _CSV_SKIP}
+        flat.update({f"hp_{h}": v for h, v in r.get("hparams", {}).items()})
+        w.writerow(flat)
+    return buf.getvalue()
+
+
+def make_splits(rows: list[dict], seed: int, kind: str) -> dict[str, list[int]]:
+    """Train/val/test network ids, split by run (70/15/15 of the runs, shuffled with ``seed``),
+    so that the checkpoints of one run are always in the same split.
+
+    For a hetero zoo there are also ``ood_train``/``ood_val``/``ood_test``: the same split with
+    every network of the held-out family (``vit``) moved to ``ood_test``. Returns the dict.
+    """
+    runs = sorted({r["run"] for r in rows})
+    rng = np.random.default_rng([int(seed), 271828])
+    order = [runs[i] for i in rng.permutation(len(runs))]
+    n_train = int(round(SPLIT_FRACTIONS[0] * len(runs)))
+    n_val = int(round(SPLIT_FRACTIONS[1] * len(runs)))
+    if len(runs) >= 3:  # every split gets at least one run
+        n_train = min(max(n_train, 1), len(runs) - 2)
+        n_val = min(max(n_val, 1), len(runs) - n_train - 1)
+    part = {r: "train" for r in order[:n_train]}
+    part.update({r: "val" for r in order[n_train : n_train + n_val]})
+    part.update({r: "test" for r in order[n_train + n_val :]})
+    splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for r in rows:
+        splits[part[r["run"]]].append(r["id"])
+    if kind == "hetero":
+        held = {r["id"] for r in rows if r["family"] == OOD_FAMILY}
+        for name in ("train", "val"):
+            splits[f"ood_{name}"] = [i for i in splits[name] if i not in held]
+        splits["ood_test"] = sorted(held)
+        splits["ood_family"] = OOD_FAMILY  # type: ignore[assignment]
+    return splits
+
+
+# -- loading a zoo --------------------------------------------------------------------------------
+
+class Zoo:
+    """A finished zoo directory: its manifest, metadata table and splits.
+
+    Raises :class:`~tasks.errors.ZooError` naming the directory and the problem if the directory
+    is missing, not a zoo, unfinished, or has a corrupt manifest, table or splits file.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ZooError(f"zoo directory '{self.root}' does not exist (make one with "
+                           "'paramgraph zoo make')")
+        if not (self.root / "zoo.json").is_file():
+            raise ZooError(f"'{self.root}' is not a zoo: it has no zoo.json")
+        try:
+            self.manifest = read_json(self.root / "zoo.json", "zoo manifest")
+        except TaskError as err:
+            raise ZooError(str(err)) from None
+        if not isinstance(self.manifest, dict) or self.manifest.get("kind") not in KINDS:
+            raise ZooError(f"zoo manifest '{self.root / 'zoo.json'}' is corrupt (no valid 'kind')")
+        if not self.manifest.get("complete"):
+            raise ZooError(f"zoo '{self.root}' is unfinished; run the same 'paramgraph zoo make' "
+                           "again to complete it")
+        self.kind: str = self.manifest["kind"]
+        self.rows = self._read_rows()
+        if len(self.rows) != self.manifest.get("size"):
+            raise ZooError(f"zoo '{self.root}': metadata.jsonl has {len(self.rows)} rows, the "
+                           f"manifest says {self.manifest.get('size')} networks")
+        try:
+            self.splits = read_json(self.root / "splits.json", "zoo splits file")
+        except TaskError as err:
+            raise ZooError(str(err)) from None
+        for name in ("train", "val", "test"):
+            ids = self.splits.get(name) if isinstance(self.splits, dict) else None
+            if not isinstance(ids, list) or any(not isinstance(i, int) or not 0 <= i < len(self)
+                                                for i in ids):
+                raise ZooError(f"zoo splits file '{self.root / 'splits.json'}' is corrupt: "
+                               f"split '{name}' is missing or names unknown networks")
+
+    def _read_rows(self) -> list[dict]:
+        path = self.root / "metadata.jsonl"
+        if not path.is_file():
+            raise ZooError(f"zoo '{self.root}' has no metadata table (metadata.jsonl)")
+        rows = []
+        required = ("id", "run", "spec", "file")
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ZooError(f"zoo metadata '{path}' line {n} is corrupt ({err})") from None
+                missing = [k for k in required if not isinstance(row, dict) or k not in row]
+                if missing:
+                    raise ZooError(f"zoo metadata '{path}' line {n} lacks {', '.join(missing)}")
+                if row["id"] != len(rows):
+                    raise ZooError(f"zoo metadata '{path}' line {n} has id {row['id']}, "
+                                   f"expected {len(rows)}")
+                rows.append(row)
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def split(self, name: str) -> list[int]:
+        """The network ids of split ``name`` (train, val, test; ood_* for hetero zoos)."""
+        ids = self.splits.get(name)
+        if not isinstance(ids, list):
+            known = [k for k, v in self.splits.items() if isinstance(v, list)]
+            raise ZooError(f"zoo '{self.root}' has no split '{name}' (it has: {', '.join(known)})")
+        return ids
+
+    def fingerprint(self) -> str:
+        """A hash of the metadata table and splits: it changes whenever the zoo does (each row
+        holds its checkpoint's SHA-256)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in ("metadata.jsonl", "splits.json"):
+            h.update((self.root / name).read_bytes())
+        return h.hexdigest()
+
+    def path(self, i: int) -> Path:
+        """The checkpoint file of network ``i``."""
+        return self.root / self.rows[i]["file"]
+
+    def state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        """Network ``i``'s checkpoint. Raises :class:`ZooError` if it is missing or corrupt."""
+        try:
+            return load_safetensors(self.path(i), f"zoo '{self.root}' checkpoint")
+        except TaskError as err:
+            raise ZooError(str(err)) from None
+
+    def model(self, i: int) -> nn.Module:
+        """Network ``i`` rebuilt from its spec with its weights loaded, in eval mode."""
+        m = build_model(self.rows[i]["spec"])
+        state = self.state_dict(i)
+        try:
+            m.load_state_dict(state)
+        except RuntimeError as err:
+            raise ZooError(f"zoo '{self.root}' checkpoint '{self.path(i)}' does not fit its "
+                           f"spec {self.rows[i]['spec']}: {err}") from None
+        return m.eval()
