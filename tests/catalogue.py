@@ -1,0 +1,447 @@
+"""A catalogue of small example networks covering every layer the converter supports.
+
+``catalogue()`` returns :class:`Entry` items: a name, a factory that builds the module with
+deterministic random weights (batch-norm statistics included, so that folding mistakes show), and
+an example input. Other test files (metanet, CLI, tasks) reuse these networks::
+
+    from tests.catalogue import catalogue, get
+    entry = get("cnn2d_bn_maxpool")
+    module, x = entry.build(), entry.example_input()
+
+Every entry is small (at most a few thousand parameters) so that the whole catalogue converts in
+well under a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import paramgraph
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One example network.
+
+    ``factory()`` returns a fresh module (eval mode, deterministic weights). ``input_shape`` is the
+    shape of its example input, ``dtype`` the input's dtype. ``nontrivial`` says whether the
+    network's symmetry group (hidden permutations, scales, signs, head maps) is non-trivial, so a
+    random element must change the weights. ``tags`` name the features it exercises.
+    """
+
+    name: str
+    factory: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    nontrivial: bool = True
+    tags: tuple[str, ...] = field(default=())
+
+    def build(self) -> nn.Module:
+        return self.factory()
+
+    def example_input(self, seed: int = 0, dtype: torch.dtype | None = None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(self.input_shape, generator=g, dtype=dtype or self.dtype)
+
+
+def randomize(module: nn.Module, seed: int) -> nn.Module:
+    """Give every parameter and batch-norm statistic a deterministic random value; eval mode.
+
+    Weights are N(0, 1/fan_in) so activations stay O(1); biases and norm shifts N(0, 0.5);
+    norm scales and running variances are positive and away from 1; running means non-zero.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+            if isinstance(owner, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)) and leaf == "weight":
+                p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float64) * 1.5 + 0.5)
+            elif p.dim() >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / fan_in ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g, dtype=torch.float64) * 0.3)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g, dtype=torch.float64) * 1.5 + 0.5)
+            elif name.endswith("num_batches_tracked"):
+                b.fill_(7)
+    return module.eval()
+
+
+# -- building blocks used by several entries ---------------------------------------------------------
+
+_ACTS = {
+    "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1), "gelu": nn.GELU, "silu": nn.SiLU,
+    "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "sine": lambda: paramgraph.Sine(3.0),
+    "identity": nn.Identity,
+}
+
+
+def mlp(act: str, widths=(5, 7, 6, 3), bias: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[i], widths[i + 1], bias=bias))
+        if i < len(widths) - 2:
+            layers.append(_ACTS[act]())
+    return nn.Sequential(*layers)
+
+
+class TorchSinMLP(nn.Module):
+    """An MLP whose activation is the function ``torch.sin`` (a SIREN written by hand)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(2, 8), nn.Linear(8, 8), nn.Linear(8, 1)
+
+    def forward(self, x):
+        x = torch.sin(self.fc1(x))
+        x = torch.sin(self.fc2(x))
+        return self.fc3(x)
+
+
+class BasicBlock(nn.Module):
+    """A ResNet basic block: conv-BN-ReLU-conv-BN plus an identity or projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetTiny(nn.Module):
+    """Stem, an identity-shortcut block, a projection-shortcut block, global pool, classifier."""
+
+    def __init__(self, width: int = 4, classes: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(2, width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.layer1 = BasicBlock(width, width)
+        self.layer2 = BasicBlock(width, 2 * width, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class PreActBlock1d(nn.Module):
+    """A 1-D residual block without batch norm: x + conv(relu(conv(x)))."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.c1 = nn.Conv1d(c, c, 3, padding=1)
+        self.c2 = nn.Conv1d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.c2(torch.relu(self.c1(x)))
+
+
+class MHAClassifier(nn.Module):
+    """Linear embedding, self-attention (batch_first), mean over tokens, linear head."""
+
+    def __init__(self, d_in=3, embed=8, heads=2, out=2):
+        super().__init__()
+        self.embed = nn.Linear(d_in, embed)
+        self.attn = nn.MultiheadAttention(embed, heads, batch_first=True)
+        self.head = nn.Linear(embed, out)
+
+    def forward(self, x):
+        h = self.embed(x)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.head(a.mean(dim=1))
+
+
+class MHAStack(nn.Module):
+    """Linear -> attention -> ReLU -> linear per token (attention output feeds a plain MLP)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.attn = nn.MultiheadAttention(6, 3, batch_first=True)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(self.act(self.attn(h, h, h)[0]))
+
+
+class TransformerNet(nn.Module):
+    """Linear -> TransformerEncoderLayer -> Linear, per token."""
+
+    def __init__(self, norm_first: bool, activation: str, embed=8, heads=2, ff=12, layers=1):
+        super().__init__()
+        self.inp = nn.Linear(3, embed)
+        layer = nn.TransformerEncoderLayer(embed, heads, ff, dropout=0.0, activation=activation,
+                                           batch_first=True, norm_first=norm_first)
+        if layers == 1:
+            self.encoder = layer
+        else:
+            self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(embed),
+                                                 enable_nested_tensor=False)
+        self.out = nn.Linear(embed, 2)
+
+    def forward(self, x):
+        return self.out(self.encoder(self.inp(x)))
+
+
+class FunctionalNet(nn.Module):
+    """Functional calls: F.relu, torch.tanh, torch.flatten, x + y, F.linear with self.weight,
+    F.avg_pool2d and x.mean(dim=(2, 3))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.weight = nn.Parameter(torch.empty(5, 4 * 2 * 2))
+        self.bias = nn.Parameter(torch.empty(5))
+        self.w_mean = nn.Parameter(torch.empty(5, 4))
+        self.w_out = nn.Parameter(torch.empty(3, 5))
+        self.b_out = nn.Parameter(torch.empty(3))
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        h = h + self.conv2(h)
+        g = torch.flatten(F.avg_pool2d(h, 2), 1)  # 4x4 -> 2x2, then 16 features
+        g = torch.tanh(F.linear(g, self.weight, self.bias))
+        m = F.linear(h.mean(dim=(2, 3)), self.w_mean)
+        return F.linear(g + m, self.w_out, self.b_out)
+
+
+class ChannelsLastFlatten(nn.Module):
+    """conv -> tanh -> permute to (B, H, W, C) -> reshape -> linear: a position-major flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.fc = nn.Linear(3 * 2 * 2, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x)).permute(0, 2, 3, 1)
+        return self.fc(h.reshape(h.shape[0], -1))
+
+
+class CatFeatures(nn.Module):
+    """Dense-style ``torch.cat`` of the input with a hidden value read twice, and ``z + z``."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(3, 4)
+        self.fc2 = nn.Linear(3 + 4 + 4, 5)
+        self.fc3 = nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        z = self.fc2(torch.cat([x, h, h], dim=1))
+        return self.fc3(torch.tanh(z + z))
+
+
+class Inner(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(d, d), nn.Tanh())
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Middle(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.blocks = nn.ModuleList([Inner(d), nn.Sequential(Inner(d), nn.Dropout(0.3))])
+        self.proj = nn.ModuleDict({"a": nn.Linear(d, d)})
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return torch.relu(self.proj["a"](x))
+
+
+class Nested(nn.Module):
+    """Custom module > Sequential > custom > ModuleList/ModuleDict > Sequential > custom > Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.stack = nn.Sequential(Middle(6), nn.Sequential(Middle(6)))
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.out(self.stack(self.inp(x)))
+
+
+class MixedDtype(nn.Module):
+    """A float64 first layer and a float32 second layer; the hidden value is cast in between."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6).double()
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.to(self.fc1.weight.dtype)))
+        return self.fc2(h.to(self.fc2.weight.dtype))
+
+
+def _seq(*layers) -> Callable[[], nn.Module]:
+    return lambda: nn.Sequential(*layers())
+
+
+def _entries() -> list[Entry]:
+    E = Entry
+    out: list[Entry] = []
+    for i, act in enumerate(_ACTS):
+        out.append(E(f"mlp_{act}", lambda act=act, i=i: randomize(mlp(act), 100 + i), (4, 5),
+                     tags=("mlp", act)))
+    out += [
+        E("mlp_torch_sin", lambda: randomize(TorchSinMLP(), 120), (6, 2), tags=("mlp", "sin")),
+        E("mlp_nobias_relu", lambda: randomize(mlp("relu", (3, 6, 4), bias=False), 121), (4, 3),
+          tags=("mlp", "relu")),
+        E("mlp_bn_relu", lambda: randomize(nn.Sequential(
+            nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6), nn.BatchNorm1d(6),
+            nn.Tanh(), nn.Linear(6, 2)), 122), (4, 5), tags=("mlp", "batchnorm")),
+        E("mlp_layernorm_dropout", lambda: randomize(nn.Sequential(
+            nn.Linear(5, 8), nn.LayerNorm(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 8),
+            nn.Dropout(0.2), nn.GELU(), nn.Linear(8, 2)), 123), (4, 5),
+          tags=("mlp", "layernorm", "dropout")),
+        E("cnn1d_bn_avgpool", lambda: randomize(nn.Sequential(
+            nn.Conv1d(2, 4, 3, stride=2, padding=1), nn.BatchNorm1d(4), nn.ReLU(),
+            nn.Conv1d(4, 5, 3, padding=2, dilation=2), nn.BatchNorm1d(5), nn.Tanh(),
+            nn.AvgPool1d(2), nn.Flatten(), nn.Linear(5 * 4, 3)), 130), (2, 2, 16),
+          tags=("cnn", "conv1d", "batchnorm", "avgpool")),
+        E("cnn1d_maxpool_adaptive", lambda: randomize(nn.Sequential(
+            nn.Conv1d(3, 4, 5, padding=2), nn.LeakyReLU(0.2), nn.MaxPool1d(2),
+            nn.Conv1d(4, 6, 3), nn.Tanh(), nn.AdaptiveMaxPool1d(1), nn.Flatten(),
+            nn.Linear(6, 2)), 131), (2, 3, 12), tags=("cnn", "conv1d", "maxpool")),
+        E("cnn2d_bn_maxpool", lambda: randomize(nn.Sequential(
+            nn.Conv2d(3, 4, 3, stride=1, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2),
+            nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(6, 3)), 132), (2, 3, 8, 8), tags=("cnn", "conv2d", "batchnorm", "maxpool")),
+        E("cnn2d_tanh_maxpool", lambda: randomize(nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3),
+            nn.Sigmoid(), nn.AdaptiveMaxPool2d((1, 1)), nn.Flatten(), nn.Linear(5, 2)), 133),
+          (2, 2, 8, 8), tags=("cnn", "conv2d", "maxpool")),
+        E("cnn2d_avgpool_flatten", lambda: randomize(nn.Sequential(
+            nn.Conv2d(1, 3, (3, 2), stride=(2, 1), padding=(1, 0)), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Flatten(), nn.Linear(3 * 2 * 3, 4), nn.ReLU(), nn.Linear(4, 2)), 134),
+          (2, 1, 8, 8), tags=("cnn", "conv2d", "avgpool", "flatten")),
+        E("cnn2d_flatten_nopool", lambda: randomize(nn.Sequential(
+            nn.Conv2d(2, 3, 3, bias=False), nn.GELU(), nn.Conv2d(3, 4, 2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(4 * 3 * 3, 5), nn.SiLU(), nn.Linear(5, 2)), 135),
+          (2, 2, 6, 6), tags=("cnn", "conv2d", "flatten")),
+        E("resnet_tiny", lambda: randomize(ResNetTiny(), 140), (2, 2, 8, 8),
+          tags=("cnn", "resnet", "batchnorm", "residual")),
+        E("resnet1d_nobn", lambda: randomize(nn.Sequential(
+            nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), PreActBlock1d(4), PreActBlock1d(4),
+            nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 2)), 141), (2, 2, 10),
+          tags=("cnn", "conv1d", "residual")),
+        E("mha", lambda: randomize(MHAClassifier(), 150), (2, 5, 3),
+          tags=("attention",)),
+        E("mha_stack", lambda: randomize(MHAStack(), 151), (2, 4, 4), tags=("attention",)),
+        E("transformer_post_relu", lambda: randomize(TransformerNet(False, "relu"), 160),
+          (2, 5, 3), tags=("transformer", "layernorm")),
+        E("transformer_pre_gelu", lambda: randomize(TransformerNet(True, "gelu"), 161),
+          (2, 5, 3), tags=("transformer", "layernorm")),
+        E("transformer_post_gelu", lambda: randomize(TransformerNet(False, "gelu"), 162),
+          (2, 5, 3), tags=("transformer", "layernorm")),
+        E("transformer_pre_relu_2layers", lambda: randomize(
+            TransformerNet(True, "relu", layers=2), 163), (2, 4, 3),
+          tags=("transformer", "layernorm")),
+        E("cnn2d_channels_last_flatten", lambda: randomize(ChannelsLastFlatten(), 136),
+          (2, 2, 4, 4), tags=("cnn", "conv2d", "flatten")),
+        E("cat_features", lambda: randomize(CatFeatures(), 171), (4, 3),
+          tags=("mlp", "cat", "residual")),
+        E("bare_encoder_layer", lambda: randomize(nn.TransformerEncoderLayer(
+            8, 4, 16, dropout=0.0, batch_first=True), 164), (2, 3, 8),
+          tags=("transformer", "layernorm", "bare")),
+        E("functional", lambda: randomize(FunctionalNet(), 170), (2, 2, 4, 4),
+          tags=("functional", "cnn", "residual", "avgpool")),
+        E("nested", lambda: randomize(Nested(), 180), (3, 4), tags=("nested", "mlp")),
+        E("mlp_float64", lambda: randomize(mlp("tanh", (4, 6, 5, 2)).double(), 190), (3, 4),
+          dtype=torch.float64, tags=("mlp", "float64")),
+        E("cnn_float64", lambda: randomize(nn.Sequential(
+            nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+            nn.Linear(3 * 4 * 4, 2)).double(), 191), (2, 1, 6, 6), dtype=torch.float64,
+          tags=("cnn", "float64")),
+        E("mixed_dtype", lambda: randomize(MixedDtype(), 192), (3, 4), dtype=torch.float64,
+          tags=("mlp", "mixed")),
+    ]
+    return out
+
+
+def catalogue() -> list[Entry]:
+    """Every example network; see :class:`Entry`."""
+    return _entries()
+
+
+def get(name: str) -> Entry:
+    """The catalogue entry called ``name``; raises ``KeyError`` listing the names otherwise."""
+    for e in _entries():
+        if e.name == name:
+            return e
+    raise KeyError(f"no catalogue entry '{name}'; have {[e.name for e in _entries()]}")
+
+
+NAMES = [e.name for e in _entries()]
+
+
+# -- helpers shared by the test files ----------------------------------------------------------------
+
+def reference_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` without the batch-norm counters the converter leaves out."""
+    return {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+def assert_state_equal(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """Same keys in the same order, and per tensor the same shape, dtype and bits."""
+    assert list(got) == list(want)
+    for k in want:
+        assert got[k].shape == want[k].shape, k
+        assert got[k].dtype == want[k].dtype, k
+        assert torch.equal(got[k], want[k]), k
+
+
+def states_differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether any tensor of two state_dicts with the same keys differs."""
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The module's output on ``x`` (eval mode, no grad) as one flat tensor (tuples joined)."""
+    with torch.no_grad():
+        y = module(x)
+    if isinstance(y, (tuple, list)):
+        return torch.cat([t.reshape(-1) for t in y])
+    return y.reshape(-1)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def random_inputs(entry: Entry, batch: int = 16, seed: int = 1) -> torch.Tensor:
+    """``batch`` fresh float64 inputs shaped like the entry's example input."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((batch,) + tuple(entry.input_shape[1:]), generator=g, dtype=torch.float64)
