@@ -8,8 +8,10 @@ element of the network's symmetry group (the test oracle of the whole project).
 from .errors import GraphFormatError, ParamGraphError, UnsupportedModuleError
 from .graph import ParamGraph, Segment, SegmentTable, pad_edge_values
 from .inverse import from_state_dict, load_into, to_state_dict
+from .io import CheckpointError, load_checkpoint, load_graph, save_graph
 from .nn import Sine
 from .symmetry import GroupElement, apply_element, random_element, random_symmetry
+from .export import from_exported
 from .trace import SUPPORTED, from_module
 from .types import (
     NODE_SLOTS,
@@ -26,5 +28,6 @@ __all__ = [
     "Activation", "EdgeType", "GraphFormatError", "GroupElement", "HeadRole", "NODE_SLOTS",
     "NodeType", "NormKind", "ParamGraph", "ParamGraphError", "SUPPORTED", "Segment",
     "SegmentTable", "Sine", "UnsupportedModuleError", "apply_element", "from_module",
-    "from_state_dict", "load_into", "pad_edge_values", "random_element", "random_symmetry", "to_state_dict",
+    "from_state_dict", "load_into", "CheckpointError", "from_exported", "load_checkpoint",
+    "load_graph", "save_graph", "pad_edge_values", "random_element", "random_symmetry", "to_state_dict",
 ]
