@@ -1,0 +1,372 @@
+"""The ``paramgraph`` console entry point (``paramgraph = "tasks.cli:main"`` in pyproject.toml).
+
+The checkpoint commands (convert, inspect, restore, export, draw) are registered from
+:func:`paramgraph.cli.add_subcommands` and run through :func:`paramgraph.cli.run_command`, which
+gives every command the same error policy (one line on stderr, exit status 2, traceback only with
+``--debug``). The task commands are registered here on top of them (``paramgraph COMMAND --help``
+for every option)::
+
+    paramgraph zoo make --kind hetero|cnn|inr --size N --out DIR [--workers W] [--seed S]
+    paramgraph zoo info DIR
+    paramgraph train --task generalization|inr-class|inr-edit --zoo DIR --mode quasi|strict|perm
+                     --out RUN [--epochs E --hidden H --layers L --lr LR --seed S --threads T ...]
+    paramgraph train --resume --out RUN
+    paramgraph eval RUN [--split test]
+    paramgraph plot RUN
+    paramgraph baseline --task generalization --zoo DIR
+    paramgraph edit --metanet RUN --input CKPT -o OUT.safetensors [--arch M:C --input-shape S]
+    paramgraph demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from paramgraph import __version__
+from paramgraph import cli as pg_cli
+from paramgraph.errors import ParamGraphError
+
+PROG = pg_cli.PROG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``paramgraph`` parser: the checkpoint commands of :mod:`paramgraph.cli` and the task
+    commands of :func:`add_task_commands`."""
+    parser = argparse.ArgumentParser(
+        prog="paramgraph", description="Neural-network checkpoints as parameter graphs: convert "
+        "checkpoints, make model zoos, train metanets on them, edit weights.")
+    parser.add_argument("--version", action="version", version=f"paramgraph {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    pg_cli.add_subcommands(sub)
+    add_task_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, usage errors
+        return exit_.code if isinstance(exit_.code, int) else 2
+    if getattr(args, "func", None) is None:
+        parser.print_usage(sys.stderr)
+        print("paramgraph: error: no command given", file=sys.stderr)
+        return 2
+    return pg_cli.run_command(args)
+
+
+# -- task commands --------------------------------------------------------------------------------
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got '{text}'")
+    return v
+
+
+def add_task_commands(subparsers) -> None:
+    """Register ``zoo``, ``train``, ``eval``, ``plot``, ``baseline``, ``edit`` and ``demo``.
+
+    Each sub-parser gets ``func`` (its handler, returning an exit status) and ``--debug``; run
+    them with :func:`paramgraph.cli.run_command`.
+    """
+    from tasks.objectives import OBJECTIVES
+    from tasks.zoo import DEFAULT_CKPTS, INR_STEPS, KINDS
+
+    pos = pg_cli._positive_int
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--no-progress", action="store_true", help="no progress bars")
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=pos, default=None, metavar="T",
+                         help="torch threads (default: torch's own choice)")
+
+    zoo = subparsers.add_parser("zoo", parents=[debug], help="make and inspect model zoos",
+                                description="Make and inspect model zoos of digit classifiers "
+                                "and digit SIRENs.")
+    zsub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
+    p = zsub.add_parser(
+        "make", parents=[debug, quiet], help="train a zoo (resumable)",
+        description="Make a zoo in DIR: hetero (MLPs, CNNs, ViTs with random hyperparameters), "
+        "cnn (one fixed small CNN, random hyperparameters) or inr (one SIREN per digit image). "
+        "Interrupted? Run the same command again: finished networks are kept.")
+    p.add_argument("--kind", choices=KINDS, required=True)
+    p.add_argument("--size", type=pos, required=True, metavar="N", help="number of networks")
+    p.add_argument("--out", required=True, metavar="DIR", help="zoo directory")
+    p.add_argument("--workers", type=pos, default=1, metavar="W", help="processes (default 1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="zoo seed (default 0)")
+    p.add_argument("--ckpts", type=pos, default=DEFAULT_CKPTS, metavar="C",
+                   help=f"checkpoints per training run, hetero/cnn (default {DEFAULT_CKPTS})")
+    p.add_argument("--inr-steps", type=pos, default=INR_STEPS, metavar="K",
+                   help=f"Adam steps per SIREN fit (default {INR_STEPS})")
+    p.add_argument("--inr-hidden", default="32,32", metavar="H,H",
+                   help="SIREN hidden widths, e.g. 32,32 or 32,32,32 (default 32,32)")
+    p.set_defaults(func=cmd_zoo_make)
+    p = zsub.add_parser("info", parents=[debug], help="summarise a zoo")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_zoo_info)
+    zoo.set_defaults(func=lambda args: _usage(zoo, "name a zoo command (make, info)"))
+
+    p = subparsers.add_parser(
+        "train", parents=[debug, quiet, threads], help="train a metanet on a zoo",
+        description="Train a metanet (AdamW, warm-up + cosine decay, gradient clipping) and keep "
+        "the best checkpoint by validation score. Metrics per epoch go to RUN/metrics.csv.")
+    p.add_argument("--task", choices=tuple(OBJECTIVES), help="what to learn")
+    p.add_argument("--zoo", metavar="DIR", help="zoo directory")
+    p.add_argument("--mode", choices=("quasi", "strict", "perm"), default="quasi",
+                   help="metanet symmetry mode (default quasi)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN after an interruption (its config is reused)")
+    p.add_argument("--epochs", type=pos, default=20)
+    p.add_argument("--hidden", type=pos, default=32, help="metanet width (default 32)")
+    p.add_argument("--layers", type=pos, default=3, help="message-passing rounds (default 3)")
+    p.add_argument("--batch-size", type=pos, default=32)
+    p.add_argument("--lr", type=_nonneg_float, default=2e-3)
+    p.add_argument("--weight-decay", type=_nonneg_float, default=1e-2)
+    p.add_argument("--warmup", type=_nonneg_float, default=0.05,
+                   help="fraction of the steps spent warming up (default 0.05)")
+    p.add_argument("--clip", type=_nonneg_float, default=1.0,
+                   help="gradient-norm clip, 0 for none (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--splits", choices=("id", "ood"), default="id",
+                   help="id: train/val/test; ood: hold out the ViTs of a hetero zoo as test")
+    p.add_argument("--max-train", type=pos, default=None, metavar="N",
+                   help="use only the first N training networks")
+    p.add_argument("--stop-after", type=pos, default=None, metavar="E",
+                   help="stop after E epochs in this call; continue later with --resume")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", parents=[debug, threads],
+                              help="score a run's best metanet on a split")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("plot", parents=[debug],
+                              help="draw a run's learning curves (and predicted vs true)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.set_defaults(func=cmd_plot)
+
+    p = subparsers.add_parser("baseline", parents=[debug],
+                              help="score the weight-statistics baseline on a zoo")
+    p.add_argument("--task", choices=tuple(OBJECTIVES), required=True)
+    p.add_argument("--zoo", metavar="DIR", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--splits", choices=("id", "ood"), default="id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_baseline)
+
+    p = subparsers.add_parser(
+        "edit", parents=[debug, threads], help="edit checkpoints with a trained weight-head metanet",
+        description="Apply the weight head of an inr-edit run to a checkpoint (or every "
+        "*.safetensors in a directory) and write the edited checkpoint, which loads into the "
+        "original architecture. Zoo checkpoints carry their architecture; others need --arch "
+        "and --input-shape (as for 'paramgraph convert') or --spec.")
+    p.add_argument("--metanet", required=True, metavar="RUN", help="run directory")
+    p.add_argument("--input", required=True, metavar="CKPT", help="checkpoint or directory")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output checkpoint (.safetensors) or directory")
+    p.add_argument("--spec", default=None, metavar="JSON",
+                   help="zoo architecture spec, e.g. '{\"family\": \"siren\", \"hidden\": [32, 32]}'")
+    p.add_argument("--arch", metavar="MODULE:CALLABLE", default=None)
+    p.add_argument("--arch-kwargs", metavar="JSON", default=None)
+    p.add_argument("--input-shape", metavar="SHAPE", default=None)
+    p.set_defaults(func=cmd_edit)
+
+    p = subparsers.add_parser(
+        "demo", parents=[debug], help="the whole story on a small zoo (under 10 minutes)",
+        description="Make (or reuse) a small hetero zoo, train quasi, strict and perm metanets "
+        "and the statistics baseline for generalisation prediction, print one table.")
+    p.add_argument("--size", type=pos, default=None, help="zoo size (default: the demo's)")
+    p.add_argument("--epochs", type=pos, default=None)
+    p.add_argument("--out", default=None, metavar="DIR", help="runs directory (default runs/demo)")
+    p.add_argument("--zoo", default=None, metavar="DIR", help="zoo directory (default .cache/...)")
+    p.set_defaults(func=cmd_demo)
+
+
+def _usage(parser, message: str) -> int:
+    parser.print_usage(sys.stderr)
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_zoo_make(args) -> int:
+    """Handler of ``paramgraph zoo make``."""
+    from tasks.zoo import make_zoo
+
+    hidden = _int_list(args.inr_hidden, "--inr-hidden")
+    zoo = make_zoo(args.out, args.kind, args.size, workers=args.workers, seed=args.seed,
+                   ckpts=args.ckpts, inr_steps=args.inr_steps, inr_hidden=hidden,
+                   progress=not args.no_progress)
+    print(_zoo_summary_text(zoo))
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise ParamGraphError(f"{flag} '{text}': expected comma-separated positive integers")
+    return values
+
+
+def zoo_summary(zoo) -> dict:
+    """Counts, families, splits and accuracy/fit statistics of a zoo, as a dict."""
+    from collections import Counter
+
+    import numpy as np
+
+    out = {"dir": str(zoo.root), "kind": zoo.kind, "size": len(zoo),
+           "seed": zoo.manifest.get("seed"),
+           "families": dict(Counter(r["family"] for r in zoo.rows)),
+           "splits": {k: len(v) for k, v in zoo.splits.items() if isinstance(v, list)}}
+    if zoo.kind == "inr":
+        fit = np.array([r["fit_mse"] for r in zoo.rows])
+        out["fit_mse"] = {"mean": float(fit.mean()), "max": float(fit.max())}
+    else:
+        acc = np.array([r["test_acc"] for r in zoo.rows])
+        out["test_acc"] = {"min": float(acc.min()), "mean": float(acc.mean()),
+                           "max": float(acc.max()),
+                           "quartiles": [float(q) for q in np.quantile(acc, [0.25, 0.5, 0.75])]}
+    if "seconds" in zoo.manifest:
+        out["seconds"] = zoo.manifest["seconds"]
+    return out
+
+
+def _zoo_summary_text(zoo) -> str:
+    s = zoo_summary(zoo)
+    lines = [f"zoo {s['dir']}: {s['size']} {s['kind']} networks (seed {s['seed']})",
+             "  families: " + ", ".join(f"{k} {v}" for k, v in s["families"].items()),
+             "  splits:   " + ", ".join(f"{k} {v}" for k, v in s["splits"].items())]
+    if "test_acc" in s:
+        a = s["test_acc"]
+        lines.append(f"  test accuracy: min {a['min']:.3f}, quartiles "
+                     f"{', '.join(f'{q:.3f}' for q in a['quartiles'])}, max {a['max']:.3f}")
+    if "fit_mse" in s:
+        lines.append(f"  SIREN fit MSE: mean {s['fit_mse']['mean']:.2e}, "
+                     f"max {s['fit_mse']['max']:.2e}")
+    return "\n".join(lines)
+
+
+def cmd_zoo_info(args) -> int:
+    """Handler of ``paramgraph zoo info``."""
+    from tasks.zoo import Zoo
+
+    zoo = Zoo(args.dir)
+    print(json.dumps(zoo_summary(zoo), indent=1) if args.json else _zoo_summary_text(zoo))
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Handler of ``paramgraph train``."""
+    from tasks.train import TrainConfig, train
+
+    if args.resume:
+        cfg = None
+    else:
+        missing = [f"--{k}" for k in ("task", "zoo") if getattr(args, k) is None]
+        if missing:
+            raise ParamGraphError(f"train needs {' and '.join(missing)} (or --resume)")
+        cfg = TrainConfig(task=args.task, zoo=args.zoo, mode=args.mode, hidden=args.hidden,
+                          layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
+                          clip=args.clip, seed=args.seed, splits=args.splits,
+                          max_train=args.max_train)
+    summary = train(cfg, args.out, resume=args.resume, threads=args.threads,
+                    progress=not args.no_progress, stop_after=args.stop_after)
+    state = "complete" if summary["complete"] else "stopped (continue with --resume)"
+    best = ", ".join(f"{k} {v:.4f}" for k, v in (summary["best"] or {}).items())
+    print(f"run {summary['run']}: {summary['epochs_done']} epochs, {state}; best epoch "
+          f"{summary['best_epoch']} (val {best}); {summary['seconds']:.1f} s")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Handler of ``paramgraph eval``."""
+    from tasks.train import evaluate_run
+
+    result = evaluate_run(args.run, args.split, threads=args.threads)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+        print(f"{args.run} {result['split']} ({result['zoo_split']}, {result['n']} networks): "
+              f"{metrics}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    """Handler of ``paramgraph plot``."""
+    from tasks.train import plot_run
+
+    for path in plot_run(args.run, args.split):
+        print(path)
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    """Handler of ``paramgraph baseline``."""
+    from tasks.baseline import fit_predict
+    from tasks.objectives import get_objective
+    from tasks.zoo import Zoo
+
+    zoo = Zoo(args.zoo)
+    get_objective(args.task).check_zoo(zoo)
+    pre = "" if args.splits == "id" else "ood_"
+    result = fit_predict(args.task, zoo, f"{pre}train", f"{pre}test", seed=args.seed)
+    if args.json:
+        print(json.dumps({"metrics": result["metrics"], "seconds": result["seconds"]}, indent=1))
+    else:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+        print(f"statistics baseline, {args.task} on {zoo.root} ({pre}test): {metrics} "
+              f"({result['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    """Handler of ``paramgraph edit``."""
+    from tasks.edit import edit_path
+
+    spec = None
+    if args.spec is not None:
+        try:
+            spec = json.loads(args.spec)
+        except json.JSONDecodeError as err:
+            raise ParamGraphError(f"--spec is not valid JSON ({err.msg})") from None
+    results = edit_path(args.metanet, args.input, args.output, spec=spec, arch=args.arch,
+                        arch_kwargs=pg_cli.parse_arch_kwargs(args.arch_kwargs),
+                        input_shape=pg_cli.parse_input_shape(args.input_shape),
+                        threads=args.threads)
+    for r in results:
+        print(f"{r['input']} -> {r['output']} ({r['tensors']} tensors, largest weight change "
+              f"{r['changed']:.3g})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Handler of ``paramgraph demo``."""
+    from tasks.demo import run_demo
+
+    kwargs = {k: v for k, v in (("size", args.size), ("epochs", args.epochs),
+                                ("out", args.out), ("zoo_dir", args.zoo)) if v is not None}
+    run_demo(**kwargs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
