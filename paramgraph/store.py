@@ -24,6 +24,7 @@ import json
 import os
 import struct
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -91,7 +92,8 @@ class GraphStore(Sequence):
     opened per process.
     """
 
-    def __init__(self, directory: str | os.PathLike, verify_on_read: bool = True):
+    def __init__(self, directory: str | os.PathLike, verify_on_read: bool = True,
+                 max_open_shards: int = 2):
         self.directory = Path(directory)
         self.index = _read_index(self.directory)
         self.counts = [s["count"] for s in self.index["shards"]]
@@ -99,7 +101,10 @@ class GraphStore(Sequence):
         for c in self.counts:
             self.starts.append(self.starts[-1] + c)
         self.verify_on_read = verify_on_read
-        self._open: dict[int, tuple[int, dict]] = {}
+        # Shards stay mapped while in use; unmapping the least recent keeps resident memory
+        # bounded by max_open_shards shards however many shards a pass reads.
+        self.max_open_shards = max(1, max_open_shards)
+        self._open: OrderedDict[int, tuple[int, dict]] = OrderedDict()
 
     def __len__(self) -> int:
         return self.starts[-1]
@@ -143,6 +148,7 @@ class GraphStore(Sequence):
         pid = os.getpid()
         cached = self._open.get(shard)
         if cached is not None and cached[0] == pid:
+            self._open.move_to_end(shard)
             return cached[1]
         info = self.index["shards"][shard]
         if self.verify_on_read:
@@ -156,6 +162,8 @@ class GraphStore(Sequence):
         except Exception as err:  # a bad header, a short file, missing fields
             raise CorruptShardError(path, f"unreadable ({err})") from err
         self._open[shard] = (pid, meta)
+        while len(self._open) > self.max_open_shards:
+            self._open.popitem(last=False)
         return meta
 
     def _read(self, shard: int, j: int) -> ParamGraph:
