@@ -96,9 +96,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Write the whole output to the yielded path. When the ``with`` block ends normally the file
     gets ordinary permissions (as ``open`` would give it) and replaces ``path`` in one
     ``os.replace``; when it raises (including ``KeyboardInterrupt``) the temporary file is removed
-    and ``path`` is left as it was. Missing parent directories are created.
+    and ``path`` is left as it was. Missing parent directories are created (and removed again on
+    failure).
     """
     target = Path(path)
+    created = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
@@ -110,6 +112,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        for d in created:  # deepest first; only the directories made here, and only if empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise
 
 

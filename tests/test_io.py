@@ -425,3 +425,11 @@ def test_bad_arch_error_names_the_checkpoint(tmp_path, cnn):
     torch.save(cnn.state_dict(), tmp_path / "c.pt")
     with pytest.raises(pg.ParamGraphError, match=r"c\.pt: --arch 'nope:x': cannot import"):
         convert_checkpoint(tmp_path / "c.pt", arch="nope:x", input_shape=(2, 1, 8, 8))
+
+
+def test_atomic_write_failure_removes_directories_it_made(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a" / "b" / "out.bin") as tmp:
+            tmp.write_bytes(b"x")
+            raise RuntimeError()
+    assert _leftovers(tmp_path) == []
