@@ -459,10 +459,11 @@ def summarize(graph, extra: dict | None = None) -> dict:
 
     layer = graph.node_layer.long()
     per_layer = torch.bincount(layer).tolist() if layer.numel() else []
-    group, pos = graph.perm_group, graph.perm_pos
-    sizes = []
-    for g in torch.unique(group[group >= 0]).tolist():
-        sizes.append(int(torch.unique(pos[group == g]).numel()))
+    group, pos = graph.perm_group[graph.perm_group >= 0], graph.perm_pos[graph.perm_group >= 0]
+    # a set's size is its number of distinct positions (tied node sets share positions)
+    width = int(pos.max()) + 1 if pos.numel() else 1
+    sizes = torch.bincount(torch.unique(group * width + pos) // width)
+    sizes = sizes[sizes > 0].tolist()
     heads, blocks = _count_heads(graph)
     values = torch.cat([graph.edge_value.double().flatten(),
                         graph.node_value.double()[graph.node_mask]])

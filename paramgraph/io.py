@@ -2,7 +2,8 @@
 
 **Graph files** (:func:`save_graph`, :func:`load_graph`, :func:`read_graph_file`) are safetensors
 files (default suffix ``.pgraph``): every tensor field of the :class:`~paramgraph.ParamGraph` is a
-tensor named ``graph/<field>``, the segment table, the node count and a format version are JSON in
+tensor named ``graph/<field>`` (int64 index fields stored as int32 when they fit, widened again on
+load), the segment table, the node count and a format version are JSON in
 the safetensors metadata, and state_dict entries the graph does not hold (``num_batches_tracked``
 counters, tensors the forward never reads) ride along verbatim as ``extra/<key>`` tensors so that a
 restored checkpoint is complete. Loading parses a JSON header and raw little-endian tensor bytes; no
@@ -160,12 +161,17 @@ def save_graph(graph: ParamGraph, path: str | os.PathLike, *, extra: dict[str, T
     graph.validate()
     tensors: dict[str, Tensor] = {}
     scalars: dict[str, Any] = {}
+    narrowed: list[str] = []
     for key in graph.keys():
         value = graph[key]
         if key in ("segments", "num_nodes"):
             continue
         if isinstance(value, Tensor):
             tensors[f"graph/{key}"] = _storable(value)
+            if value.dtype == torch.long and (value.numel() == 0 or (
+                    int(value.min()) >= -(2**31) and int(value.max()) < 2**31)):
+                narrowed.append(key)  # indices fit in int32: half the bytes on disk
+                tensors[f"graph/{key}"] = tensors[f"graph/{key}"].to(torch.int32)
         elif isinstance(value, (bool, int, float, str)) or value is None:
             scalars[key] = value
         else:
@@ -184,6 +190,7 @@ def save_graph(graph: ParamGraph, path: str | os.PathLike, *, extra: dict[str, T
         "num_nodes": str(int(graph.num_nodes)),
         "segments": json.dumps(graph.segments.to_dict(), separators=(",", ":")),
         "scalars": json.dumps(scalars),
+        "int64_as_int32": json.dumps(narrowed),
         "metadata": json.dumps(dict(metadata or {})),
     }
     with atomic_path(path) as tmp:
@@ -238,6 +245,7 @@ def read_graph_file(path: str | os.PathLike) -> GraphFile:
         segments = SegmentTable.from_dict(json.loads(meta["segments"]))
         num_nodes = int(meta["num_nodes"])
         scalars = json.loads(meta.get("scalars", "{}"))
+        narrowed = set(json.loads(meta.get("int64_as_int32", "[]")))
         user_meta = json.loads(meta.get("metadata", "{}"))
         for seg in segments:
             dtype_from_name(seg.dtype)
@@ -249,7 +257,8 @@ def read_graph_file(path: str | os.PathLike) -> GraphFile:
     fields, extra = {}, {}
     for name, t in tensors.items():
         if name.startswith("graph/"):
-            fields[name[len("graph/"):]] = t
+            key = name[len("graph/"):]
+            fields[key] = t.long() if key in narrowed and t.dtype == torch.int32 else t
         elif name.startswith("extra/"):
             extra[name[len("extra/"):]] = t
     for key, dtype in GRAPH_FIELDS.items():
