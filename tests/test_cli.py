@@ -219,13 +219,17 @@ def _make_case(case: str, d: Path, cnn) -> tuple[list, str]:
         save_file(sd, str(d / "c.safetensors"))
         return (["restore", d / "c.safetensors", "-o", d / "r.safetensors"],
                 "c.safetensors: not a paramgraph graph file")
+    if case == "restore_unknown_suffix":
+        pg.save_graph(pg.from_module(cnn, torch.randn(1, 1, 8, 8)), d / "g.pgraph")
+        return ["restore", d / "g.pgraph", "-o", d / "r.txt"], "r.txt: unknown output format"
     raise AssertionError(case)
 
 
 ERROR_CASES = ["missing", "truncated_pt", "truncated_safetensors", "corrupt_pt2",
                "unknown_format", "arch_not_importable", "arch_missing_callable", "does_not_fit",
                "missing_and_unexpected", "nonfinite", "nonfinite_pt2", "bad_arch_kwargs",
-               "bad_input_shape", "graph_not_found", "restore_from_checkpoint"]
+               "bad_input_shape", "graph_not_found", "restore_from_checkpoint",
+               "restore_unknown_suffix"]
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)
