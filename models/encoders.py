@@ -67,7 +67,7 @@ class KernelBins:
 
     def unpool(self, binned: Tensor) -> Tensor:
         """``[E, width]`` back to flat ``[V]``: every value gets its bin's entry."""
-        return binned.reshape(-1)[self.index]
+        return binned.reshape(-1).index_select(0, self.index)
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, act=nn.SiLU) -> nn.Sequential:

@@ -201,8 +201,8 @@ class GaugeMap(nn.Module):
         h = self.mix(h)
         w = st.weight
         src, dst = st.src[w], st.dst[w]
-        m_in = scatter(h[src], dst, 0, dim_size=n, reduce="mean")
-        m_out = scatter(h[dst], src, 0, dim_size=n, reduce="mean")
+        m_in = scatter(h.index_select(0, src), dst, 0, dim_size=n, reduce="mean")
+        m_out = scatter(h.index_select(0, dst), src, 0, dim_size=n, reduce="mean")
         s = self.out(torch.cat([h, m_in, m_out], dim=1)).squeeze(1)
         return self.bound * torch.tanh(s)
 

@@ -31,41 +31,68 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
-from torch_geometric.nn.aggr import MultiAggregation
-from torch_geometric.utils import scatter
+
+from .structure import GraphStructure
 
 AGGREGATORS = ("sum", "mean", "max", "min", "std")
 
 
 class EdgeAggregation(MessagePassing):
-    """Aggregate edge features onto nodes, along (``forward``) or against the edges.
+    """Aggregate edge features onto nodes, along (``reverse=False``) or against the edges.
 
-    Returns ``[N, len(aggrs) * H]``. The ``sum`` block is divided by ``sqrt(degree)``.
+    Returns ``[N, len(aggrs) * H]``, one block per aggregator in the order given. ``sum`` is
+    divided by ``sqrt(degree)``; nodes without edges get zeros. The reductions are segment
+    reductions over the edges sorted by their receiving node (``order``, from
+    :class:`~models.structure.GraphStructure`; ``None`` when the edges are already sorted): one
+    shared sum for sum/mean/std, and a max whose backward is a cheap per-segment copy (a scatter
+    max's backward is several times slower on CPU).
     """
 
     def __init__(self, aggrs: Sequence[str] = ("sum", "mean", "max")):
+        super().__init__(aggr=None, node_dim=0)
         aggrs = list(aggrs)
         for a in aggrs:
             if a not in AGGREGATORS:
                 raise ValueError(f"unknown aggregator '{a}'; choose from {AGGREGATORS}")
-        super().__init__(aggr=MultiAggregation(aggrs, mode="cat"), node_dim=0)
+        if not aggrs:
+            raise ValueError("at least one aggregator is needed")
         self.aggrs = aggrs
 
-    def forward(self, edge_attr: Tensor, edge_index: Tensor, num_nodes: int,
-                reverse: bool = False) -> Tensor:
+    def forward(self, edge_attr: Tensor, edge_index: Tensor, degree: Tensor,
+                order: Tensor | None = None, reverse: bool = False) -> Tensor:
+        """``degree``: [N] edges arriving at each node in the chosen direction; ``order``: the
+        stable argsort of the receiving ends (``None``: already sorted)."""
         index = edge_index.flip(0) if reverse else edge_index
-        out = self.propagate(index, edge_attr=edge_attr, size=(num_nodes, num_nodes))
-        if "sum" in self.aggrs:
-            h = edge_attr.size(1)
-            i = self.aggrs.index("sum")
-            deg = scatter(torch.ones_like(index[1], dtype=edge_attr.dtype), index[1], 0,
-                          dim_size=num_nodes, reduce="sum").clamp_min(1).sqrt().unsqueeze(1)
-            out = torch.cat([out[:, : i * h], out[:, i * h : (i + 1) * h] / deg,
-                             out[:, (i + 1) * h :]], dim=1)
-        return out
+        n = degree.numel()
+        return self.propagate(index, edge_attr=edge_attr, degree=degree, order=order,
+                              size=(n, n))
 
     def message(self, edge_attr: Tensor) -> Tensor:
         return edge_attr
+
+    def aggregate(self, inputs: Tensor, index: Tensor, degree: Tensor,
+                  order: Tensor | None = None, dim_size: int | None = None) -> Tensor:
+        if order is not None:
+            inputs = inputs.index_select(0, order)
+        lengths = degree
+        deg = degree.clamp_min(1).to(inputs.dtype).unsqueeze(1)
+        has = (degree > 0).unsqueeze(1)
+        total = None
+        if {"sum", "mean", "std"} & set(self.aggrs):
+            total = torch.segment_reduce(inputs, "sum", lengths=lengths, unsafe=True)
+        out = []
+        for a in self.aggrs:
+            if a == "sum":
+                out.append(total / deg.sqrt())
+            elif a == "mean":
+                out.append(total / deg)
+            elif a in ("max", "min"):
+                r = torch.segment_reduce(inputs, a, lengths=lengths, unsafe=True)
+                out.append(torch.where(has, r, torch.zeros_like(r)))
+            else:  # std
+                sq = torch.segment_reduce(inputs.square(), "sum", lengths=lengths, unsafe=True)
+                out.append((sq / deg - (total / deg).square()).clamp_min(1e-12).sqrt())
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
 class EdgeNodeLayer(nn.Module):
@@ -85,13 +112,12 @@ class EdgeNodeLayer(nn.Module):
         self.node_norm = nn.LayerNorm(hidden)
         self.act = nn.SiLU()
 
-    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        """``h`` [N, H], ``e`` [E, H], ``edge_index`` [2, E]; returns the new ``(h, e)``."""
-        src, dst = edge_index[0], edge_index[1]
-        pre = self.edge_lin(e) + self.src_lin(h)[src] + self.dst_lin(h)[dst]
+    def forward(self, h: Tensor, e: Tensor, st: GraphStructure) -> tuple[Tensor, Tensor]:
+        """``h`` [N, H], ``e`` [E, H] and the batch's structure; returns the new ``(h, e)``."""
+        pre = (self.edge_lin(e) + self.src_lin(h).index_select(0, st.src)
+               + self.dst_lin(h).index_select(0, st.dst))
         e = self.edge_norm(e + self.edge_out(self.act(pre)))
-        n = h.size(0)
-        fwd = self.aggregate(e, edge_index, n)
-        bwd = self.aggregate(e, edge_index, n, reverse=True)
+        fwd = self.aggregate(e, st.edge_index, st.in_degree, st.in_order)
+        bwd = self.aggregate(e, st.edge_index, st.out_degree, st.out_order, reverse=True)
         h = self.node_norm(h + self.node_mlp(torch.cat([h, fwd, bwd], dim=1)))
         return h, e

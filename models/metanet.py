@@ -126,7 +126,7 @@ class MetaNet(nn.Module):
         e = self.edge_enc(st, bins, binned)
         h = self.node_enc(st, node_slot_inputs(node_value, node_mask), node_mask)
         for layer in self.layers:
-            h, e = layer(h, e, batch.edge_index)
+            h, e = layer(h, e, st)
         if self.task == "invariant":
             return self.head(st, h, e)
         new_edge, new_node = self.head(st, bins, h, e, edge_value, node_value, node_mask,

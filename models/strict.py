@@ -157,18 +157,18 @@ class StrictLayer(nn.Module):
                 j: Tensor, edge_index: Tensor):
         src, dst = edge_index[0], edge_index[1]
         ce = canon(e, kinds.edge_scale, kinds.edge_sign)
-        pre = self.edge_lin(j) + self.edge_canon(ce) + self.src_lin(i)[src] + self.dst_lin(i)[dst]
+        pre = (self.edge_lin(j) + self.edge_canon(ce) + self.src_lin(i).index_select(0, src)
+               + self.dst_lin(i).index_select(0, dst))
         j = self.edge_norm(j + self.edge_out(self.act(pre)))
         e = e + self.we(e) * torch.tanh(self.ge(j)) + kinds.edge_trivial.unsqueeze(1) * self.te(j)
 
-        n = x.size(0)
-        msg = self.wa(e) * self.wb(x)[src]
+        msg = self.wa(e) * self.wb(x).index_select(0, src)
         m = torch.zeros_like(x).index_add(0, dst, msg)
         deg = st.in_degree.clamp_min(1).to(x.dtype).unsqueeze(1)
         m = m / deg
         cxm = kinds.canon_xm(x, m)
-        fwd = self.aggregate(j, edge_index, n)
-        bwd = self.aggregate(j, edge_index, n, reverse=True)
+        fwd = self.aggregate(j, edge_index, st.in_degree, st.in_order)
+        bwd = self.aggregate(j, edge_index, st.out_degree, st.out_order, reverse=True)
         i = self.node_norm(i + self.node_mlp(torch.cat([i, cxm, fwd, bwd], 1)))
         x = (x + self.wc(x) * torch.tanh(self.gx(i))
              + kinds.same.unsqueeze(1) * self.wd(m) * torch.tanh(self.gm(i))

@@ -39,6 +39,8 @@ class GraphStructure:
     * ``fan_in`` [N]: number of incoming *weight values*; ``fan_out`` [N]: outgoing ones;
       ``in_degree``, ``out_degree`` [N]: edges of any type.
     * ``rel_depth`` [N]: ``node_layer`` divided by its graph's deepest layer (in [0, 1]).
+    * ``in_order`` / ``out_order`` [E]: stable argsort of ``dst`` / ``src`` (``None`` where the
+      edges are already in that order), for segment reductions onto nodes.
     """
 
     num_nodes: int
@@ -68,6 +70,9 @@ class GraphStructure:
     out_degree: Tensor
     rel_depth: Tensor
     max_size: int
+    edge_index: Tensor
+    in_order: Tensor | None
+    out_order: Tensor | None
 
     @classmethod
     def of(cls, batch) -> "GraphStructure":
@@ -108,7 +113,8 @@ class GraphStructure:
             fixed=batch.perm_group < 0, perm_pos=batch.perm_pos.long(), fan_in=fan_in,
             fan_out=fan_out, in_degree=in_degree, out_degree=out_degree,
             rel_depth=layer.double() / deepest[node_graph].double(),
-            max_size=int(edge_size.max()) if e else 1,
+            max_size=int(edge_size.max()) if e else 1, edge_index=edge_index,
+            in_order=_sorting(dst), out_order=_sorting(src),
         )
 
     # -- how the continuous group acts on values ------------------------------------------------
@@ -127,6 +133,12 @@ class GraphStructure:
         """[E] positive structural factor that brings typical weights to O(1): the square root of
         the target neuron's fan-in (in values). Invariant under the whole group."""
         return self.fan_in[self.dst].clamp_min(1).to(torch.float64).sqrt()
+
+
+def _sorting(index: Tensor) -> Tensor | None:
+    if index.numel() < 2 or bool((index[1:] >= index[:-1]).all()):
+        return None
+    return torch.argsort(index, stable=True)
 
 
 def symlog(x: Tensor) -> Tensor:

@@ -1,0 +1,216 @@
+"""Benchmark the metanet: forward+backward throughput and peak memory per mode.
+
+Workloads (hidden 64, 4 layers, invariant head, float32, CPU):
+
+* ``small``: a batch of 64 small-CNN graphs (conv 1->16->16->16, 3x3, ReLU, global average
+  pooling, linear to 10 classes; 4,970 parameters, 688 edges each);
+* ``large``: a batch of 8 CNN graphs of ~1M parameters each (conv 1->64->128->256->256, 3x3,
+  ReLU, pooling, linear; 962,954 parameters, ~109k edges each).
+
+For each workload and thread count (1 and 2), one child process builds the batch and times every
+mode *interleaved* (perm, strict, quasi, perm, ...) so that a busy machine slows all modes alike;
+the reported time is the median of the repeats. The gauge's share is measured two ways: the
+quasi-minus-perm difference relative to perm, and the gauge map's own forward+backward (timed
+alone, with a random cotangent on its outputs) relative to perm. Peak memory is measured per mode
+in a separate child process: the peak resident set size during the timed steps minus the
+resident size just before the first forward (so it counts activations, gradients and workspace,
+not the Python runtime or the input graphs).
+
+Usage::
+
+    .venv/bin/python scripts/bench_metanet.py               # full run, ~10 minutes on 2 cores
+    .venv/bin/python scripts/bench_metanet.py --quick       # small workload only, 1 repeat
+
+Writes a table to stdout and JSON to ``bench_results/bench_metanet.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODES = ("perm", "strict", "quasi")
+WORKLOADS = {
+    "small": dict(count=64, channels=(16, 16, 16), pool=None),
+    "large": dict(count=8, channels=(64, 128, 256, 256), pool=2),
+}
+
+
+def _build_batch(workload: str):
+    import torch
+    from torch import nn
+    from torch_geometric.data import Batch
+
+    import paramgraph
+
+    spec = WORKLOADS[workload]
+    graphs = []
+    for i in range(spec["count"]):
+        torch.manual_seed(i)
+        layers, c_in = [], 1
+        for j, c in enumerate(spec["channels"]):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU()]
+            if spec["pool"] and j == 1:
+                layers.append(nn.MaxPool2d(spec["pool"]))
+            c_in = c
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, 10)]
+        graphs.append(paramgraph.from_module(nn.Sequential(*layers), torch.randn(2, 1, 8, 8)))
+    return Batch.from_data_list(graphs), graphs
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _step(net, batch):
+    net.zero_grad(set_to_none=True)
+    y = net(batch)
+    y.square().mean().backward()
+
+
+def _child_time(workload: str, threads: int, repeats: int, hidden: int, layers: int) -> dict:
+    import torch
+
+    import models
+    from models.structure import GraphStructure
+
+    torch.set_num_threads(threads)
+    batch, graphs = _build_batch(workload)
+    nets = {}
+    for mode in MODES:
+        torch.manual_seed(0)
+        nets[mode] = models.MetaNet(mode=mode, hidden=hidden, layers=layers)
+    for mode in MODES:  # warm-up
+        _step(nets[mode], batch)
+    times = {m: [] for m in MODES}
+    gauge_times = []
+    gauge = nets["quasi"].gauge
+    for _ in range(repeats):
+        for mode in MODES:
+            t0 = time.perf_counter()
+            _step(nets[mode], batch)
+            times[mode].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        st = GraphStructure.of(batch)
+        ev, nv, alpha = gauge(st, batch.edge_value, batch.node_value, batch.node_mask)
+        (ev.sum() + nv.sum() + alpha.sum()).backward()
+        gauge_times.append(time.perf_counter() - t0)
+    edges = int(batch.edge_index.size(1))
+    params = sum(g.num_params for g in graphs)
+    out = {"workload": workload, "threads": threads, "graphs": len(graphs), "edges": edges,
+           "params": params, "repeats": repeats, "modes": {}}
+    for mode in MODES:
+        t = statistics.median(times[mode])
+        out["modes"][mode] = {"seconds": t, "seconds_all": times[mode],
+                              "graphs_per_s": len(graphs) / t, "edges_per_s": edges / t}
+    t_perm = out["modes"]["perm"]["seconds"]
+    out["gauge_seconds"] = statistics.median(gauge_times)
+    out["gauge_share_of_perm"] = out["gauge_seconds"] / t_perm
+    out["quasi_minus_perm_share"] = (out["modes"]["quasi"]["seconds"] - t_perm) / t_perm
+    return out
+
+
+def _child_memory(workload: str, mode: str, hidden: int, layers: int) -> dict:
+    import torch
+
+    import models
+
+    torch.set_num_threads(1)
+    batch, _ = _build_batch(workload)
+    torch.manual_seed(0)
+    net = models.MetaNet(mode=mode, hidden=hidden, layers=layers)
+    base = _rss_mb()
+    _step(net, batch)
+    _step(net, batch)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"workload": workload, "mode": mode, "peak_mb": peak - base}
+
+
+def _run_child(args: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--child", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if res.returncode != 0:
+        raise SystemExit(f"benchmark child {' '.join(args)} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small workload, 1 repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--out", default=str(ROOT / "bench_results" / "bench_metanet.json"))
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        kind, *rest = a.child
+        if kind == "time":
+            print(json.dumps(_child_time(rest[0], int(rest[1]), a.repeats, a.hidden, a.layers)))
+        else:
+            print(json.dumps(_child_memory(rest[0], rest[1], a.hidden, a.layers)))
+        return
+    if a.quick:
+        a.workloads, a.repeats = ["small"], 1
+    common = ["--repeats", str(a.repeats), "--hidden", str(a.hidden), "--layers", str(a.layers)]
+    timing, memory = [], {}
+    for w in a.workloads:
+        for t in a.threads:
+            print(f"timing {w} with {t} thread(s) ...", file=sys.stderr, flush=True)
+            timing.append(_run_child(["time", w, str(t), *common]))
+        for m in MODES:
+            print(f"memory {w} {m} ...", file=sys.stderr, flush=True)
+            memory[(w, m)] = _run_child(["memory", w, m, *common])["peak_mb"]
+
+    lines = ["| workload | graphs | edges | threads | mode | fwd+bwd s | graphs/s | edges/s | "
+             "peak MB | gauge share |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in timing:
+        for m in MODES:
+            d = r["modes"][m]
+            share = (f"{100 * r['gauge_share_of_perm']:.1f}% (diff "
+                     f"{100 * r['quasi_minus_perm_share']:+.1f}%)") if m == "quasi" else ""
+            lines.append(f"| {r['workload']} | {r['graphs']} | {r['edges']:,} | {r['threads']} | "
+                         f"{m} | {d['seconds']:.3f} | {d['graphs_per_s']:.1f} | "
+                         f"{d['edges_per_s']:,.0f} | {memory[(r['workload'], m)]:.0f} | {share} |")
+    table = "\n".join(lines)
+    print(table)
+    result = {
+        "hidden": a.hidden, "layers": a.layers, "repeats": a.repeats,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "platform": platform.platform()},
+        "timing": timing,
+        "peak_memory_mb": [{"workload": w, "mode": m, "peak_mb": v}
+                           for (w, m), v in memory.items()],
+        "table": table,
+    }
+    try:
+        import torch
+        result["machine"]["torch"] = torch.__version__
+    except ImportError:
+        pass
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""MetaNet: exact symmetry of every mode, the weight head's decoded networks, the gauge's gradients.
+
+All symmetry tests run in float64 on heterogeneous batches (ReLU MLP, tanh/identity MLP, CNN with
+batch norm, a residual block, pooling and a flatten, SIREN, transformer encoder layer), two
+weight draws of each. Full-group tests draw ``heads=False``: the attention GL(d_head) maps are
+outside what the gauge handles (documented in models/gauge.py).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+import models
+import paramgraph
+from metanet_nets import graphs, random_input
+
+MODES = ("perm", "strict", "quasi")
+SMALL = dict(hidden=16, layers=2)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return graphs(seeds=(0, 1))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row relative difference of two [B, D] outputs."""
+    return (a - b).abs().amax(1) / a.abs().amax(1).clamp_min(1e-300)
+
+
+def _net(mode, seed=0, **kw):
+    torch.manual_seed(seed)
+    return models.MetaNet(mode=mode, **{**SMALL, **kw}).double()
+
+
+def _randomize_(net, std=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+
+
+# -- invariant head --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_permutation_invariance_and_batch_order(zoo, mode):
+    _, _, gs = zoo
+    net = _net(mode, out_dim=3)
+    gen = torch.Generator().manual_seed(3)
+    perm = [paramgraph.random_symmetry(g, generator=gen, scales=False, signs=False, heads=False)
+            for g in gs]
+    assert any(not torch.equal(p.edge_value, g.edge_value) for p, g in zip(perm, gs))
+    y = net(Batch.from_data_list(gs))
+    assert y.shape == (len(gs), 3) and y.dtype == torch.float64
+    assert _rel(y, net(Batch.from_data_list(perm))).max() < 1e-8
+    order = torch.randperm(len(gs), generator=gen).tolist()
+    y_shuffled = net(Batch.from_data_list([gs[i] for i in order]))
+    assert _rel(y[order], y_shuffled).max() < 1e-8
+
+
+def test_full_symmetry_invariance(zoo):
+    """quasi and strict: unchanged under permutations + scales in [1e-2, 1e2] + signs; perm moves."""
+    names, _, gs = zoo
+    gen = torch.Generator().manual_seed(4)
+    moved = [paramgraph.random_symmetry(g, generator=gen, heads=False, scale_range=(1e-2, 1e2))
+             for g in gs]
+    batch, batch_moved = Batch.from_data_list(gs), Batch.from_data_list(moved)
+    for mode in ("quasi", "strict"):
+        net = _net(mode, out_dim=2)
+        rel = _rel(net(batch), net(batch_moved))
+        assert rel.max() < 1e-6, (mode, dict(zip(names, rel.tolist())))
+    rel = _rel(_net("perm", out_dim=2)(batch), _net("perm", out_dim=2)(batch_moved))
+    # every one of these networks has a scale or a sign symmetry, so a plain GNN must notice
+    assert rel.min() > 1e-4, dict(zip(names, rel.tolist()))
+
+
+def test_float32_and_float64_every_mode_and_task(zoo):
+    _, _, gs = zoo
+    for dtype in (torch.float32, torch.float64):
+        batch = Batch.from_data_list([g.with_values(g.edge_value.to(dtype), g.node_value.to(dtype))
+                                      for g in gs])
+        for mode in MODES:
+            torch.manual_seed(0)
+            y = models.MetaNet(mode=mode, out_dim=2, **SMALL).to(dtype)(batch)
+            assert y.dtype == dtype and y.shape == (len(gs), 2) and torch.isfinite(y).all()
+            torch.manual_seed(0)
+            out = models.MetaNet(mode=mode, task="weights", **SMALL).to(dtype)(batch)
+            assert out.edge_value.dtype == dtype and torch.isfinite(out.edge_value).all()
+
+
+def test_single_graph_and_bad_arguments(zoo):
+    _, _, gs = zoo
+    net = _net("quasi")
+    y = net(gs[2])
+    assert y.shape == (1, 1)
+    assert torch.allclose(y, net(Batch.from_data_list([gs[2]])), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="mode"):
+        models.MetaNet(mode="equivariant")
+    with pytest.raises(ValueError, match="task"):
+        models.MetaNet(task="regression")
+    with pytest.raises(ValueError, match="aggregator"):
+        models.MetaNet(aggrs=("sum", "median"))
+
+
+# -- weight head -----------------------------------------------------------------------------------
+
+def _run(module, graph, x):
+    clone = copy.deepcopy(module)
+    paramgraph.load_into(clone, graph)
+    with torch.no_grad():
+        return clone(x)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_weight_head_starts_at_the_input_network(zoo, mode):
+    names, modules, gs = zoo
+    out = _net(mode, task="weights")(Batch.from_data_list(gs)).to_data_list()
+    gen = torch.Generator().manual_seed(5)
+    for name, module, g, o in zip(names, modules, gs, out):
+        assert torch.equal(o.edge_index, g.edge_index) and o.segments == g.segments
+        state = paramgraph.to_state_dict(o)
+        assert list(state) == list(paramgraph.to_state_dict(g))
+        x = random_input(name, 8, gen)
+        want = module(x).detach()
+        assert _rel(want.flatten(1), _run(module, o, x).flatten(1)).max() < 1e-10, name
+        if mode != "quasi":  # not even moved by a gauge: the very same values
+            assert torch.allclose(o.edge_value, g.edge_value, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("mode,frame", [("quasi", "gauged"), ("quasi", "input"),
+                                        ("strict", "gauged")])
+def test_weight_head_decoded_networks_match_under_symmetry(zoo, mode, frame):
+    """Random weight head (far from the identity): theta and g*theta give networks computing the
+    same function, for every architecture in the batch."""
+    names, modules, gs = zoo
+    net = _net(mode, task="weights", frame=frame)
+    _randomize_(net)
+    gen = torch.Generator().manual_seed(6)
+    moved = [paramgraph.random_symmetry(g, generator=gen, heads=False, scale_range=(1e-2, 1e2))
+             for g in gs]
+    out = net(Batch.from_data_list(gs)).to_data_list()
+    out_moved = net(Batch.from_data_list(moved)).to_data_list()
+    for name, module, o, om in zip(names, modules, out, out_moved):
+        x = random_input(name, 16, gen)
+        y, y_moved = _run(module, o, x).flatten(1), _run(module, om, x).flatten(1)
+        assert _rel(y, y_moved).max() < 1e-6, name
+        assert _rel(y, module(x).detach().flatten(1)).max() > 1e-2, f"{name}: output is the input"
+        assert torch.isfinite(y).all()
+    if frame == "input" or mode == "strict":  # strictly equivariant: the values move with g
+        moved_out = [paramgraph.random_symmetry(o, generator=gen, heads=False) for o in out]
+        assert not torch.allclose(moved_out[0].edge_value, out_moved[0].edge_value)
+
+
+def test_perm_weight_head_is_not_scale_equivariant(zoo):
+    names, modules, gs = zoo
+    net = _net("perm", task="weights")
+    _randomize_(net)
+    gen = torch.Generator().manual_seed(7)
+    i = names.index("mlp_relu")
+    moved = paramgraph.random_symmetry(gs[i], generator=gen, heads=False, permutations=False,
+                                       scale_range=(1e-2, 1e2))
+    x = random_input("mlp_relu", 16, gen)
+    y = _run(modules[i], net(gs[i]), x)
+    y_moved = _run(modules[i], net(moved), x)
+    assert _rel(y, y_moved).max() > 1e-3
+
+
+# -- the gauge is learned, not a no-op -------------------------------------------------------------
+
+def test_gauge_parameters_get_gradients_and_matter(zoo):
+    _, _, gs = zoo
+    batch = Batch.from_data_list(gs)
+    net = _net("quasi", out_dim=1)
+    params = net.gauge_parameters()
+    assert params and all(p.requires_grad for p in params)
+    y = net(batch)
+    y.square().sum().backward()
+    for name, p in net.gauge.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.2)
+    y2 = net(batch)
+    rel = _rel(y.detach(), y2.detach())
+    scalable = torch.tensor([bool(g.node_scale.any()) for g in gs])
+    assert rel[scalable].min() > 1e-6  # the learned factor acts on scalable neurons only
+    assert rel[~scalable].max() < 1e-12  # (a SIREN has signs, no scales: nothing to learn)
+    # the same perturbation keeps exact invariance
+    gen = torch.Generator().manual_seed(8)
+    moved = [paramgraph.random_symmetry(g, generator=gen, heads=False, scale_range=(1e-2, 1e2))
+             for g in gs]
+    assert _rel(y2.detach(), net(Batch.from_data_list(moved)).detach()).max() < 1e-6
+
+
+def test_canonical_only_ablation_differs_from_learned(zoo):
+    _, _, gs = zoo
+    batch = Batch.from_data_list(gs)
+    torch.manual_seed(0)
+    learned = models.MetaNet(mode="quasi", **SMALL).double()
+    canonical = models.MetaNet(mode="quasi", learn_gauge=False, **SMALL).double()
+    canonical.load_state_dict({k: v for k, v in learned.state_dict().items()
+                               if not k.startswith("gauge.")})
+    assert canonical.gauge_parameters() == []
+    with torch.no_grad():
+        learned.gauge.out[-1].weight.normal_()
+    scalable = torch.tensor([bool(g.node_scale.any()) for g in gs])
+    assert _rel(learned(batch), canonical(batch))[scalable].min() > 1e-6
+
+
+# -- scale -----------------------------------------------------------------------------------------
+
+def _zoo_batch(count: int):
+    """``count`` zoo-sized graphs (a few thousand parameters) of mixed architectures."""
+    import torch.nn as nn
+
+    from metanet_nets import ResCNN, Transformer, _randomize
+
+    gs = []
+    for i in range(count):
+        kind = i % 4
+        if kind == 0:
+            m, x = ResCNN(c=8, classes=10), torch.randn(2, 2, 8, 8)
+        elif kind == 1:
+            m, x = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                                 nn.Linear(32, 10)), torch.randn(2, 64)
+        elif kind == 2:
+            m, x = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.Conv2d(8, 16, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten(), nn.Linear(16, 10)), torch.randn(2, 1, 8, 8)
+        else:
+            m, x = Transformer(d_in=16, embed=16, heads=2, out=10), torch.randn(2, 4, 16)
+        gs.append(paramgraph.from_module(_randomize(m, i), x.double()))
+    return gs
+
+
+@pytest.fixture(scope="module")
+def zoo64():
+    gs = _zoo_batch(64)
+    return gs, Batch.from_data_list(gs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_backward_on_64_zoo_graphs(zoo64, mode):
+    gs, batch = zoo64
+    assert min(g.num_params for g in gs) > 1000 and len({g.num_nodes for g in gs}) == 4
+    torch.manual_seed(0)
+    net = models.MetaNet(mode=mode, hidden=16, layers=2)
+    y = net(batch)
+    assert y.shape == (64, 1) and torch.isfinite(y).all()
+    y.sum().backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    torch.manual_seed(0)
+    editor = models.MetaNet(mode=mode, task="weights", hidden=16, layers=2)
+    _randomize_(editor, std=0.05)
+    out = editor(batch)
+    loss = sum((o.edge_value - g.edge_value.float()).square().mean()
+               for o, g in zip(out.to_data_list(), gs))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
