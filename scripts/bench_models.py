@@ -1,0 +1,91 @@
+"""Benchmark-sized networks, defined here because torchvision is not available.
+
+* :func:`resnet18`: the ImageNet ResNet-18 layout (basic blocks [2, 2, 2, 2], widths 64-512,
+  projection shortcuts, batch norm, max-pool stem, 1000 classes): 11.7M parameters.
+* :func:`vit_small`: a ViT-S/16-sized encoder: conv patch embedding 3->384 (16x16 patches),
+  12 ``nn.TransformerEncoderLayer`` (6 heads, MLP 1536, GELU, pre-norm), final LayerNorm,
+  mean over tokens, 1000 classes: 22.0M parameters (no position embedding or class token,
+  which are parameters added to activations and not part of the parameter-graph model).
+* :func:`wide_mlp`: 1024 -> 4096 -> 4096 -> 1000 with ReLU: 25.0M parameters.
+
+Only torch is imported, so these definitions do not depend on paramgraph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], 64
+        for i, cout in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class ViT(nn.Module):
+    def __init__(self, dim=384, depth=12, heads=6, mlp=1536, patch=16, classes=1000):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        layer = nn.TransformerEncoderLayer(dim, heads, mlp, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(dim),
+                                             enable_nested_tensor=False)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, patches, dim]
+        return self.head(self.encoder(tokens).mean(dim=1))
+
+
+def resnet18() -> tuple[nn.Module, torch.Tensor]:
+    return ResNet18().eval(), torch.randn(1, 3, 32, 32)
+
+
+def vit_small() -> tuple[nn.Module, torch.Tensor]:
+    return ViT().eval(), torch.randn(1, 3, 32, 32)
+
+
+def wide_mlp() -> tuple[nn.Module, torch.Tensor]:
+    net = nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+                        nn.Linear(4096, 1000))
+    return net.eval(), torch.randn(2, 1024)
+
+
+MODELS = {"resnet18": resnet18, "vit_small": vit_small, "wide_mlp": wide_mlp}
