@@ -1,0 +1,209 @@
+"""The gauge map and the building blocks of the metanet, tested one at a time (float64)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
+
+import models
+import paramgraph
+from metanet_nets import build, graphs, random_input
+from models.encoders import KernelBins
+from models.gauge import apply_factors, canonical_factors
+from models.layers import EdgeAggregation
+from models.strict import StrictEncoder, StrictLayer, _Kinds, canon
+from models.structure import GraphStructure
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    names, modules, gs = graphs(seeds=(0, 1))
+    return names, modules, gs, Batch.from_data_list(gs)
+
+
+def _moved(gs, seed, **kw):
+    gen = torch.Generator().manual_seed(seed)
+    kw = {"heads": False, "scale_range": (1e-2, 1e2), **kw}
+    return [paramgraph.random_symmetry(g, generator=gen, **kw) for g in gs]
+
+
+def test_apply_factors_is_paramgraphs_group_action(zoo):
+    _, _, gs, batch = zoo
+    gen = torch.Generator().manual_seed(0)
+    elements = [paramgraph.random_element(g, generator=gen, permutations=False, heads=False)
+                for g in gs]
+    st = GraphStructure.of(batch)
+    edge, node = apply_factors(st, torch.cat([e.factor for e in elements]), batch.edge_value,
+                               batch.node_value)
+    want = Batch.from_data_list([paramgraph.apply_element(g, e) for g, e in zip(gs, elements)])
+    assert torch.equal(edge, want.edge_value) and torch.equal(node, want.node_value)
+
+
+def test_canonical_network_is_exactly_invariant_and_functionally_identical(zoo):
+    names, modules, gs, batch = zoo
+    st = GraphStructure.of(batch)
+    f = canonical_factors(st, batch.edge_value, batch.node_value)
+    edge, node = apply_factors(st, f, batch.edge_value, batch.node_value)
+    moved = Batch.from_data_list(_moved(gs, 1, permutations=False))
+    f2 = canonical_factors(st, moved.edge_value, moved.node_value)
+    edge2, node2 = apply_factors(st, f2, moved.edge_value, moved.node_value)
+    assert (edge - edge2).abs().max() <= 1e-12 * edge.abs().max()
+    assert (node - node2).abs().max() <= 1e-12 * node.abs().max()
+    assert not torch.allclose(moved.edge_value, batch.edge_value)
+    # only neurons with a symmetry move; the canonical network computes the same function
+    assert torch.all((f == 1) | st.scale | st.sign)
+    assert (f[st.scale] != 1).all() and (f[st.sign] == -1).any()
+    canonical = batch.with_values(edge, node).to_data_list()
+    gen = torch.Generator().manual_seed(2)
+    for name, module, g in zip(names, modules, canonical):
+        x = random_input(name, 8, gen)
+        clone = paramgraph.load_into(copy.deepcopy(module), g)
+        with torch.no_grad():
+            assert torch.allclose(clone(x), module(x), rtol=1e-10, atol=1e-12), name
+
+
+def test_canonical_form_unit_norms_and_signs(zoo):
+    _, _, _, batch = zoo
+    st = GraphStructure.of(batch)
+    f = canonical_factors(st, batch.edge_value, batch.node_value)
+    edge, node = apply_factors(st, f, batch.edge_value, batch.node_value)
+    ss = scatter(edge.square(), st.value_edge, 0, dim_size=st.num_edges, reduce="sum")
+    ss = torch.where(st.weight, ss, torch.zeros_like(ss))
+    incoming = scatter(ss, st.dst, 0, dim_size=st.num_nodes, reduce="sum")
+    plain_norm = (incoming + node[:, 0].square()).sqrt()
+    normed_norm = (node[:, 1].square() + node[:, 2].square()).sqrt()
+    norm = torch.where(st.plain, plain_norm, normed_norm)
+    assert torch.allclose(norm[st.scale], torch.ones_like(norm[st.scale]), atol=1e-12)
+    primary = torch.where(st.plain, node[:, 0], node[:, 1])
+    assert (primary[st.sign] > 0).all()
+
+
+def test_gauge_handles_zero_norm_neurons():
+    module, x = build("mlp_relu")
+    with torch.no_grad():
+        module[0].weight[2].zero_()
+        module[0].bias[2] = 0.0
+    g = paramgraph.from_module(module, x)
+    st = GraphStructure.of(g)
+    edge, node, alpha = models.GaugeMap().double()(st, g.edge_value, g.node_value, g.node_mask)
+    assert torch.isfinite(edge).all() and torch.isfinite(node).all() and torch.isfinite(alpha).all()
+
+
+def test_gauge_is_differentiable_in_values_and_parameters(zoo):
+    _, _, _, batch = zoo
+    st = GraphStructure.of(batch)
+    gauge = models.GaugeMap().double()
+    values = batch.edge_value.clone().requires_grad_()
+    edge, node, alpha = gauge(st, values, batch.node_value, batch.node_mask)
+    (edge.square().sum() + node.square().sum()).backward()
+    assert torch.isfinite(values.grad).all() and values.grad.abs().max() > 0
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in gauge.parameters())
+
+
+def test_gauge_bound_limits_the_learned_factor(zoo):
+    _, _, _, batch = zoo
+    st = GraphStructure.of(batch)
+    gauge = models.GaugeMap(bound=0.5).double()
+    with torch.no_grad():
+        for p in gauge.parameters():
+            p.normal_(std=3.0)
+    f = canonical_factors(st, batch.edge_value, batch.node_value)
+    _, _, alpha = gauge(st, batch.edge_value, batch.node_value, batch.node_mask)
+    ratio = (alpha / f)[st.scale]
+    assert (ratio.log().abs() <= 0.5 + 1e-12).all() and ratio.log().abs().max() > 0.1
+    assert torch.equal(alpha[~st.scale], f[~st.scale])
+
+
+# -- building blocks -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("aggrs", [("sum", "mean", "max"), ("min", "std")])
+def test_edge_aggregation_matches_scatter(zoo, aggrs):
+    _, _, _, batch = zoo
+    st = GraphStructure.of(batch)
+    assert st.out_order is not None  # some direction really needs sorting
+    e = torch.randn(st.num_edges, 4, dtype=torch.float64)
+    agg = EdgeAggregation(aggrs)
+    for reverse, index, degree, order in ((False, st.dst, st.in_degree, st.in_order),
+                                          (True, st.src, st.out_degree, st.out_order)):
+        got = agg(e, st.edge_index, degree, order, reverse=reverse)
+        deg = degree.clamp_min(1).double().unsqueeze(1)
+        want = []
+        for a in aggrs:
+            s = scatter(e, index, 0, dim_size=st.num_nodes, reduce="sum")
+            if a == "sum":
+                want.append(s / deg.sqrt())
+            elif a == "mean":
+                want.append(s / deg)
+            elif a == "std":
+                sq = scatter(e.square(), index, 0, dim_size=st.num_nodes, reduce="sum") / deg
+                want.append((sq - (s / deg).square()).clamp_min(1e-12).sqrt())
+            else:
+                want.append(scatter(e, index, 0, dim_size=st.num_nodes, reduce=a))
+        assert torch.allclose(got, torch.cat(want, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_bins_round_trip_and_long_kernels(zoo):
+    _, _, _, batch = zoo
+    st = GraphStructure.of(batch)
+    bins = KernelBins(st, cap=64)
+    assert bins.width == int(batch.edge_size.max())
+    binned = bins.pool(batch.edge_value)
+    assert torch.equal(bins.unpool(binned), batch.edge_value)  # no kernel is longer than 64
+    small = KernelBins(st, cap=4)
+    pooled = small.pool(batch.edge_value)
+    assert pooled.shape == (st.num_edges, 4)
+    # a 9-value kernel is averaged into 4 consecutive bins; the bin means keep the total
+    k = int((batch.edge_size == 9).nonzero()[0])
+    start = int(batch.edge_size[:k].long().sum())
+    values = batch.edge_value[start : start + 9]
+    counts = small.counts[k]
+    assert torch.allclose((pooled[k] * counts).sum(), values.sum())
+    assert counts.tolist() == [3.0, 2.0, 2.0, 2.0]
+
+
+def test_canon_is_invariant():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=gen, dtype=torch.float64)
+    scaled = torch.rand(50, generator=gen) < 0.5
+    signed = torch.rand(50, generator=gen) < 0.5
+    t = torch.exp(torch.randn(50, generator=gen, dtype=torch.float64) * 3)
+    t = torch.where(scaled, t, torch.ones_like(t))
+    t = torch.where(signed & (torch.rand(50, generator=gen) < 0.5), -t, t)
+    assert torch.allclose(canon(x, scaled, signed), canon(x * t.unsqueeze(1), scaled, signed),
+                          rtol=1e-12, atol=1e-14)
+    plain = ~(scaled | signed)
+    assert torch.equal(canon(x, scaled, signed)[plain], x[plain])
+
+
+def test_strict_layer_features_are_equivariant(zoo):
+    """Every equivariant channel moves with its own factor, every invariant one stays put."""
+    _, _, gs, batch = zoo
+    gen = torch.Generator().manual_seed(3)
+    elements = [paramgraph.random_element(g, generator=gen, permutations=False, heads=False,
+                                          scale_range=(1e-2, 1e2)) for g in gs]
+    factor = torch.cat([e.factor for e in elements])
+    st = GraphStructure.of(batch)
+    edge2, node2 = apply_factors(st, factor, batch.edge_value, batch.node_value)
+    torch.manual_seed(0)
+    enc, layer = StrictEncoder(8, 4).double(), StrictLayer(8, 4).double()
+    kinds = _Kinds(st)
+    bins = KernelBins(st, 64)
+    scale = st.value_scale()
+
+    def run(edge, node):
+        x, e, i, j = enc(st, kinds, bins, bins.pool(edge * scale[st.value_edge]), node,
+                         batch.node_mask)
+        return layer(st, kinds, x, e, i, j, st.edge_index)
+
+    (x, e, i, j, m), (x2, e2, i2, j2, m2) = run(batch.edge_value, batch.node_value), \
+        run(edge2, node2)
+    a = torch.where(st.plain, factor, torch.ones_like(factor))
+    t = torch.where(st.weight, a[st.dst] / factor[st.src], torch.ones_like(a[st.dst]))
+    for got, want in ((x2, x * factor.unsqueeze(1)), (e2, e * t.unsqueeze(1)),
+                      (m2, m * a.unsqueeze(1)), (i2, i), (j2, j)):
+        err = (got - want).norm(dim=1)
+        assert (err <= 1e-9 * want.norm(dim=1) + 1e-300).all()
