@@ -11,6 +11,7 @@ from torch import nn
 
 import paramgraph as pg
 from paramgraph.export import from_exported
+from tests.catalogue import catalogue, get
 from tests.cli_archs import make_cnn
 
 FIELDS = ("edge_index", "edge_value", "edge_size", "edge_type", "node_value", "node_mask",
@@ -108,6 +109,31 @@ def test_same_graph_as_live_module(case, decompose):
     assert list(state) == [k for k in ref if not k.endswith("num_batches_tracked")]
     for key, t in state.items():
         assert t.dtype == ref[key].dtype and torch.equal(t, ref[key]), key
+
+
+ATTENTION = ("attention", "transformer")
+
+
+@pytest.mark.parametrize("name", [e.name for e in catalogue()
+                                  if not set(e.tags) & set(ATTENTION)])
+def test_catalogue_converts_like_the_live_module(name):
+    entry = get(name)
+    m, x = entry.build(), entry.example_input()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(m, (x,))
+    _assert_same_graph(pg.from_module(m, x), from_exported(ep))
+
+
+@pytest.mark.parametrize("name", [e.name for e in catalogue() if set(e.tags) & set(ATTENTION)])
+def test_catalogue_attention_is_refused(name):
+    entry = get(name)
+    m, x = entry.build(), entry.example_input()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(m, (x,))
+    with pytest.raises(pg.UnsupportedModuleError, match="attention is not supported"):
+        from_exported(ep)
 
 
 def test_program_saved_and_loaded_from_file(tmp_path):
