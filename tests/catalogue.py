@@ -206,6 +206,37 @@ class TransformerNet(nn.Module):
         return self.out(self.encoder(self.inp(x)))
 
 
+class TinyViT(nn.Module):
+    """Conv patch embedding (4x4 patches) -> tokens -> pre-norm encoder layer -> LayerNorm ->
+    mean over tokens -> linear head: a small vision transformer."""
+
+    def __init__(self, channels=1, dim=8, heads=2, classes=3):
+        super().__init__()
+        self.patch = nn.Conv2d(channels, dim, 4, 4)
+        self.encoder = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0,
+                                                  batch_first=True, norm_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        return self.head(self.norm(self.encoder(tokens)).mean(dim=1))
+
+
+class SeqFirstAttention(nn.Module):
+    """Self-attention with the default (sequence, batch, features) layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(3, 6)
+        self.attn = nn.MultiheadAttention(6, 2)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(self.attn(h, h, h)[0])
+
+
 class FunctionalNet(nn.Module):
     """Functional calls: F.relu, torch.tanh, torch.flatten, x + y, F.linear with self.weight,
     F.avg_pool2d and x.mean(dim=(2, 3))."""
@@ -376,6 +407,10 @@ def _entries() -> list[Entry]:
         E("bare_encoder_layer", lambda: randomize(nn.TransformerEncoderLayer(
             8, 4, 16, dropout=0.0, batch_first=True), 164), (2, 3, 8),
           tags=("transformer", "layernorm", "bare")),
+        E("vit_tiny", lambda: randomize(TinyViT(), 165), (2, 1, 8, 8),
+          tags=("transformer", "vit", "conv2d", "layernorm")),
+        E("mha_seq_first", lambda: randomize(SeqFirstAttention(), 152), (5, 2, 3),
+          tags=("attention",)),
         E("functional", lambda: randomize(FunctionalNet(), 170), (2, 2, 4, 4),
           tags=("functional", "cnn", "residual", "avgpool")),
         E("nested", lambda: randomize(Nested(), 180), (3, 4), tags=("nested", "mlp")),
