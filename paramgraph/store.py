@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import Tensor
 
 from .errors import GraphFormatError
 from .graph import ParamGraph, SegmentTable
+from .io import atomic_path, atomic_write
 
 FORMAT = "paramgraph-store/1"
 INDEX = "index.json"
@@ -235,24 +235,16 @@ def _write_shard(directory: Path, shard: int, graphs: list[ParamGraph]) -> dict:
     meta = {"fields": fields, "tables": tables, "graphs": per_graph}
     name = f"shard-{shard:05d}.safetensors"
     path = directory / name
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"paramgraph": json.dumps(meta), "format": FORMAT})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"paramgraph": json.dumps(meta), "format": FORMAT})
     return {"file": name, "count": len(graphs), "bytes": path.stat().st_size,
             "sha256": _sha256(path)}
 
 
 def _write_index(directory: Path, shards: list[dict]) -> None:
     index = {"format": FORMAT, "shards": shards, "graphs": sum(s["count"] for s in shards)}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".index.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(directory / INDEX, "w") as f:
         json.dump(index, f, indent=1)
-    os.replace(tmp, directory / INDEX)
 
 
 def _read_index(directory: Path) -> dict:
