@@ -94,7 +94,8 @@ class EdgeEncoder(nn.Module):
         mask = bins.mask.to(binned.dtype)
         count = mask.sum(1).clamp_min(1)
         mean = (binned * mask).sum(1) / count
-        rms = ((binned.square() * mask).sum(1) / count).sqrt()
+        # clamped: sqrt'(0) is infinite, which made NaN gradients for all-zero (or denormal) kernels
+        rms = ((binned.square() * mask).sum(1) / count).clamp_min(1e-30).sqrt()
         stats = torch.cat([
             fourier_features(mean, self.freqs), fourier_features(rms, self.freqs),
             torch.log(st.edge_size.to(binned.dtype)).unsqueeze(1),
