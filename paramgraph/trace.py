@@ -228,6 +228,11 @@ class _Converter:
         meta = node.meta.get("tensor_meta")
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
 
+    def _owner(self, path: str, op: str) -> str:
+        """``"<type of the module at path>: <op>"``, to name both in an error."""
+        module = self.modules.get(path, self.root)
+        return f"{type(module).__name__}: {op}"
+
     def _path(self, node: fx.Node) -> str:
         if node.op == "call_module":
             return str(node.target)
@@ -469,14 +474,14 @@ class _Converter:
         if t in (F.conv1d, F.conv2d, F.conv3d):
             groups = _arg(node, 6, "groups", 1)
             if groups != 1:
-                raise UnsupportedModuleError(path, name, f"groups={groups}; only groups=1 is "
+                raise UnsupportedModuleError(path, self._owner(path, name), f"groups={groups}; only groups=1 is "
                                              "supported", SUPPORTED)
             w, b = self._attr_args(node, 1, ("weight", "bias"))
             return self._conv(node, self._take(node, args[0]), path, w, b)
         if t is F.layer_norm:
             w, b = self._attr_args(node, 2, ("weight", "bias"))
             return self._layer_norm(node, self._take(node, args[0]), path, _arg(node, 1, "normalized_shape"), w, b)
-        raise UnsupportedModuleError(path, f"{node.op} {name}", "this operation is not supported",
+        raise UnsupportedModuleError(path, self._owner(path, f"{node.op} {name}"), "this operation is not supported",
                                      SUPPORTED)
 
     def _attr_args(self, node, first: int, names):

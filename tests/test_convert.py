@@ -477,8 +477,11 @@ def test_grouped_convolution_is_refused():
     assert "groups=2" in msg
     msg = _expect_unsupported(nn.Conv1d(4, 8, 3, groups=4), torch.randn(1, 4, 9), "", "Conv1d")
     assert "groups=4" in msg
-    msg = _expect_unsupported(_FunctionalGroups(), torch.randn(1, 4, 8, 8), "", "conv2d")
+    msg = _expect_unsupported(_FunctionalGroups(), torch.randn(1, 4, 8, 8), "",
+                              "_FunctionalGroups: conv2d")
     assert "groups=4" in msg
+    nested = nn.Sequential(nn.Conv2d(4, 4, 1), nn.Sequential(_FunctionalGroups()))
+    _expect_unsupported(nested, torch.randn(1, 4, 8, 8), "1.0", "_FunctionalGroups: conv2d")
 
 
 def test_shared_weights_are_refused():
@@ -504,8 +507,8 @@ def test_unrepresentable_data_flow_is_refused():
         def forward(self, x):
             return self.fc(x) * 2.0
 
-    with pytest.raises(pg.UnsupportedModuleError, match=re.escape("Supported:")):
-        pg.from_module(Scaled(), torch.randn(2, 4))
+    msg = _expect_unsupported(Scaled(), torch.randn(2, 4), "", "Scaled: call_function mul")
+    assert "not supported" in msg
 
     class SubsetOfFeatures(nn.Module):
         def __init__(self):
