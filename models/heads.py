@@ -7,7 +7,8 @@ any permutation of its neurons.
 
 :class:`WeightHead` predicts a change for every learned value in the input graph's exact layout:
 per value of every weight edge (a kernel edge gets one output per kernel position, through the
-same bins as the encoder), per present node slot. Fixed wiring (residual, normalisation,
+same bins as the encoder), per present node slot; in ``strict`` mode through equivariant maps
+only, so that the output network of ``g theta`` is ``g`` applied to that of ``theta``. Fixed wiring (residual, normalisation,
 identity, attention pairing edges) keeps its value 1 exactly, absent slots stay 0, and a running
 variance is updated multiplicatively (``var * exp(delta)``) so it stays positive. The last layers
 start at zero, so the initial output is the input network. Edge changes are divided by the
@@ -59,20 +60,50 @@ def update_values(st: GraphStructure, bins: KernelBins, edge_value: Tensor, node
 
 
 class WeightHead(nn.Module):
-    """New values from node and edge features; ``forward`` returns ``(edge_value, node_value)``."""
+    """New values from the backbone's final features; see the module docstring.
 
-    def __init__(self, hidden: int, kernel_cap: int = 64):
+    Edge changes: a bias-free map of the value channels ``E`` (``channels > 0``) plus, when
+    unconstrained, an MLP of the hidden edge features. Node changes: when ``constrained``
+    (``strict``), the equivariant slots (a plain neuron's bias, a normalised neuron's norm weight
+    and shift) come from bias-free maps of ``X`` and the invariant ones (a normalised neuron's
+    bias, running mean, running variance) from an MLP of ``h``; unconstrained, all five slots
+    get both. Every last layer starts at zero.
+    """
+
+    def __init__(self, hidden: int, channels: int, kernel_cap: int, constrained: bool):
         super().__init__()
-        self.edge_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(),
-                                      nn.Linear(hidden, kernel_cap))
-        self.node_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 5))
-        for last in (self.edge_mlp[-1], self.node_mlp[-1]):
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+        self.constrained = constrained
+        self.edge_mlp = None if constrained else _zero_last(
+            nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, kernel_cap)))
+        self.edge_out = _zero_last(nn.Linear(channels, kernel_cap, bias=False)) if channels else None
+        n = 3 if constrained else 5
+        self.node_eq = _zero_last(nn.Linear(channels, n, bias=False)) if channels else None
+        self.node_inv = _zero_last(nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(),
+                                                 nn.Linear(hidden, n)))
 
-    def forward(self, st: GraphStructure, bins: KernelBins, h: Tensor, e: Tensor,
-                edge_value: Tensor, node_value: Tensor, node_mask: Tensor,
+    def forward(self, st: GraphStructure, bins: KernelBins, x: Tensor | None, ev: Tensor | None,
+                h: Tensor, e: Tensor, edge_value: Tensor, node_value: Tensor, node_mask: Tensor,
                 value_scale: Tensor) -> tuple[Tensor, Tensor]:
-        edge_delta = self.edge_mlp(e)[:, : bins.width]
-        return update_values(st, bins, edge_value, node_value, node_mask, edge_delta,
-                             self.node_mlp(h), value_scale)
+        """Returns the new ``(edge_value [V], node_value [N, 5])``."""
+        edge_delta = torch.zeros(st.num_edges, bins.width, dtype=h.dtype, device=h.device)
+        if self.edge_mlp is not None:
+            edge_delta = edge_delta + self.edge_mlp(e)[:, : bins.width]
+        if self.edge_out is not None:
+            edge_delta = edge_delta + self.edge_out(ev)[:, : bins.width]
+        inv = self.node_inv(h)
+        eq = self.node_eq(x) if self.node_eq is not None else torch.zeros_like(inv)
+        if self.constrained:
+            node_delta = torch.stack([torch.where(st.plain, eq[:, 0], inv[:, 0]), eq[:, 1],
+                                      eq[:, 2], inv[:, 1], inv[:, 2]], 1)
+        else:
+            node_delta = inv + eq
+        return update_values(st, bins, edge_value, node_value, node_mask, edge_delta, node_delta,
+                             value_scale)
+
+
+def _zero_last(module: nn.Module) -> nn.Module:
+    last = module[-1] if isinstance(module, nn.Sequential) else module
+    nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+    return module

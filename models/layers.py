@@ -1,27 +1,50 @@
 """Message passing with edge *and* node updates, in both directions of the network's data flow.
 
-:class:`EdgeNodeLayer` (modes ``perm`` and ``quasi``). With node features :math:`h` and edge
-features :math:`e` (every edge of the parameter graph, weights and fixed wiring alike; the edge
-type is part of :math:`e` from the encoder):
+:class:`EdgeNodeLayer` updates the hidden features: node features :math:`h`, edge features
+:math:`e` (every edge of the parameter graph, weights and fixed wiring alike; the edge type is
+part of :math:`e` from the encoder), with optional extra per-edge / per-node inputs
+:math:`\\xi` / :math:`\\zeta` (the read-out of the value channels):
 
 .. math::
-    e'_{uv} &= \\mathrm{LN}\\big(e_{uv} + W_2\\,\\sigma(W_1 e_{uv} + U h_u + V h_v + b_1) + b_2\\big)
+    e'_{uv} &= \\mathrm{LN}\\big(e_{uv} + W_2\\,\\sigma(W_1 e_{uv} + U h_u + V h_v
+               + P \\xi_{uv} + b_1) + b_2\\big)
 
     m^{\\rightarrow}_v &= \\bigoplus_{u:\\,(u,v)\\in\\mathcal{E}} e'_{uv} \\qquad
     m^{\\leftarrow}_u = \\bigoplus_{v:\\,(u,v)\\in\\mathcal{E}} e'_{uv}
 
-    h'_v &= \\mathrm{LN}\\big(h_v + \\mathrm{MLP}([h_v,\\, m^{\\rightarrow}_v,\\, m^{\\leftarrow}_v])\\big)
+    h'_v &= \\mathrm{LN}\\big(h_v + \\mathrm{MLP}([h_v,\\, \\zeta_v,\\, m^{\\rightarrow}_v,\\,
+             m^{\\leftarrow}_v])\\big)
 
 where :math:`\\bigoplus` concatenates several aggregators (default sum, mean and max; the sum is
 divided by :math:`\\sqrt{\\deg}` so that a neuron with thousands of inputs stays in range, which
 keeps it a degree-aware sum, not a mean). :math:`m^{\\rightarrow}` follows the data flow (from a
 neuron's inputs), :math:`m^{\\leftarrow}` goes against it (from the neurons it feeds). The edge
 MLP's first layer is computed as node projections gathered onto edges (``U h`` and ``V h`` on
-the N nodes, not on the E edges), which is what keeps a layer at two ``E x H x H`` matmuls.
+the N nodes, not on the E edges), which keeps a layer at two ``E x H x H`` matmuls.
+
+:class:`ValueLayer` is one round of the backbone: the hidden update above, interleaved with an
+update of the *value channels* (``X`` [N, C] per node, ``E`` [E, C] per edge), which are built
+linearly from the network's values and changed only by bias-free linear maps, gates and
+products, so that they can stay exactly scale/sign equivariant in ``strict`` mode (with a
+:class:`~models.readers.StrictReader`; with a :class:`~models.readers.FreeReader` the masks are
+all ones and the reads are ``symlog``):
+
+.. math::
+    e' &= \\text{edge update}(e, h;\\ \\xi = \\mathrm{read}(E)) \\\\
+    E' &= E + (E W_e) \\odot \\tanh(G_e e') + [t \\equiv 1]\\, T_e e' \\\\
+    M_v &= \\mathrm{mean}_{u \\to v}\\, (E'_{uv} W_a) \\odot (X_u W_b) \\\\
+    h' &= \\text{node update}(h, e';\\ \\zeta = \\mathrm{read}(X, M)) \\\\
+    X' &= X + (X W_c) \\odot \\tanh(G_x h') + [a \\equiv f]\\,(M W_d) \\odot \\tanh(G_m h')
+          + [f \\equiv 1]\\, T_x h'
+
+The product :math:`E_{uv} X_u` is a linear layer of the read network applied to ``C`` feature
+vectors carried by its neurons: the value channels can simulate forward passes (the role probe
+features play in Neural Graphs), which plain LN-MLP features of compressed values cannot. There
+is no product against the data flow (it would need ``1 / E`` to stay equivariant); backward
+information travels through :math:`m^{\\leftarrow}` and the gates.
 
 Every operation is a function of a node's or an edge's own features and of multisets of its
-neighbours', so the layer is permutation equivariant: permuting the neurons of a network
-permutes the outputs the same way.
+neighbours', so both layers are permutation equivariant.
 """
 
 from __future__ import annotations
@@ -96,28 +119,82 @@ class EdgeAggregation(MessagePassing):
 
 
 class EdgeNodeLayer(nn.Module):
-    """One round of edge update then bidirectional node update; see the module docstring."""
+    """Edge update then bidirectional node update of the hidden features; see module doc."""
 
-    def __init__(self, hidden: int, aggrs: Sequence[str] = ("sum", "mean", "max")):
+    def __init__(self, hidden: int, aggrs: Sequence[str] = ("sum", "mean", "max"),
+                 edge_extra: int = 0, node_extra: int = 0):
         super().__init__()
         self.edge_lin = nn.Linear(hidden, hidden)
         self.src_lin = nn.Linear(hidden, hidden, bias=False)
         self.dst_lin = nn.Linear(hidden, hidden, bias=False)
+        self.extra_lin = nn.Linear(edge_extra, hidden, bias=False) if edge_extra else None
         self.edge_out = nn.Linear(hidden, hidden)
         self.edge_norm = nn.LayerNorm(hidden)
         self.aggregate = EdgeAggregation(aggrs)
         k = len(self.aggregate.aggrs)
-        self.node_mlp = nn.Sequential(nn.Linear((1 + 2 * k) * hidden, hidden), nn.SiLU(),
-                                      nn.Linear(hidden, hidden))
+        self.node_mlp = nn.Sequential(nn.Linear((1 + 2 * k) * hidden + node_extra, hidden),
+                                      nn.SiLU(), nn.Linear(hidden, hidden))
         self.node_norm = nn.LayerNorm(hidden)
         self.act = nn.SiLU()
 
-    def forward(self, h: Tensor, e: Tensor, st: GraphStructure) -> tuple[Tensor, Tensor]:
-        """``h`` [N, H], ``e`` [E, H] and the batch's structure; returns the new ``(h, e)``."""
+    def edge_update(self, h: Tensor, e: Tensor, st: GraphStructure,
+                    extra: Tensor | None = None) -> Tensor:
         pre = (self.edge_lin(e) + self.src_lin(h).index_select(0, st.src)
                + self.dst_lin(h).index_select(0, st.dst))
-        e = self.edge_norm(e + self.edge_out(self.act(pre)))
+        if self.extra_lin is not None:
+            pre = pre + self.extra_lin(extra)
+        return self.edge_norm(e + self.edge_out(self.act(pre)))
+
+    def node_update(self, h: Tensor, e: Tensor, st: GraphStructure,
+                    extra: Tensor | None = None) -> Tensor:
         fwd = self.aggregate(e, st.edge_index, st.in_degree, st.in_order)
         bwd = self.aggregate(e, st.edge_index, st.out_degree, st.out_order, reverse=True)
-        h = self.node_norm(h + self.node_mlp(torch.cat([h, fwd, bwd], dim=1)))
-        return h, e
+        parts = [h] + ([extra] if extra is not None else []) + [fwd, bwd]
+        return self.node_norm(h + self.node_mlp(torch.cat(parts, dim=1)))
+
+    def forward(self, h: Tensor, e: Tensor, st: GraphStructure) -> tuple[Tensor, Tensor]:
+        """``h`` [N, H], ``e`` [E, H] and the batch's structure; returns the new ``(h, e)``."""
+        e = self.edge_update(h, e, st)
+        return self.node_update(h, e, st), e
+
+
+def _lin(d_in: int, d_out: int) -> nn.Linear:
+    return nn.Linear(d_in, d_out, bias=False)
+
+
+class ValueLayer(nn.Module):
+    """One backbone round: hidden and value-channel updates; see the module docstring.
+
+    ``channels == 0`` gives a plain :class:`EdgeNodeLayer` round (no value channels).
+    """
+
+    def __init__(self, hidden: int, channels: int, aggrs: Sequence[str] = ("sum", "mean", "max")):
+        super().__init__()
+        h, c = hidden, channels
+        self.channels = c
+        self.hidden = EdgeNodeLayer(h, aggrs, edge_extra=c, node_extra=2 * c)
+        if not c:
+            return
+        self.we, self.ge, self.te = _lin(c, c), nn.Linear(h, c), _lin(h, c)
+        self.wa, self.wb = _lin(c, c), _lin(c, c)
+        self.wc, self.gx = _lin(c, c), nn.Linear(h, c)
+        self.wd, self.gm = _lin(c, c), nn.Linear(h, c)
+        self.tx = _lin(h, c)
+
+    def forward(self, st: GraphStructure, reader, x: Tensor | None, ev: Tensor | None, h: Tensor,
+                e: Tensor):
+        """Returns the new ``(x, ev, h, e, m)``: value channels of nodes and edges, hidden
+        features, and the forward value message ``m`` (``None`` without value channels)."""
+        if not self.channels:
+            h, e = self.hidden(h, e, st)
+            return x, ev, h, e, None
+        e = self.hidden.edge_update(h, e, st, reader.edges(ev))
+        ev = ev + self.we(ev) * torch.tanh(self.ge(e)) + reader.edge_trivial * self.te(e)
+        msg = self.wa(ev) * self.wb(x).index_select(0, st.src)
+        m = torch.zeros_like(x).index_add(0, st.dst, msg)
+        m = m / st.in_degree.clamp_min(1).to(x.dtype).unsqueeze(1)
+        h = self.hidden.node_update(h, e, st, reader.nodes(x, m))
+        x = (x + self.wc(x) * torch.tanh(self.gx(h))
+             + reader.same * self.wd(m) * torch.tanh(self.gm(h))
+             + reader.node_trivial * self.tx(h))
+        return x, ev, h, e, m

@@ -3,13 +3,17 @@
 Three modes share one code path (DESIGN.md section 5):
 
 * ``"quasi"``: the learned gauge map of :mod:`models.gauge` (exact canonicaliser composed with a
-  learned, invariantly computed scale), then an unconstrained permutation-equivariant GNN
-  (:class:`~models.layers.EdgeNodeLayer`). Exactly invariant (invariant head) or
-  quasi-equivariant (weight head) to permutations, positive scalings and sign flips.
-* ``"perm"``: the same GNN without the gauge (the GMN / Neural Graphs family): exactly
+  learned, invariantly computed scale), then the unconstrained permutation-equivariant backbone
+  (:mod:`models.backbone`). Exactly invariant (invariant head) or quasi-equivariant (weight
+  head) to permutations, positive scalings and sign flips.
+* ``"perm"``: the same backbone without the gauge (the GMN / Neural Graphs family): exactly
   permutation invariant/equivariant, not scale or sign invariant.
-* ``"strict"``: layers that are exactly scale- and sign-equivariant (:mod:`models.strict`, the
-  ScaleGMN family).
+* ``"strict"``: the same backbone with exactly scale- and sign-equivariant layers (value channels
+  read only through canonicalisation, :mod:`models.readers`; the ScaleGMN family).
+
+All three share one architecture (:class:`~models.backbone.Backbone`: encoders, rounds of
+:class:`~models.layers.ValueLayer` with node and edge updates in both directions, heads), so a
+comparison between modes measures the symmetry treatment, nothing else.
 
 Example::
 
@@ -32,11 +36,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .encoders import EdgeEncoder, KernelBins, NodeEncoder, node_slot_inputs
+from .backbone import Backbone
 from .gauge import GaugeMap, apply_factors
-from .heads import InvariantHead, WeightHead
-from .layers import EdgeNodeLayer
-from .strict import StrictNet
 from .structure import GraphStructure
 
 MODES = ("perm", "strict", "quasi")
@@ -56,7 +57,8 @@ class MetaNet(nn.Module):
         hidden: feature width; ``layers``: message-passing rounds.
         aggrs: aggregators for the messages (any of sum, mean, max, min, std).
         kernel_cap: kernels longer than this are averaged into this many bins for the encoder.
-        channels: equivariant channels in ``strict`` mode (default ``hidden // 2``).
+        channels: value channels per node and edge (default ``hidden // 2``); 0 gives a plain
+            edge/node GNN in ``perm``/``quasi`` mode (``strict`` needs at least 1).
         gauge_hidden, gauge_bound: width of the learned gauge factor's network, and the bound
             ``s_max`` of its log-scale (``quasi``).
         learn_gauge: ``False`` keeps only the exact canonicaliser (an ablation of ``quasi``).
@@ -82,19 +84,10 @@ class MetaNet(nn.Module):
             raise ValueError(f"unknown frame '{frame}'; choose from {FRAMES}")
         self.mode, self.task, self.frame = mode, task, frame
         self.out_dim = out_dim
-        self.kernel_cap = kernel_cap
-        if mode == "strict":
-            self.strict = StrictNet(task, out_dim, hidden, layers, channels or max(hidden // 2, 1),
-                                    aggrs, kernel_cap)
-            return
+        channels = max(hidden // 2, 1) if channels is None else channels
         self.gauge = GaugeMap(gauge_hidden, gauge_bound, learn_gauge) if mode == "quasi" else None
-        self.edge_enc = EdgeEncoder(hidden, kernel_cap)
-        self.node_enc = NodeEncoder(hidden)
-        self.layers = nn.ModuleList([EdgeNodeLayer(hidden, aggrs) for _ in range(layers)])
-        if task == "invariant":
-            self.head = InvariantHead(hidden, hidden, hidden, out_dim)
-        else:
-            self.head = WeightHead(hidden, kernel_cap)
+        self.backbone = Backbone(task, out_dim, hidden, layers, channels, aggrs, kernel_cap,
+                                 constrained=mode == "strict", compress=mode == "perm")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -113,28 +106,17 @@ class MetaNet(nn.Module):
         node_value = batch.node_value.to(dtype)
         node_mask = batch.node_mask
         value_scale = st.value_scale().to(dtype)
-        if self.mode == "strict":
-            out = self.strict(st, batch.edge_index, edge_value, node_value, node_mask,
-                              value_scale)
-            return out if self.task == "invariant" else batch.with_values(*out)
-
         alpha = None
         if self.gauge is not None:
             edge_value, node_value, alpha = self.gauge(st, edge_value, node_value, node_mask)
-        bins = KernelBins(st, self.kernel_cap)
-        binned = bins.pool(edge_value * value_scale[st.value_edge])
-        e = self.edge_enc(st, bins, binned)
-        h = self.node_enc(st, node_slot_inputs(node_value, node_mask), node_mask)
-        for layer in self.layers:
-            h, e = layer(h, e, st)
+        out = self.backbone(st, edge_value, node_value, node_mask, value_scale)
         if self.task == "invariant":
-            return self.head(st, h, e)
-        new_edge, new_node = self.head(st, bins, h, e, edge_value, node_value, node_mask,
-                                       value_scale)
+            return out
+        new_edge, new_node = out
         if alpha is not None and self.frame == "input":
             new_edge, new_node = apply_factors(st, 1.0 / alpha, new_edge, new_node)
         return batch.with_values(new_edge, new_node)
 
     def gauge_parameters(self) -> list[nn.Parameter]:
         """The learned gauge factor's parameters (empty unless ``mode="quasi"``)."""
-        return list(self.gauge.parameters()) if getattr(self, "gauge", None) is not None else []
+        return list(self.gauge.parameters()) if self.gauge is not None else []

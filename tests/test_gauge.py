@@ -15,7 +15,8 @@ from metanet_nets import build, graphs, random_input
 from models.encoders import KernelBins
 from models.gauge import apply_factors, canonical_factors
 from models.layers import EdgeAggregation
-from models.strict import StrictEncoder, StrictLayer, _Kinds, canon
+from models.backbone import Backbone
+from models.readers import canon
 from models.structure import GraphStructure
 
 
@@ -189,15 +190,12 @@ def test_strict_layer_features_are_equivariant(zoo):
     st = GraphStructure.of(batch)
     edge2, node2 = apply_factors(st, factor, batch.edge_value, batch.node_value)
     torch.manual_seed(0)
-    enc, layer = StrictEncoder(8, 4).double(), StrictLayer(8, 4).double()
-    kinds = _Kinds(st)
-    bins = KernelBins(st, 64)
+    backbone = Backbone("weights", 1, 8, 1, 4, ("sum", "mean", "max"), 64, True).double()
     scale = st.value_scale()
 
     def run(edge, node):
-        x, e, i, j = enc(st, kinds, bins, bins.pool(edge * scale[st.value_edge]), node,
-                         batch.node_mask)
-        return layer(st, kinds, x, e, i, j, st.edge_index)
+        reader, _, x, e, i, j = backbone.encode(st, edge, node, batch.node_mask, scale)
+        return backbone.layers[0](st, reader, x, e, i, j)
 
     (x, e, i, j, m), (x2, e2, i2, j2, m2) = run(batch.edge_value, batch.node_value), \
         run(edge2, node2)

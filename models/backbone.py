@@ -1,0 +1,109 @@
+"""The backbone shared by all three modes: encoders, ``layers`` rounds, and a head.
+
+Only the *reader* differs between modes (:mod:`models.readers`): ``strict`` reads value channels
+through exact canonicalisation and keeps them equivariant; ``perm`` and ``quasi`` read them
+freely (``quasi`` has gauged its input first, see :mod:`models.gauge`). The same architecture
+in every mode is what lets the project measure what the gauge map buys.
+
+Encoding. With ``s`` the structural value scale (``sqrt`` of the target's fan-in) and ``bins`` the
+kernel binning of :class:`~models.encoders.KernelBins`:
+
+* value channels: ``E^0 = bins(s w) K`` (linear, no bias) per edge, ``X^0 = S q`` per node with
+  ``q`` the neuron's equivariant slots (bias of a plain neuron; norm weight and shift of a
+  normalised one), plus, where allowed, linear maps of the hidden features;
+* hidden features: :class:`~models.encoders.EdgeEncoder` of ``reader.values(bins(s w))`` and
+  :class:`~models.encoders.NodeEncoder` of the slots with the equivariant ones replaced by
+  ``reader.slots(q)`` (running statistics and the bias of a normalised neuron are invariant and
+  enter as they are).
+
+Heads (:mod:`models.heads`): the invariant head pools ``[h, read(X, M)]`` over nodes and
+``[e, read(E)]`` over edges. The weight head adds to every weight edge a bias-free map of ``E``
+(plus, when unconstrained, an MLP of ``e``), and to the node slots bias-free maps of ``X`` (the
+equivariant slots) and MLPs of ``h`` (the invariant ones; all of them when unconstrained). Every
+last layer starts at zero, so the first output is the input network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .encoders import EdgeEncoder, KernelBins, NodeEncoder, node_slot_inputs
+from .heads import InvariantHead, WeightHead
+from .layers import ValueLayer
+from .readers import FreeReader, StrictReader
+from .structure import GraphStructure
+
+
+class Backbone(nn.Module):
+    """Encoders, :class:`~models.layers.ValueLayer` rounds and the head of one MetaNet.
+
+    ``constrained=True`` is ``strict`` mode (needs ``channels >= 1``); otherwise ``compress``
+    picks ``symlog`` reads of the value channels (``perm``) or raw ones (``quasi``); ``forward``
+    returns
+    ``[num_graphs, out_dim]`` (``task="invariant"``) or new ``(edge_value, node_value)``.
+    """
+
+    def __init__(self, task: str, out_dim: int, hidden: int, layers: int, channels: int,
+                 aggrs: Sequence[str], kernel_cap: int, constrained: bool,
+                 compress: bool = True):
+        super().__init__()
+        if constrained and channels < 1:
+            raise ValueError("strict mode needs at least one value channel (channels >= 1)")
+        self.task, self.kernel_cap, self.constrained = task, kernel_cap, constrained
+        self.compress = compress
+        self.channels = c = channels
+        self.edge_enc = EdgeEncoder(hidden, kernel_cap)
+        self.node_enc = NodeEncoder(hidden)
+        if c:
+            self.kernel = nn.Parameter(torch.empty(c, kernel_cap))
+            nn.init.normal_(self.kernel, std=1.0 / 3.0)
+            self.slot_lin = nn.Linear(2, c, bias=False)
+            self.node_triv = nn.Linear(hidden, c, bias=False)
+            self.edge_triv = nn.Linear(hidden, c, bias=False)
+        self.layers = nn.ModuleList([ValueLayer(hidden, c, aggrs) for _ in range(layers)])
+        if task == "invariant":
+            self.head = InvariantHead(hidden + 2 * c, hidden + c, hidden, out_dim)
+        else:
+            self.head = WeightHead(hidden, c, kernel_cap, constrained)
+
+    def encode(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
+               node_mask: Tensor, value_scale: Tensor):
+        """Initial features: ``(reader, bins, x, ev, h, e)`` (``x``/``ev`` are ``None`` without
+        value channels)."""
+        reader = (StrictReader(st, edge_value.dtype) if self.constrained
+                  else FreeReader(compress=self.compress))
+        bins = KernelBins(st, self.kernel_cap)
+        binned = bins.pool(edge_value * value_scale[st.value_edge])
+        slots = node_slot_inputs(node_value, node_mask)
+        plain = st.plain.unsqueeze(1)
+        eq_slots = torch.where(plain, torch.cat([slots[:, :1], torch.zeros_like(slots[:, :1])], 1),
+                               slots[:, 1:3])
+        c = reader.slots(eq_slots)
+        inv_slots = torch.where(plain, torch.cat([c[:, :1], slots[:, 1:]], 1),
+                                torch.cat([slots[:, :1], c, slots[:, 3:]], 1))
+        e = self.edge_enc(st, bins, reader.values(binned))
+        h = self.node_enc(st, inv_slots, node_mask)
+        x = ev = None
+        if self.channels:
+            ev = binned @ self.kernel[:, : bins.width].t() + reader.edge_trivial * self.edge_triv(e)
+            x = self.slot_lin(eq_slots) + reader.node_trivial * self.node_triv(h)
+        return reader, bins, x, ev, h, e
+
+    def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
+                node_mask: Tensor, value_scale: Tensor):
+        reader, bins, x, ev, h, e = self.encode(st, edge_value, node_value, node_mask,
+                                                value_scale)
+        m = None
+        for layer in self.layers:
+            x, ev, h, e, m = layer(st, reader, x, ev, h, e)
+
+        if self.task == "invariant":
+            if self.channels:
+                h = torch.cat([h, reader.nodes(x, m)], 1)
+                e = torch.cat([e, reader.edges(ev)], 1)
+            return self.head(st, h, e)
+
+        return self.head(st, bins, x, ev, h, e, edge_value, node_value, node_mask, value_scale)
