@@ -12,7 +12,8 @@ A run directory holds::
     *.png                written by :func:`plot_run`
 
 Training: AdamW, linear warm-up then cosine decay (per step), gradient-norm clipping, one
-progress bar. Determinism: the metanet is initialised from ``seed``, the order of the training
+progress bar. A step whose gradients are not finite is skipped (not applied) and counted in the
+epoch's ``skipped_steps``; a non-finite loss stops the run with an error. Determinism: the metanet is initialised from ``seed``, the order of the training
 graphs in epoch ``e`` is a permutation drawn from ``(seed, e)`` and the global RNG is re-seeded
 from ``(seed, e)`` at the start of every epoch, so a run stopped after any epoch and resumed ends
 with the same metrics as an uninterrupted one (on the same number of threads).
@@ -272,7 +273,7 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(
             _seed(cfg.seed, epoch, 2)))
         net.train()
-        loss_sum, count = 0.0, 0
+        loss_sum, count, skipped = 0.0, 0, 0
         for batch in DataLoader(train_set[order], batch_size=cfg.batch_size, shuffle=False):
             pred = objective.predict(net, batch, data.hidden)
             loss = objective.loss(pred, batch.y)
@@ -281,9 +282,12 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
                                 "lower --lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
-            opt.step()
+            if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in net.parameters()):
+                if cfg.clip:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+                opt.step()
+            else:  # a non-finite gradient would poison the weights: skip the update, count it
+                skipped += 1
             sched.step()
             loss_sum += loss.item() * batch.num_graphs
             count += batch.num_graphs
@@ -291,8 +295,10 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
         pred, y, _ = predict(net, objective, data.sets["val"], cfg.eval_batch_size, data.hidden)
         val = objective.metrics(pred, y)
+        if skipped == steps_per_epoch:
+            raise TaskError(f"every step of epoch {epoch} had non-finite gradients; lower --lr")
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / count,
-               **{f"val_{k}": v for k, v in val.items()}}
+               "skipped_steps": skipped, **{f"val_{k}": v for k, v in val.items()}}
         if identity is not None:
             row["val_identity_mse"] = identity
         row["seconds"] = time.time() - t0

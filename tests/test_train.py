@@ -1,0 +1,174 @@
+"""Training runs: the loss goes down, a resumed run ends exactly where an uninterrupted one
+does, outputs (metrics, best checkpoint, plots) are written, and bad input gives clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks.errors import RunError, TaskError, ZooError
+from tasks.train import TrainConfig, build_metanet, evaluate_run, lr_factor, plot_run, train
+from tasks.zoo import make_zoo
+
+TINY = dict(hidden=16, layers=2, batch_size=4, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return make_zoo(tmp_path_factory.mktemp("zoo") / "cnn", "cnn", 20, seed=5, progress=False)
+
+
+def _train_loss(net, objective, dataset) -> float:
+    from tasks.train import predict
+
+    pred, y, _ = predict(net, objective, dataset, 64)
+    return float(objective.loss(pred, y))
+
+
+def test_training_lowers_the_loss(zoo, tmp_path):
+    from tasks.data import ZooDataset
+    from tasks.objectives import get_objective
+
+    cfg = TrainConfig(task="generalization", zoo=str(zoo.root), mode="quasi", epochs=4, **TINY)
+    objective = get_objective("generalization")
+    torch.manual_seed(cfg.seed)
+    initial = build_metanet(cfg, objective)  # the run starts from exactly this network
+    train_set = ZooDataset(zoo, "train", "test_acc", progress=False)
+    before = _train_loss(initial, objective, train_set)
+    summary = train(cfg, tmp_path / "run", threads=1, progress=False)
+    assert summary["complete"] and summary["epochs_done"] == 4
+    final = build_metanet(cfg, objective)
+    final.load_state_dict(torch.load(tmp_path / "run" / "resume.pt", weights_only=True)["model"])
+    after = _train_loss(final, objective, train_set)
+    assert after < 0.5 * before
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert (tmp_path / "run" / "metrics.csv").read_text().startswith("epoch,lr,train_loss")
+
+
+@pytest.mark.parametrize("task_mode", [("generalization", "strict"), ("generalization", "perm")])
+def test_a_resumed_run_ends_like_an_uninterrupted_one(zoo, tmp_path, task_mode):
+    task, mode = task_mode
+    cfg = TrainConfig(task=task, zoo=str(zoo.root), mode=mode, epochs=3, **TINY)
+    full = train(cfg, tmp_path / "full", threads=1, progress=False)
+    part = train(cfg, tmp_path / "part", threads=1, progress=False, stop_after=1)
+    assert not part["complete"] and part["epochs_done"] == 1
+    # an interruption in the middle of epoch 2 leaves at most a stray temporary file behind
+    (tmp_path / "part" / ".resume.pt.xyz.tmp").write_bytes(b"partial")
+    train(None, tmp_path / "part", resume=True, threads=1, progress=False, stop_after=1)
+    resumed = train(None, tmp_path / "part", resume=True, threads=1, progress=False)
+    assert resumed["complete"] and resumed["best_epoch"] == full["best_epoch"]
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "part" / "metrics.json").read_text())
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):
+        for key in ra:
+            if key == "seconds":
+                continue
+            assert math.isclose(ra[key], rb[key], rel_tol=1e-6, abs_tol=1e-9), (key, ra, rb)
+    wa = load_file(str(tmp_path / "full" / "best.safetensors"))
+    wb = load_file(str(tmp_path / "part" / "best.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    ea = evaluate_run(tmp_path / "full", "test")["metrics"]
+    eb = evaluate_run(tmp_path / "part", "test")["metrics"]
+    assert ea == pytest.approx(eb, rel=1e-6, abs=1e-9, nan_ok=True)
+
+
+def test_the_seed_decides_the_run(zoo, tmp_path):
+    cfg = TrainConfig(task="generalization", zoo=str(zoo.root), mode="perm", epochs=1, **TINY)
+    train(cfg, tmp_path / "a", threads=1, progress=False)
+    train(cfg, tmp_path / "b", threads=1, progress=False)
+    cfg.seed = 1
+    train(cfg, tmp_path / "c", threads=1, progress=False)
+    wa, wb, wc = (load_file(str(tmp_path / r / "best.safetensors")) for r in "abc")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    total = 100
+    f = [lr_factor(s, total, 0.1, 0.01) for s in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[-1] == pytest.approx(0.01, abs=0.01)
+
+
+def test_eval_plot_and_cli(zoo, tmp_path, capsys):
+    from tasks.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--mode", "quasi",
+                 "--out", str(run), "--epochs", "2", "--hidden", "8", "--layers", "1",
+                 "--batch-size", "8", "--threads", "1", "--no-progress"]) == 0
+    assert "2 epochs, complete" in capsys.readouterr().out
+    assert (run / "best.safetensors").is_file() and (run / "best.json").is_file()
+    assert main(["eval", str(run), "--split", "test", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["metrics"]) == {"kendall_tau", "r2", "mse"}
+    assert result["n"] == len(zoo.split("test"))
+    assert main(["plot", str(run)]) == 0
+    paths = capsys.readouterr().out.split()
+    assert {p.rsplit("/", 1)[-1] for p in paths} == {"curves.png", "scatter-test.png"}
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # the same --out again without --resume is refused; --resume of a finished run is a no-op
+    assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--out", str(run),
+                 "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0
+
+
+def test_bad_input_gives_clear_errors(zoo, tmp_path, capsys):
+    from tasks.cli import main
+
+    with pytest.raises(ZooError, match="does not exist"):
+        train(TrainConfig(task="generalization", zoo=str(tmp_path / "nozoo")), tmp_path / "r1",
+              progress=False)
+    with pytest.raises(TaskError, match="unknown task 'segmentation'"):
+        train(TrainConfig(task="segmentation", zoo=str(zoo.root)), tmp_path / "r2",
+              progress=False)
+    with pytest.raises(TaskError, match="unknown mode"):
+        train(TrainConfig(task="generalization", zoo=str(zoo.root), mode="equivariant"),
+              tmp_path / "r3", progress=False)
+    with pytest.raises(TaskError, match="needs a inr zoo"):
+        train(TrainConfig(task="inr-class", zoo=str(zoo.root)), tmp_path / "r4", progress=False)
+    with pytest.raises(RunError, match="cannot resume"):
+        train(None, tmp_path / "r5", resume=True, progress=False)
+    with pytest.raises(RunError, match="does not exist"):
+        evaluate_run(tmp_path / "r6")
+    with pytest.raises(RunError):
+        plot_run(tmp_path / "r6")
+    # corrupt metadata: one line that names the file and the line
+    bad = tmp_path / "badzoo"
+    shutil.copytree(zoo.root, bad, ignore=shutil.ignore_patterns("cache"))
+    lines = (bad / "metadata.jsonl").read_text().splitlines()
+    lines[4] = "{broken"
+    (bad / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    status = main(["train", "--task", "generalization", "--zoo", str(bad), "--out",
+                   str(tmp_path / "r7"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1
+    assert "metadata.jsonl' line 5 is corrupt" in err[0]
+    assert main(["train", "--task", "nonsense", "--zoo", str(zoo.root), "--out",
+                 str(tmp_path / "r8")]) == 2
+    assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing-run")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_changed_zoo(zoo, tmp_path):
+    local = tmp_path / "zoo"
+    shutil.copytree(zoo.root, local, ignore=shutil.ignore_patterns("cache"))
+    cfg = TrainConfig(task="generalization", zoo=str(local), mode="perm", epochs=2, **TINY)
+    train(cfg, tmp_path / "run", threads=1, progress=False, stop_after=1)
+    splits = json.loads((local / "splits.json").read_text())
+    splits["train"], splits["val"] = splits["train"][:-1], splits["val"] + splits["train"][-1:]
+    (local / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(RunError, match="has changed"):
+        train(None, tmp_path / "run", resume=True, threads=1, progress=False)
