@@ -8,6 +8,14 @@ checkpoint's SHA-256, and of its splits), the paramgraph version and the cache f
 zoo, converter or format is never served stale graphs; stale caches are deleted when a new one is
 written.
 
+The cache is written while converting (one shard of ``SHARD_SIZE`` graphs at a time) and read
+lazily: :func:`load_graphs` returns a :class:`GraphCache`, a sequence that memory-maps a shard when
+one of its graphs is first read, so memory stays flat however large the zoo (DataLoader workers
+each open their own mappings). A shard whose bytes no longer match its SHA-256 raises
+:class:`CorruptCacheError` naming the shard file, with the command that repairs it
+(``paramgraph zoo cache DIR --rebuild`` or ``paramgraph train ... --rebuild-cache``: only the bad
+shards are converted again, see :func:`repair_cache`).
+
 :class:`ZooDataset` yields :class:`~paramgraph.ParamGraph` objects with a target ``y`` and the
 network's id ``net_id``; batch them with ``torch_geometric.loader.DataLoader``.
 """
@@ -27,6 +35,7 @@ from torch_geometric.data import Dataset
 
 import paramgraph
 from paramgraph import ParamGraph
+from paramgraph.store import CorruptShardError, GraphStore, write_store
 
 from .archs import example_input
 from .errors import TaskError, ZooError
@@ -35,6 +44,7 @@ from .io import sha256_text
 from .zoo import Zoo
 
 CACHE_FORMAT = 2
+SHARD_SIZE = 1024
 TARGETS = ("test_acc", "label", "dilate")
 
 
@@ -70,43 +80,123 @@ def convert_network(zoo: Zoo, i: int, templates: dict | None = None) -> ParamGra
     return graph
 
 
-def load_graphs(zoo: Zoo | str | os.PathLike, progress: bool = True) -> list[ParamGraph]:
+class CorruptCacheError(ZooError):
+    """A shard of a zoo's graph cache that is missing, truncated or altered. ``path``: the shard
+    file; ``zoo``: the zoo directory."""
+
+    def __init__(self, message: str, path: Path | None = None, zoo: Path | None = None):
+        super().__init__(message)
+        self.path, self.zoo = path, zoo
+
+
+class GraphCache(GraphStore):
+    """The graph cache of a zoo: a lazily read :class:`~paramgraph.store.GraphStore` whose
+    corrupt shards raise :class:`CorruptCacheError` with the command that rebuilds them."""
+
+    def __init__(self, directory, zoo_root: Path, **kwargs):
+        super().__init__(directory, **kwargs)
+        self.zoo_root = Path(zoo_root)
+        self._edges: list[int] | None = None
+
+    def _read(self, shard: int, j: int) -> ParamGraph:
+        try:
+            return super()._read(shard, j)
+        except CorruptShardError as err:
+            raise CorruptCacheError(
+                f"graph cache of zoo '{self.zoo_root}' has a corrupt shard {err.path.name} "
+                f"({err}); rebuild it with 'paramgraph zoo cache {self.zoo_root} --rebuild' or "
+                "'paramgraph train ... --rebuild-cache'", err.path, self.zoo_root) from None
+
+    def edge_counts(self) -> list[int]:
+        """Edges per graph (computed once from the shards' row pointers)."""
+        if self._edges is None:
+            self._edges = super().edge_counts()
+        return self._edges
+
+
+def load_graphs(zoo: Zoo | str | os.PathLike, progress: bool = True,
+                rebuild: bool = False) -> "GraphCache":
     """Every network of ``zoo`` as a parameter graph, in id order, converted once and cached.
 
-    The cache is a :mod:`paramgraph.store` directory ``ZOO/cache/graphs-<key>``, written under a
-    temporary name and renamed when complete. Returns the list of graphs (without targets; they
-    are memory-mapped views of the cache). Raises :class:`ZooError` for a missing or corrupt zoo
-    or a network that cannot be converted.
+    The cache is a :mod:`paramgraph.store` directory ``ZOO/cache/graphs-<key>``, written shard by
+    shard (never the whole zoo in memory) under a temporary name and renamed when complete.
+    Returns a :class:`GraphCache`: a sequence of the graphs (without targets), read lazily from
+    memory-mapped shards. ``rebuild``: first check every shard's checksum and convert the corrupt
+    ones again (:func:`repair_cache`). Raises :class:`ZooError` for a missing or corrupt zoo or a
+    network that cannot be converted; reading a graph from a corrupt shard raises
+    :class:`CorruptCacheError` naming it.
     """
-    from paramgraph.store import GraphStore, write_store
-
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
     cache_dir = zoo.root / "cache"
     path = cache_dir / f"graphs-{cache_key(zoo)}"
     if path.is_dir():
         try:
-            store = GraphStore(path)
-            if len(store) == len(zoo):
-                return [store[i] for i in range(len(store))]
+            store = GraphCache(path, zoo.root)
         except paramgraph.ParamGraphError:
-            pass  # unreadable or corrupt cache: rebuild it below
+            store = None  # no or unreadable index (an interrupted write): rebuild it below
+        if store is not None and len(store) == len(zoo):
+            if rebuild:
+                repair_cache(zoo, progress)
+                store = GraphCache(path, zoo.root)
+            return store
     from tqdm import tqdm
 
     templates: dict = {}
-    with threads(1):  # tiny tensors: one thread is several times faster
-        graphs = [convert_network(zoo, i, templates)
-                  for i in tqdm(range(len(zoo)), unit="net", desc=f"convert {zoo.root}",
-                                disable=not progress)]
     cache_dir.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=cache_dir))
     try:
-        write_store(graphs, tmp)
+        with threads(1):  # tiny tensors: one thread is several times faster
+            graphs = (convert_network(zoo, i, templates)
+                      for i in tqdm(range(len(zoo)), unit="net", desc=f"convert {zoo.root}",
+                                    disable=not progress))
+            write_store(graphs, tmp, shard_size=SHARD_SIZE)
         for old in cache_dir.glob("graphs-*"):  # stale caches of an earlier zoo or version
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return graphs
+    return GraphCache(path, zoo.root)
+
+
+def verify_cache(zoo: Zoo | str | os.PathLike) -> list[Path]:
+    """The corrupt shard files of the zoo's current graph cache (empty: all good). Raises
+    :class:`ZooError` if the zoo has no cache yet."""
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    try:
+        store = GraphStore(cache_path(zoo), verify_on_read=False)
+    except paramgraph.ParamGraphError as err:
+        raise ZooError(f"zoo '{zoo.root}' has no usable graph cache ({err}); it is built by "
+                       f"'paramgraph zoo cache {zoo.root}' or the first training run") from None
+    return store.verify()
+
+
+def repair_cache(zoo: Zoo | str | os.PathLike, progress: bool = True) -> list[Path]:
+    """Convert the networks of every corrupt shard of the zoo's graph cache again and rewrite
+    those shards (the others are kept). Builds the cache if there is none. Returns the rebuilt
+    shard files."""
+    from paramgraph.store import rewrite_shard
+    from tqdm import tqdm
+
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    path = cache_path(zoo)
+    try:
+        store = GraphStore(path, verify_on_read=False)
+    except paramgraph.ParamGraphError:
+        load_graphs(zoo, progress)  # none or an unreadable index: build it whole
+        return [path]
+    bad = store.verify()
+    names = {p.name for p in bad}
+    templates: dict = {}
+    for k, info in enumerate(store.index["shards"]):
+        if info["file"] not in names:
+            continue
+        ids = range(store.starts[k], store.starts[k + 1])
+        with threads(1):
+            graphs = [convert_network(zoo, i, templates)
+                      for i in tqdm(ids, unit="net", desc=f"rebuild {info['file']}",
+                                    disable=not progress)]
+        rewrite_shard(path, k, graphs)
+    return bad
 
 
 def targets(zoo: Zoo, target: str) -> Tensor:
@@ -172,6 +262,13 @@ class ZooDataset(Dataset):
     def rows(self) -> list[dict]:
         """The metadata rows of this split's networks, in order."""
         return [self.zoo.rows[i] for i in self.ids]
+
+    def edge_counts(self) -> list[int]:
+        """The number of edges of each graph of this data set, in order (for balancing work)."""
+        if hasattr(self.graphs, "edge_counts"):
+            every = self.graphs.edge_counts()
+            return [every[i] for i in self.ids]
+        return [int(self.graphs[i].edge_index.shape[1]) for i in self.ids]
 
     def target_tensor(self) -> Tensor:
         """The targets of this split's networks, stacked in order."""
