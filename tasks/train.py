@@ -17,6 +17,12 @@ epoch's ``skipped_steps``; a non-finite loss stops the run with an error. Determ
 graphs in epoch ``e`` is a permutation drawn from ``(seed, e)`` and the global RNG is re-seeded
 from ``(seed, e)`` at the start of every epoch, so a run stopped after any epoch and resumed ends
 with the same metrics as an uninterrupted one (on the same number of threads).
+
+Devices and processes: ``device`` (default CUDA when available, else CPU) holds the metanet and
+every batch. Under ``torchrun`` the same call trains data-parallel (DistributedDataParallel, the
+global batch split across ranks by edge count, metrics over all ranks, files written by rank 0):
+see :mod:`tasks.distributed`. ``batch_size`` is always the global batch, so N processes give the
+same run as one.
 """
 
 from __future__ import annotations
@@ -113,13 +119,18 @@ def lr_factor(step: int, total: int, warmup: float, min_lr: float) -> float:
 class _Data:
     """The zoo, its graphs and the three split data sets of a run."""
 
-    def __init__(self, cfg: TrainConfig, objective: Objective, progress: bool):
+    def __init__(self, cfg: TrainConfig, objective: Objective, progress: bool, ctx=None,
+                 rebuild_cache: bool = False):
         from .data import ZooDataset, load_graphs
+        from .distributed import Context, rank0_first
         from .zoo import Zoo
 
         self.zoo = Zoo(cfg.zoo)
         objective.check_zoo(self.zoo)
-        graphs = load_graphs(self.zoo, progress)
+        ctx = ctx or Context()
+        # rank 0 builds (or repairs) the graph cache, then the other ranks open it
+        graphs = rank0_first(ctx, lambda: load_graphs(
+            self.zoo, progress and ctx.is_main, rebuild=rebuild_cache and ctx.is_main))
         self.sets = {}
         for which in ("train", "val", "test"):
             self.sets[which] = ZooDataset(self.zoo, cfg.split(which), objective.target,
@@ -133,21 +144,27 @@ class _Data:
         self.hidden = siren_hidden(self.zoo) if objective.name == "inr-edit" else None
 
 
-def predict(net, objective: Objective, dataset, batch_size: int, hidden=None):
+def predict(net, objective: Objective, dataset, batch_size: int, hidden=None, device=None,
+            workers: int = 0):
     """Predictions and targets of ``net`` on every graph of ``dataset`` (in order), no grad.
 
-    Returns ``(pred, y, net_ids)`` as stacked tensors.
+    ``device``: where batches run (default: where ``net`` is); ``workers``: DataLoader worker
+    processes. Returns ``(pred, y, net_ids)`` as stacked CPU tensors (one copy at the end).
     """
     from torch_geometric.loader import DataLoader
 
+    if device is None:
+        device = next(net.parameters()).device
     preds, ys, ids = [], [], []
     net.eval()
     with torch.no_grad():
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                num_workers=workers):
+            batch = batch.to(device, non_blocking=True)
             preds.append(objective.predict(net, batch, hidden).float())
             ys.append(batch.y)
             ids.append(batch.net_id)
-    return torch.cat(preds), torch.cat(ys), torch.cat(ids)
+    return torch.cat(preds).cpu(), torch.cat(ys).cpu(), torch.cat(ids).cpu()
 
 
 def _write_metrics(run: Path, history: list[dict]) -> None:
@@ -180,15 +197,21 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
           threads: int | None = None, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, device: str | None = None, workers: int = 0,
+          rebuild_cache: bool = False) -> dict:
     """Train a metanet for ``cfg`` into the run directory ``out``.
 
     ``resume``: continue the run in ``out`` from its last finished epoch (its saved config is
     used; ``cfg`` may be ``None``). ``threads``: torch threads while training. ``stop_after``:
-    finish at most this many epochs in this call, leaving the run resumable.
+    finish at most this many epochs in this call, leaving the run resumable. ``device``: cpu,
+    cuda, cuda:N (default: cuda if available). ``workers``: DataLoader worker processes.
+    ``rebuild_cache``: check the zoo's graph cache and rebuild its corrupt shards first. Started
+    by torchrun, the call trains data-parallel (see :mod:`tasks.distributed`).
 
     Returns a summary dict: ``run``, ``epochs_done``, ``complete``, ``best_epoch``, ``best``
-    (validation scores) and ``seconds`` (training time summed over all calls). Raises
+    (validation scores), ``seconds`` (training time summed over all calls), ``world_size``,
+    ``device``, ``graphs_per_s`` (training graphs per second of this call's epochs) and
+    ``param_sha256`` (a digest of this process's final metanet). Raises
     :class:`RunError` for a run directory that exists without ``resume`` (or is missing with
     it), or whose zoo has changed; :class:`TaskError`/:class:`~tasks.errors.ZooError` for a bad
     task, mode or zoo.
@@ -212,20 +235,31 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         raise TaskError(f"unknown mode '{cfg.mode}' (known: {', '.join(MODES)})")
     if cfg.splits not in SPLIT_SETS:
         raise TaskError(f"unknown split set '{cfg.splits}' (known: {', '.join(SPLIT_SETS)})")
-    with thread_count(threads):
-        return _train(cfg, objective, run, resume, progress, stop_after, threads)
+    from . import distributed
+
+    if workers < 0:
+        raise TaskError(f"--workers must be at least 0, got {workers}")
+    with thread_count(threads), distributed.session(device) as ctx:
+        return _train(cfg, objective, run, resume, progress and ctx.is_main, stop_after,
+                      threads, ctx, workers, rebuild_cache)
 
 
 def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, progress: bool,
-           stop_after: int | None, threads: int | None) -> dict:
-    from torch_geometric.loader import DataLoader
+           stop_after: int | None, threads: int | None, ctx, workers: int,
+           rebuild_cache: bool) -> dict:
     from tqdm import tqdm
 
-    data = _Data(cfg, objective, progress)
+    from . import distributed
+
+    # every rank has checked the run directory (in train) before rank 0, past this cache
+    # barrier, writes into it
+    data = _Data(cfg, objective, progress, ctx, rebuild_cache)
     fingerprint = data.zoo.fingerprint()
     torch.manual_seed(cfg.seed)
-    net = build_metanet(cfg, objective)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = build_metanet(cfg, objective).to(ctx.device)
+    # fused: skips a step with a non-finite gradient on the device (found_inf), no host sync
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=True)
     train_set = data.sets["train"]
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -241,7 +275,7 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
                            "started")
         if (run / RESUME).is_file():
             try:
-                state = torch.load(run / RESUME, weights_only=True)
+                state = torch.load(run / RESUME, weights_only=True, map_location=ctx.device)
                 net.load_state_dict(state["model"])
                 opt.load_state_dict(state["optimizer"])
                 sched.load_state_dict(state["scheduler"])
@@ -250,7 +284,7 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
                     from None
             history, best = state["history"], state["best"]
             start_epoch = int(state["epoch"]) + 1
-    else:
+    elif ctx.is_main:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run / CONFIG, {
             "config": asdict(cfg), "zoo_fingerprint": fingerprint, "zoo_kind": data.zoo.kind,
@@ -265,6 +299,9 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
                     else identity_edit_mse(data.sets["val"], data.hidden))
 
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch - 1 + stop_after)
+    model = distributed.wrap_model(ctx, net)  # net: the module itself, saved and evaluated
+    train_edges, val_edges = train_set.edge_counts(), data.sets["val"].edge_counts()
+    trained, train_seconds = 0, 0.0
     bar = tqdm(total=(last - start_epoch + 1) * steps_per_epoch, unit="step",
                desc=f"{cfg.task}/{cfg.mode}", disable=not progress)
     for epoch in range(start_epoch, last + 1):
@@ -272,28 +309,21 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
         torch.manual_seed(_seed(cfg.seed, epoch, 1))
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(
             _seed(cfg.seed, epoch, 2)))
-        net.train()
-        loss_sum, count, skipped = 0.0, 0, 0
-        for batch in DataLoader(train_set[order], batch_size=cfg.batch_size, shuffle=False):
-            pred = objective.predict(net, batch, data.hidden)
-            loss = objective.loss(pred, batch.y)
-            if not torch.isfinite(loss):
-                raise TaskError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
-                                "lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in net.parameters()):
-                if cfg.clip:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
-                opt.step()
-            else:  # a non-finite gradient would poison the weights: skip the update, count it
-                skipped += 1
-            sched.step()
-            loss_sum += loss.item() * batch.num_graphs
-            count += batch.num_graphs
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
-        pred, y, _ = predict(net, objective, data.sets["val"], cfg.eval_batch_size, data.hidden)
+        model.train()
+        # this rank's part of every global batch (balanced by edges), one sync per epoch; a
+        # step whose gradient is not finite is skipped (not applied) and counted
+        loader, plan = distributed.epoch_loader(ctx, train_set, order.tolist(), cfg.batch_size,
+                                                train_edges, workers)
+        t1 = time.time()
+        sums = distributed.run_epoch(ctx, model, objective, opt, sched, loader, plan,
+                                     data.hidden, cfg.clip, bar)
+        trained, train_seconds = trained + sums["count"], train_seconds + time.time() - t1
+        loss_sum, count, skipped = sums["loss_sum"], sums["count"], sums["skipped"]
+        if sums["bad_loss"]:
+            raise TaskError(f"training diverged at epoch {epoch} (non-finite loss in "
+                            f"{sums['bad_loss']} batches); lower --lr")
+        pred, y, _ = distributed.predict_all(ctx, net, objective, data.sets["val"],
+                                             cfg.eval_batch_size, data.hidden, val_edges, workers)
         val = objective.metrics(pred, y)
         if skipped == steps_per_epoch:
             raise TaskError(f"every step of epoch {epoch} had non-finite gradients; lower --lr")
@@ -304,20 +334,28 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
         row["seconds"] = time.time() - t0
         history.append(row)
         score = val[objective.select]
-        if best is None or _improves(objective, score, best["val"][objective.select]):
+        improved = best is None or _improves(objective, score, best["val"][objective.select])
+        if improved:
             best = {"epoch": epoch, "val": val}
-            atomic_save_safetensors(run / BEST, net.state_dict(),
-                                    metadata={"epoch": str(epoch)})
-            atomic_write_json(run / "best.json", best)
-        _write_metrics(run, history)
-        _atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
-                            "best": best}, run / RESUME)
-        bar.set_postfix(epoch=epoch, **{f"val_{objective.select}": f"{score:.4f}"})
+        if ctx.is_main:  # every rank holds the same history, weights and best; rank 0 writes
+            if improved:
+                atomic_save_safetensors(run / BEST, net.state_dict(),
+                                        metadata={"epoch": str(epoch)})
+                atomic_write_json(run / "best.json", best)
+            _write_metrics(run, history)
+            _atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                                "scheduler": sched.state_dict(), "epoch": epoch,
+                                "history": history, "best": best}, run / RESUME)
+        bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
+                        **{f"val_{objective.select}": f"{score:.4f}"})
     bar.close()
+    distributed.barrier(ctx)  # rank 0's files are complete when any rank returns
     done = history[-1]["epoch"] if history else 0
     return {"run": str(run), "epochs_done": done, "complete": done >= cfg.epochs,
             "best_epoch": best["epoch"] if best else None, "best": best["val"] if best else None,
+            "world_size": ctx.world_size, "device": str(ctx.device),
+            "graphs_per_s": trained / train_seconds if train_seconds else None,
+            "param_sha256": distributed.param_digest(net),
             "seconds": sum(h["seconds"] for h in history)}
 
 

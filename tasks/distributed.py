@@ -1,0 +1,346 @@
+"""Data-parallel training on ``torch.distributed``: one process per CPU group or GPU, on one or
+many machines, started by ``torchrun`` (``python -m torch.distributed.run``).
+
+``paramgraph train ...`` runs unchanged under ``torchrun``: :func:`setup` reads the variables
+torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and
+joins the process group with the backend that fits the device (``nccl`` on CUDA, ``gloo`` on CPU).
+Without them (a plain ``paramgraph train``) everything here degrades to the one-process case at
+no cost.
+
+What makes an N-process run equal to a one-process run with the same global batch and seed:
+
+* ``--batch-size`` is the *global* batch. Step ``k`` of epoch ``e`` uses exactly the graphs of the
+  one-process run's step ``k`` (the epoch permutation drawn from ``(seed, e)``), split across the
+  ranks by :func:`partition_batch` so that every rank gets about the same number of *edges* (the
+  cost of message passing), not only the same number of graphs: ranks finish a step together.
+* Each rank's loss (a mean over its graphs) is weighted by its share of the global batch times the
+  world size; DDP averages gradients across ranks, so the applied gradient is the gradient of the
+  mean loss over the whole global batch, as in one process.
+* A step is skipped when the (all-reduced, so identical on every rank) gradient is not finite,
+  decided on the device: the fused AdamW's ``found_inf`` input, no host round trip per step.
+* Training loss and skip counts are accumulated on the device and reduced once per epoch;
+  validation metrics (Kendall tau, ...) are computed on the predictions of every rank gathered in
+  dataset order (:func:`predict_all`), never averaged per rank.
+* Only rank 0 writes the run directory (config, metrics, checkpoints, ``resume.pt``); every rank
+  reads ``resume.pt`` on ``--resume``. The zoo and the run directory must be visible to every node
+  (a shared file system) for multi-machine runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from .errors import TaskError
+
+ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass
+class Context:
+    """Where this process stands: its rank among ``world_size`` processes and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None
+    owns_group: bool = False  # this module started the process group (and ends it)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def choose_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a :class:`torch.device`; ``None``/``"auto"``: CUDA when available, else CPU.
+    Raises :class:`TaskError` for an unknown device or CUDA asked for where there is none."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise TaskError(f"unknown device '{device}' ({err}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TaskError(f"--device {device}: this machine has no usable CUDA device "
+                        "(torch.cuda.is_available() is False); use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise TaskError(f"--device {device}: only cpu and cuda are supported")
+    return dev
+
+
+def setup(device: str | torch.device | None = None) -> Context:
+    """Join the torchrun process group if this process was started by torchrun (``WORLD_SIZE``
+    > 1), else return the one-process context. Backend: ``nccl`` for CUDA, ``gloo`` for CPU; under
+    CUDA each process uses GPU ``LOCAL_RANK``. Raises :class:`TaskError` for an incomplete
+    environment."""
+    dev = choose_device(device)
+    if dist.is_available() and dist.is_initialized():  # started by the caller (tests, notebooks)
+        return _context(dist.get_rank(), dist.get_world_size(), dev, dist.get_backend(), False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context(device=dev)
+    missing = [v for v in ENV_VARS if v not in os.environ]
+    if missing:
+        raise TaskError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the "
+                        "processes with torchrun (python -m torch.distributed.run)")
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    minutes = float(os.environ.get("PARAMGRAPH_DIST_TIMEOUT_MIN", "30"))
+    rank = int(os.environ["RANK"])
+    ctx = _context(rank, world, dev, backend, True)
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=timedelta(minutes=minutes),
+                            device_id=ctx.device if ctx.device.type == "cuda" else None)
+    return ctx
+
+
+def _context(rank: int, world: int, dev: torch.device, backend, owns: bool) -> Context:
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda" and world > 1 and dev.index is None:
+        dev = torch.device("cuda", local % torch.cuda.device_count())
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return Context(rank, world, local, dev, backend, owns)
+
+
+def teardown(ctx: Context) -> None:
+    """Leave the process group if :func:`setup` joined it."""
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def session(device: str | torch.device | None = None):
+    """``with session(device) as ctx:`` :func:`setup`, then :func:`teardown` (also on errors)."""
+    ctx = setup(device)
+    try:
+        yield ctx
+    finally:
+        teardown(ctx)
+
+
+# -- collectives (no-ops in one process) ------------------------------------------------------
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def broadcast_object(ctx: Context, obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_sum(ctx: Context, tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``tensor`` over the ranks (in place; returned)."""
+    if ctx.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def rank0_first(ctx: Context, fn: Callable[[], object]):
+    """Run ``fn`` on rank 0, then on the other ranks (e.g. build a cache once, then open it
+    everywhere). If rank 0 fails, every rank raises instead of waiting forever."""
+    if not ctx.distributed:
+        return fn()
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after telling the others
+            error = err
+    message = broadcast_object(ctx, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if message is not None:
+        raise TaskError(f"rank 0 failed: {message}")
+    return fn() if not ctx.is_main else result
+
+
+# -- splitting the data across ranks ----------------------------------------------------------
+
+def partition_batch(indices: Sequence[int], edges: Sequence[int], world: int) -> list[list[int]]:
+    """Split the graphs ``indices`` (with ``edges[k]`` edges each) into ``world`` parts of about
+    equal edge count: longest-processing-time greedy (largest graph first, to the lightest part,
+    ties to the lowest rank), each part kept in the batch's order. Deterministic; every part gets
+    a graph when there are at least ``world`` graphs."""
+    loads = [0] * world
+    parts: list[list[int]] = [[] for _ in range(world)]
+    by_size = sorted(range(len(indices)), key=lambda k: (-int(edges[k]), k))
+    for k in by_size:
+        r = min(range(world), key=lambda q: (loads[q], len(parts[q]), q))
+        parts[r].append(k)
+        loads[r] += max(1, int(edges[k]))
+    return [[indices[k] for k in sorted(p)] for p in parts]
+
+
+class EdgeBalancedBatchSampler(Sampler[list[int]]):
+    """The distributed batch sampler of a training epoch.
+
+    ``order``: dataset indices in the epoch's order; ``edge_counts[i]``: edges of dataset item
+    ``i``. Global step ``k`` takes ``order[k*B:(k+1)*B]`` (as one process would) and yields this
+    rank's part of it (:func:`partition_batch`). ``plan[k] = (global_graphs, local_graphs)``.
+    A rank left without a graph (a last batch smaller than the world) gets the batch's first graph
+    with ``local_graphs == 0``: it runs forward/backward with weight zero, so DDP's all-reduce
+    still sees every rank.
+    """
+
+    def __init__(self, order: Sequence[int], batch_size: int, edge_counts: Sequence[int],
+                 rank: int = 0, world_size: int = 1):
+        self.batches: list[list[int]] = []
+        self.plan: list[tuple[int, int]] = []
+        order = [int(i) for i in order]
+        for s in range(0, len(order), batch_size):
+            batch = order[s : s + batch_size]
+            mine = partition_batch(batch, [edge_counts[i] for i in batch], world_size)[rank] \
+                if world_size > 1 else batch
+            self.plan.append((len(batch), len(mine)))
+            self.batches.append(mine if mine else batch[:1])
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def epoch_loader(ctx: Context, dataset, order: Sequence[int], batch_size: int,
+                 edge_counts: Sequence[int], workers: int = 0):
+    """A PyG DataLoader over this rank's part of every global batch of the epoch, and the
+    sampler's plan (see :class:`EdgeBalancedBatchSampler`)."""
+    from torch_geometric.loader import DataLoader
+
+    sampler = EdgeBalancedBatchSampler(order, batch_size, edge_counts, ctx.rank, ctx.world_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                        pin_memory=ctx.device.type == "cuda")
+    return loader, sampler.plan
+
+
+def rank_slice(edge_counts: Sequence[int], rank: int, world: int) -> range:
+    """The contiguous range of items that ``rank`` evaluates: cut where the cumulative edge count
+    crosses ``total * r / world`` (balanced work, dataset order kept)."""
+    total = float(sum(max(1, int(e)) for e in edge_counts))
+    bounds, acc, r = [0], 0.0, 1
+    for k, e in enumerate(edge_counts):
+        acc += max(1, int(e))
+        while r < world and acc >= total * r / world:
+            bounds.append(k + 1)
+            r += 1
+    while len(bounds) < world:
+        bounds.append(len(edge_counts))
+    bounds.append(len(edge_counts))
+    return range(bounds[rank], bounds[rank + 1])
+
+
+def predict_all(ctx: Context, net, objective, dataset, batch_size: int, hidden=None,
+                edge_counts: Sequence[int] | None = None, workers: int = 0):
+    """Predictions, targets and ids on every item of ``dataset`` in order, like
+    :func:`tasks.train.predict`, with the work split across the ranks and the results gathered
+    on every rank. Returns CPU tensors."""
+    from torch.utils.data import Subset
+
+    from .train import predict
+
+    if not ctx.distributed:
+        return predict(net, objective, dataset, batch_size, hidden, device=ctx.device,
+                       workers=workers)
+    counts = edge_counts if edge_counts is not None else [1] * len(dataset)
+    mine = rank_slice(counts, ctx.rank, ctx.world_size)
+    local = predict(net, objective, Subset(dataset, list(mine)), batch_size, hidden,
+                    device=ctx.device, workers=workers) if len(mine) else None
+    parts: list = [None] * ctx.world_size
+    dist.all_gather_object(parts, local)
+    parts = [p for p in parts if p is not None]
+    return tuple(torch.cat([p[k] for p in parts]) for k in range(3))
+
+
+# -- the hot loop -------------------------------------------------------------------------------
+
+def wrap_model(ctx: Context, net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` on the context's device, wrapped in DistributedDataParallel when distributed."""
+    net = net.to(ctx.device)
+    if not ctx.distributed:
+        return net
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # device_ids=None: inputs (PyG batches) are moved to the device by the loop, not by DDP.
+    # find_unused_parameters: a batch without (say) attention edges leaves their encoders unused.
+    return DDP(net, device_ids=None, find_unused_parameters=True)
+
+
+def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=None,
+              clip: float = 0.0, bar=None) -> dict:
+    """One training epoch over ``loader`` (this rank's batches) following ``plan``.
+
+    No host synchronisation per step: the loss, skipped steps and non-finite losses are summed on
+    the device and all-reduced once at the end. Returns ``{"loss_sum", "count", "skipped",
+    "bad_loss"}`` as Python numbers over all ranks (``skipped``: steps whose gradient was not
+    finite and were not applied; identical on every rank because gradients are all-reduced).
+    """
+    dev = ctx.device
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(g.get("fused") for g in opt.param_groups)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    skipped = torch.zeros((), dtype=torch.float64, device=dev)
+    bad_loss = torch.zeros((), dtype=torch.float64, device=dev)
+    count = 0
+    for batch, (global_n, local_n) in zip(loader, plan, strict=True):
+        batch = batch.to(dev, non_blocking=True)
+        pred = objective.predict(model, batch, hidden)
+        loss = objective.loss(pred, batch.y)
+        weight = local_n / global_n * ctx.world_size  # 1.0 in one process
+        opt.zero_grad(set_to_none=True)
+        (loss * weight if weight != 1.0 else loss).backward()
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=dev)
+        bad = ~torch.isfinite(norm)
+        if fused:  # the fused AdamW skips the whole update (and its step count) on found_inf
+            if clip:
+                torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+            opt.found_inf = bad.float()
+            opt.step()
+        elif not bool(bad):  # an unfused optimiser (old resume state): one sync per step
+            if clip:
+                torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+            opt.step()
+        skipped += bad
+        sched.step()
+        detached = loss.detach().double()
+        if local_n:
+            loss_sum += detached * local_n
+            bad_loss += ~torch.isfinite(detached)
+        count += local_n
+        if bar is not None:
+            bar.update(1)
+    totals = torch.stack([loss_sum, bad_loss, torch.tensor(float(count), dtype=torch.float64,
+                                                           device=dev)])
+    totals = all_sum(ctx, totals).tolist()  # the epoch's one synchronisation
+    return {"loss_sum": totals[0], "bad_loss": int(totals[1]), "count": int(totals[2]),
+            "skipped": int(skipped.item())}
+
+
+def param_digest(net: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``net`` (state_dict order, CPU bytes): equal
+    digests on every rank show that the replicas are identical."""
+    h = hashlib.sha256()
+    for name, t in net.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,142 @@
+"""Data-parallel training on torch.distributed (gloo, CPU): two processes end with identical
+replicas and the same metrics as one process with the same global batch and seed; --resume works
+the same way; the distributed sampler splits every global batch across ranks by edge count."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tasks.distributed import (
+    EdgeBalancedBatchSampler,
+    partition_batch,
+    rank_slice,
+)
+from tasks.train import TrainConfig, train
+from tasks.zoo import make_zoo
+
+TINY = dict(hidden=16, layers=2, batch_size=7, lr=3e-3, epochs=2, eval_batch_size=5)
+
+
+# -- the sampler --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_partition_covers_the_batch_and_balances_edges(world):
+    rng = random.Random(world)
+    for _ in range(50):
+        n = rng.randint(world, 40)
+        batch = rng.sample(range(1000), n)
+        edges = [rng.choice([10, 50, 200, 3000]) for _ in batch]
+        parts = partition_batch(batch, edges, world)
+        assert sorted(sum(parts, [])) == sorted(batch)  # every graph once
+        assert all(parts)  # no rank idle
+        for p in parts:  # the batch's order is kept inside a part
+            assert p == [i for i in batch if i in set(p)]
+        size = dict(zip(batch, edges))
+        loads = [sum(size[i] for i in p) for p in parts]
+        assert max(loads) - min(loads) <= max(edges)  # greedy bound: within one graph
+
+
+def test_partition_by_edges_not_by_count():
+    # one huge graph and many small ones: a count split would give rank 0 nearly all the work
+    parts = partition_batch(list(range(9)), [1000] + [10] * 8, 2)
+    assert parts == [[0], [1, 2, 3, 4, 5, 6, 7, 8]]
+
+
+def test_sampler_steps_follow_the_global_order():
+    order = [5, 3, 8, 0, 1, 9, 2, 7, 6, 4, 10]
+    edges = {i: 10 + 7 * i for i in range(11)}
+    s0 = EdgeBalancedBatchSampler(order, 4, edges, 0, 2)
+    s1 = EdgeBalancedBatchSampler(order, 4, edges, 1, 2)
+    one = EdgeBalancedBatchSampler(order, 4, edges, 0, 1)
+    assert list(one) == [order[0:4], order[4:8], order[8:11]]
+    for k, (a, b) in enumerate(zip(s0, s1)):
+        assert sorted(a + b) == sorted(order[4 * k : 4 * k + 4])
+    assert [p[0] for p in s0.plan] == [4, 4, 3]
+    assert [p[1] + q[1] for p, q in zip(s0.plan, s1.plan)] == [4, 4, 3]
+    # a last batch of one graph: rank 1 runs it with weight zero instead of sitting out
+    short = EdgeBalancedBatchSampler([1, 2, 3], 2, edges, 1, 2)
+    assert short.plan[-1] == (1, 0) and list(short)[-1] == [3]
+
+
+def test_rank_slices_are_contiguous_and_cover_everything():
+    edges = [1, 1, 1, 100, 1, 1, 1, 1, 50, 1]
+    for world in (1, 2, 3, 4):
+        ranges = [rank_slice(edges, r, world) for r in range(world)]
+        assert [i for r in ranges for i in r] == list(range(len(edges)))
+
+
+# -- two processes against one --------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, cfg: dict | None, out: str, tag: str,
+            kwargs: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    summary = train(TrainConfig(**cfg) if cfg else None, out, threads=1, progress=False,
+                    device="cpu", **kwargs)
+    with open(os.path.join(os.path.dirname(out), f"{tag}-rank{rank}.json"), "w") as f:
+        json.dump(summary, f)
+
+
+def _spawn(world: int, cfg: dict | None, out, tag: str, **kwargs) -> list[dict]:
+    mp.spawn(_worker, args=(world, _free_port(), cfg, str(out), tag, kwargs), nprocs=world,
+             join=True)
+    return [json.loads((out.parent / f"{tag}-rank{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    # hetero: MLPs, CNNs and ViTs of very different edge counts
+    return make_zoo(tmp_path_factory.mktemp("zoo") / "hetero", "hetero", 24, seed=1,
+                    workers=2, progress=False)
+
+
+def _close(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
+
+
+def test_two_processes_equal_one_and_resume(zoo, tmp_path):
+    cfg = TrainConfig(task="generalization", zoo=str(zoo.root), mode="quasi", **TINY)
+    single = train(cfg, tmp_path / "one", threads=1, progress=False, device="cpu")
+    assert single["world_size"] == 1
+
+    # two processes: one epoch, stop; then --resume the run with two processes again
+    from dataclasses import asdict
+
+    first = _spawn(2, asdict(cfg), tmp_path / "two", "first", stop_after=1)
+    assert [s["epochs_done"] for s in first] == [1, 1] and not first[0]["complete"]
+    assert first[0]["param_sha256"] == first[1]["param_sha256"]
+    final = _spawn(2, None, tmp_path / "two", "resumed", resume=True)
+    assert all(s["complete"] and s["world_size"] == 2 for s in final)
+    # the two replicas are bit-identical
+    assert final[0]["param_sha256"] == final[1]["param_sha256"]
+
+    # ... and the run equals the one-process run: every metric of every epoch
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert [r["epoch"] for r in two] == [1, 2]
+    for a, b in zip(one, two):
+        for key in a:
+            if key != "seconds":
+                assert _close(a[key], b[key]), (key, a[key], b[key])
+    # the same final weights (to float tolerance: the batch is summed in another order)
+    w1 = torch.load(tmp_path / "one" / "resume.pt", weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "two" / "resume.pt", weights_only=True)["model"]
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-5), k
+    # only rank 0 wrote files: no stray temporary files from the other rank
+    assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]
