@@ -1,0 +1,229 @@
+"""The full-size results table: quasi, strict and perm metanets and the statistics baseline on
+zoos of 2,000 networks (hetero, cnn) and 1,797 SIRENs (one per digit), over several seeds.
+
+    .venv/bin/python scripts/make_report.py                  # everything, resumable
+    .venv/bin/python scripts/make_report.py --table-only     # re-print the table from results
+
+Steps (each resumable: run it again after an interruption and finished work is kept):
+
+1. ``paramgraph zoo make`` the three zoos under ``--zoos`` (default ``zoos/``).
+2. For every task column, seed and mode, ``paramgraph train`` a metanet into
+   ``--runs/<column>/<mode>-s<seed>`` (two runs at a time, one thread each) and
+   ``paramgraph eval`` it on the test split; fit the statistics baseline once per seed.
+3. Write ``--runs/results.json`` (every score) and ``--runs/REPORT.md`` (mean ± standard
+   deviation over the seeds, and the commands that reproduce it), and print the table.
+
+The zoo seed is fixed (the zoo and its splits are the data set); the seed varies the metanet's
+initialisation and data order, and the baseline's ``random_state`` (gradient boosting without
+early stopping is deterministic, so its spread is 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+COLUMNS = {
+    # column: (task, zoo kind, metric, higher is better)
+    "gen-hetero": ("generalization", "hetero", "kendall_tau", True),
+    "gen-cnn": ("generalization", "cnn", "kendall_tau", True),
+    "inr-class": ("inr-class", "inr", "accuracy", True),
+    "inr-edit": ("inr-edit", "inr", "mse", False),
+}
+MODES = ("quasi", "strict", "perm")
+ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 1797}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--zoos", default="zoos", help="zoo root (default zoos/)")
+    p.add_argument("--runs", default="runs/report", help="runs root (default runs/report)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=list(COLUMNS))
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--epochs", type=json.loads,
+                   default={"gen-hetero": 8, "gen-cnn": 12, "inr-class": 12, "inr-edit": 12},
+                   help="epochs per column as JSON")
+    p.add_argument("--zoo-seed", type=int, default=0)
+    p.add_argument("--zoo-sizes", type=json.loads, default=ZOO_SIZES,
+                   help="networks per zoo kind as JSON (smaller for a smoke test)")
+    p.add_argument("--table-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def make_zoos(args) -> dict[str, Path]:
+    from tasks.zoo import make_zoo
+
+    kinds = sorted({COLUMNS[c][1] for c in args.columns})
+    paths = {}
+    for kind in kinds:
+        size = args.zoo_sizes[kind]
+        path = Path(args.zoos) / f"{kind}-{size}-s{args.zoo_seed}"
+        t0 = time.time()
+        make_zoo(path, kind, size, workers=args.workers, seed=args.zoo_seed)
+        print(f"zoo {path}: ready ({time.time() - t0:.0f} s)", flush=True)
+        paths[kind] = path
+    return paths
+
+
+def _job(job: dict) -> dict:
+    """Train (or resume, or skip if finished) one run and evaluate it on the test split."""
+    from tasks.train import TrainConfig, evaluate_run, train
+
+    run = Path(job["run"])
+    done_file = run / "eval-test.json"
+    if done_file.is_file():
+        ev = json.loads(done_file.read_text())
+        summary = json.loads((run / "summary.json").read_text())
+        return {**job, "metrics": ev["metrics"], "seconds": summary["seconds"]}
+    cfg = TrainConfig(task=job["task"], zoo=job["zoo"], mode=job["mode"], hidden=job["hidden"],
+                      layers=job["layers"], epochs=job["epochs"], seed=job["seed"])
+    resume = (run / "config.json").is_file()
+    summary = train(None if resume else cfg, run, resume=resume, threads=1, progress=False)
+    result = evaluate_run(run, "test", threads=1)
+    atomic_write_json(run / "summary.json", summary)
+    return {**job, "metrics": result["metrics"], "seconds": summary["seconds"]}
+
+
+def _baseline(job: dict) -> dict:
+    """Fit and score the statistics baseline for one column and seed (one thread)."""
+    from threadpoolctl import threadpool_limits
+
+    from tasks.baseline import fit_predict
+    from tasks.zoo import Zoo
+
+    path = Path(job["run"])
+    if path.is_file():
+        return json.loads(path.read_text())
+    task = COLUMNS[job["column"]][0]
+    with threadpool_limits(1):
+        r = fit_predict(task, Zoo(job["zoo"]), "train", "test", seed=job["seed"])
+    result = {"column": job["column"], "mode": "baseline", "seed": job["seed"],
+              "metrics": r["metrics"], "seconds": r["seconds"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result)
+    return result
+
+
+def _any_job(job: dict) -> dict:
+    return _baseline(job) if job["mode"] == "baseline" else _job(job)
+
+
+def run_all(args, zoos: dict[str, Path]) -> list[dict]:
+    """Every run, seed by seed (so that a partial table covers every column)."""
+    results, jobs = [], []
+    for seed in args.seeds:
+        for column in args.columns:
+            task, kind, _, _ = COLUMNS[column]
+            out = Path(args.runs) / column
+            jobs.append({"column": column, "mode": "baseline", "seed": seed, "zoo": str(zoos[kind]),
+                         "run": str(out / f"baseline-s{seed}.json")})
+            for mode in args.modes:
+                jobs.append({"column": column, "task": task, "zoo": str(zoos[kind]),
+                             "mode": mode, "seed": seed, "run": str(out / f"{mode}-s{seed}"),
+                             "epochs": args.epochs[column], "hidden": args.hidden,
+                             "layers": args.layers})
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
+        for r in pool.imap_unordered(_any_job, jobs):
+            print(f"{r['column']} {r['mode']} s{r['seed']}: {r['metrics']} "
+                  f"({r['seconds']:.0f} s)", flush=True)
+            results.append(r)
+            atomic_write_json(Path(args.runs) / "results.json", results)
+    return results
+
+
+def collect(args) -> list[dict]:
+    """Every finished result under the runs root (for --table-only)."""
+    results = []
+    for column in args.columns:
+        out = Path(args.runs) / column
+        for seed in args.seeds:
+            b = out / f"baseline-s{seed}.json"
+            if b.is_file():
+                results.append(json.loads(b.read_text()))
+            for mode in args.modes:
+                run = out / f"{mode}-s{seed}"
+                if (run / "eval-test.json").is_file() and (run / "summary.json").is_file():
+                    results.append({"column": column, "mode": mode, "seed": seed,
+                                    "metrics": json.loads((run / "eval-test.json").read_text())["metrics"],
+                                    "seconds": json.loads((run / "summary.json").read_text())["seconds"]})
+    return results
+
+
+def table(results: list[dict], args) -> str:
+    import numpy as np
+
+    header = ["method", "hetero Kendall tau", "cnn Kendall tau", "INR accuracy",
+              "INR-edit MSE"]
+    cols = ["gen-hetero", "gen-cnn", "inr-class", "inr-edit"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    names = {"baseline": "statistics baseline (HGB)", "quasi": "quasi", "strict": "strict",
+             "perm": "perm"}
+    for mode in ["baseline", *MODES]:
+        cells = [names[mode]]
+        for c in cols:
+            metric = COLUMNS[c][2]
+            vals = [r["metrics"][metric] for r in results if r["column"] == c and r["mode"] == mode]
+            if not vals:
+                cells.append("—")
+                continue
+            scale = 100 if metric == "accuracy" else 1
+            fmt = "{:.4f}" if metric == "mse" else ("{:.1f}" if scale == 100 else "{:.3f}")
+            m, s = np.mean(vals) * scale, np.std(vals) * scale
+            cells.append(f"{fmt.format(m)} ± {fmt.format(s)} (n={len(vals)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    ident = [r["metrics"].get("identity_mse") for r in results
+             if r["column"] == "inr-edit" and r["mode"] != "baseline"]
+    ident = [v for v in ident if v is not None]
+    if ident:
+        lines.append(f"| no edit (SIREN as it is) | — | — | — | {ident[0]:.4f} |")
+    secs = []
+    for c in cols:
+        for mode in ["baseline", *MODES]:
+            v = [r["seconds"] for r in results if r["column"] == c and r["mode"] == mode]
+            if v:
+                secs.append(f"{c}/{mode} {np.mean(v):.0f}s")
+    return "\n".join(lines) + "\n\nMean time per run (train + validation; baseline: fit + " \
+        "predict): " + ", ".join(secs) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    Path(args.runs).mkdir(parents=True, exist_ok=True)
+    if args.table_only:
+        results = collect(args)
+    else:
+        t0 = time.time()
+        zoos = make_zoos(args)
+        results = run_all(args, zoos)
+        print(f"all runs done in {time.time() - t0:.0f} s", flush=True)
+    text = table(results, args)
+    import shlex
+
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--table-only"]
+    cmd = "python scripts/make_report.py " + shlex.join(given)
+    sizes = args.zoo_sizes
+    report = (f"# Results (mean ± std over seeds {args.seeds})\n\nZoos: hetero "
+              f"{sizes['hetero']} and cnn {sizes['cnn']} networks, inr {sizes['inr']} SIRENs; test splits "
+              f"by run (15% of the runs). Metanets: hidden {args.hidden}, {args.layers} layers, "
+              f"epochs {json.dumps(args.epochs)}.\n\n{text}\nReproduce: `{cmd.strip()}`\n")
+    atomic_write_text(Path(args.runs) / "REPORT.md", report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
