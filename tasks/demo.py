@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 DEMO_SIZE = 400  # networks: 100 training runs x 4 checkpoints
-DEMO_EPOCHS = 30
+DEMO_EPOCHS = 10
 DEMO_SEED = 0
 MODES = ("quasi", "strict", "perm")
 METANET = dict(hidden=32, layers=3, batch_size=32, lr=2e-3)

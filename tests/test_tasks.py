@@ -236,3 +236,18 @@ def test_edit_needs_a_weight_head_run(hetero_zoo, inr_zoo, tmp_path):
         edit_path(run, inr_zoo.path(0), tmp_path / "o.safetensors")
     with pytest.raises(RunError, match="does not exist"):
         edit_path(tmp_path / "nope", inr_zoo.path(0), tmp_path / "o.safetensors")
+
+
+def test_edit_a_plain_checkpoint_with_arch(inr_zoo, edit_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from tasks.edit import edit_path
+
+    plain = tmp_path / "plain.safetensors"
+    save_file(inr_zoo.state_dict(1), str(plain))
+    out = tmp_path / "edited.safetensors"
+    (result,) = edit_path(edit_run, plain, out, arch="tasks.inr:Siren",
+                          arch_kwargs={"hidden": [32, 32]}, input_shape=(2, 2))
+    m = Siren([32, 32])
+    m.load_state_dict(load_file(str(out)), strict=True)
+    assert result["changed"] > 0
