@@ -151,8 +151,15 @@ def load_graphs(zoo: Zoo | str | os.PathLike, progress: bool = True,
                                     disable=not progress))
             write_store(graphs, tmp, shard_size=SHARD_SIZE)
         for old in cache_dir.glob("graphs-*"):  # stale caches of an earlier zoo or version
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, path)
+            if old.name != path.name:
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            # Another process (a parallel training run) converted the same zoo at the same time
+            # and renamed its cache first: the two are identical, keep that one.
+            if not (path / "index.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return GraphCache(path, zoo.root)
