@@ -7,10 +7,14 @@ gives every command the same error policy (one line on stderr, exit status 2, tr
 for every option)::
 
     paramgraph zoo make --kind hetero|cnn|inr --size N --out DIR [--workers W] [--seed S]
+                        [--shard I/N]
+    paramgraph zoo merge DIR
+    paramgraph zoo cache DIR [--verify] [--rebuild]
     paramgraph zoo info DIR
     paramgraph train --task generalization|inr-class|inr-edit --zoo DIR --mode quasi|strict|perm
                      --out RUN [--epochs E --hidden H --layers L --lr LR --seed S --threads T ...]
     paramgraph train --resume --out RUN
+    torchrun --nproc_per_node=N [--nnodes ...] -m tasks.cli train ...   (data-parallel)
     paramgraph eval RUN [--split test]
     paramgraph plot RUN
     paramgraph baseline --task generalization --zoo DIR
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from paramgraph import __version__
@@ -110,12 +115,29 @@ def add_task_commands(subparsers) -> None:
                    help=f"Adam steps per SIREN fit (default {INR_STEPS})")
     p.add_argument("--inr-hidden", default="32,32", metavar="H,H",
                    help="SIREN hidden widths, e.g. 32,32 or 32,32,32 (default 32,32)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="make only shard I of N (0-based) into DIR; run all N (processes or "
+                   "machines, same settings); the last to finish merges the zoo")
     p.set_defaults(func=cmd_zoo_make)
+    p = zsub.add_parser("merge", parents=[debug],
+                        help="merge the shards of a sharded zoo (metadata table and splits)")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_zoo_merge)
+    p = zsub.add_parser("cache", parents=[debug, quiet],
+                        help="build, verify or repair a zoo's graph cache",
+                        description="Convert every network of the zoo into the on-disk graph "
+                        "cache (sharded, memory-mapped) if it is not there yet; --verify checks "
+                        "every shard's SHA-256; --rebuild also converts the corrupt shards again.")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--verify", action="store_true", help="check every shard's checksum")
+    p.add_argument("--rebuild", action="store_true", help="rebuild corrupt shards")
+    p.set_defaults(func=cmd_zoo_cache)
     p = zsub.add_parser("info", parents=[debug], help="summarise a zoo")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_zoo_info)
-    zoo.set_defaults(func=lambda args: _usage(zoo, "name a zoo command (make, info)"))
+    zoo.set_defaults(func=lambda args: _usage(zoo, "name a zoo command (make, merge, cache, "
+                                                  "info)"))
 
     p = subparsers.add_parser(
         "train", parents=[debug, quiet, threads], help="train a metanet on a zoo",
@@ -145,6 +167,12 @@ def add_task_commands(subparsers) -> None:
                    help="use only the first N training networks")
     p.add_argument("--stop-after", type=pos, default=None, metavar="E",
                    help="stop after E epochs in this call; continue later with --resume")
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=int, default=0, metavar="W",
+                   help="DataLoader worker processes per training process (default 0)")
+    p.add_argument("--rebuild-cache", action="store_true",
+                   help="verify the zoo's graph cache first and rebuild corrupt shards")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", parents=[debug, threads],
@@ -207,11 +235,50 @@ def cmd_zoo_make(args) -> int:
     """Handler of ``paramgraph zoo make``."""
     from tasks.zoo import make_zoo
 
+    from tasks.sharding import parse_shard
+
     hidden = _int_list(args.inr_hidden, "--inr-hidden")
+    shard = parse_shard(args.shard) if args.shard is not None else None
     zoo = make_zoo(args.out, args.kind, args.size, workers=args.workers, seed=args.seed,
                    ckpts=args.ckpts, inr_steps=args.inr_steps, inr_hidden=hidden,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, shard=shard)
+    if zoo is None:
+        print(f"shard {shard[0]}/{shard[1]} of zoo {args.out} done; the last shard to finish "
+              f"merges the zoo (or run 'paramgraph zoo merge {args.out}')")
+        return 0
     print(_zoo_summary_text(zoo))
+    return 0
+
+
+def cmd_zoo_merge(args) -> int:
+    """Handler of ``paramgraph zoo merge``."""
+    from tasks.sharding import merge_zoo
+
+    print(_zoo_summary_text(merge_zoo(args.dir)))
+    return 0
+
+
+def cmd_zoo_cache(args) -> int:
+    """Handler of ``paramgraph zoo cache``."""
+    from tasks.data import CorruptCacheError, cache_path, load_graphs, repair_cache, verify_cache
+    from tasks.zoo import Zoo
+
+    zoo = Zoo(args.dir)
+    if args.rebuild:
+        fixed = repair_cache(zoo, progress=not args.no_progress)
+        print(f"rebuilt {len(fixed)} shard(s) of {cache_path(zoo)}"
+              + (": " + ", ".join(p.name for p in fixed) if fixed else ""))
+        return 0
+    cache = load_graphs(zoo, progress=not args.no_progress)
+    if args.verify:
+        bad = verify_cache(zoo)
+        if bad:
+            raise CorruptCacheError(
+                f"graph cache {cache_path(zoo)}: corrupt shard(s) "
+                f"{', '.join(p.name for p in bad)}; rebuild with 'paramgraph zoo cache "
+                f"{args.dir} --rebuild'", bad[0], zoo.root)
+    print(f"graph cache {cache_path(zoo)}: {len(cache)} graphs in {len(cache.counts)} shard(s)"
+          + (", all checksums good" if args.verify else ""))
     return 0
 
 
@@ -288,7 +355,10 @@ def cmd_train(args) -> int:
                           clip=args.clip, seed=args.seed, splits=args.splits,
                           max_train=args.max_train)
     summary = train(cfg, args.out, resume=args.resume, threads=args.threads,
-                    progress=not args.no_progress, stop_after=args.stop_after)
+                    progress=not args.no_progress, stop_after=args.stop_after,
+                    device=args.device, workers=args.workers, rebuild_cache=args.rebuild_cache)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun: rank 0 reports
     state = "complete" if summary["complete"] else "stopped (continue with --resume)"
     best = ", ".join(f"{k} {v:.4f}" for k, v in (summary["best"] or {}).items())
     print(f"run {summary['run']}: {summary['epochs_done']} epochs, {state}; best epoch "

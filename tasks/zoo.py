@@ -314,13 +314,17 @@ def _unit_done(root: Path, unit: _Unit) -> bool:
 
 def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, seed: int = 0,
              ckpts: int = DEFAULT_CKPTS, inr_steps: int = INR_STEPS,
-             inr_hidden: list[int] | None = None, progress: bool = True) -> "Zoo":
+             inr_hidden: list[int] | None = None, progress: bool = True,
+             shard: tuple[int, int] | None = None) -> "Zoo | None":
     """Make (or finish making) a zoo of ``size`` networks in ``out``; returns the loaded zoo.
 
     Networks already written (by an interrupted earlier call) are kept and skipped, so calling
     again continues where it stopped; the result is the same as one uninterrupted call, whatever
-    ``workers`` is. Raises :class:`~tasks.errors.ZooError` for a bad kind or size, or when
-    ``out`` holds a zoo made with a different kind, seed or settings.
+    ``workers`` is. ``shard=(I, N)``: make only shard I of N into ``out`` (other processes or
+    machines make the others into the same directory, see :mod:`tasks.sharding`); the shard
+    that completes the set merges the zoo and returns it, the others return ``None``. Raises
+    :class:`~tasks.errors.ZooError` for a bad kind, size or shard, or when ``out`` holds a zoo
+    made with a different kind, seed or settings (or, for a shard, size).
     """
     if kind not in KINDS:
         raise ZooError(f"unknown zoo kind '{kind}' (known: {', '.join(KINDS)})")
@@ -330,6 +334,11 @@ def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, 
         raise ZooError(f"an inr zoo has at most one SIREN per digit image (1797), got {size}")
     if workers < 1:
         raise ZooError(f"--workers must be at least 1, got {workers}")
+    from .sharding import check_shard, finish_shard, merge_zoo, select_units
+
+    if shard is not None:
+        check_shard(shard)
+    t_start = time.time()
     root = Path(out)
     inr_hidden = list(inr_hidden or INR_HIDDEN)
     settings = {"kind": kind, "seed": int(seed), "ckpts": int(ckpts) if kind != "inr" else 1}
@@ -339,11 +348,14 @@ def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, 
     if manifest_path.exists():
         old = read_json(manifest_path, "zoo manifest")
         clash = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if shard is not None and old.get("size") != size:  # shards must agree on the units
+            clash["size"] = (old.get("size"), size)
         if clash:
             what = ", ".join(f"{k}={a!r} (asked {b!r})" for k, (a, b) in clash.items())
             raise ZooError(f"'{root}' already holds a zoo made with {what}; use another --out "
                            "directory or the same settings to resume it")
-    elif root.exists() and any(root.iterdir()):
+    elif root.exists() and any(not p.name.startswith(".") or shard is None  # a shard's temp
+                               for p in root.iterdir()):
         raise ZooError(f"'{root}' exists, is not empty and holds no zoo (no zoo.json)")
     manifest = {"format": FORMAT_VERSION, **settings, "size": int(size), "complete": False,
                 "paramgraph_version": _version()}
@@ -352,6 +364,7 @@ def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, 
     (root / "rows").mkdir(exist_ok=True)
 
     units = _units(root, kind, size, seed, settings["ckpts"], inr_steps, inr_hidden)
+    units = select_units(units, shard)
     todo = [u for u in units if not _unit_done(root, u)]
     if todo:
         from tqdm import tqdm
@@ -375,6 +388,9 @@ def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, 
                     bar.update(n)
         bar.close()
         manifest["seconds"] = round(time.time() - start, 2)
+    if shard is not None:  # the last shard to finish merges
+        return merge_zoo(root) if finish_shard(root, shard, units, time.time() - t_start) \
+            else None
     _merge(root, kind, size, seed)
     manifest["complete"] = True
     atomic_write_json(manifest_path, manifest)
