@@ -66,6 +66,8 @@ class MetaNet(nn.Module):
             coordinates, so ``theta`` and any ``g theta`` give the *same* output network
             (quasi-equivariance with ``g' = alpha(theta)``). ``"input"``: the gauge is undone,
             which makes the output strictly equivariant, ``F(g theta) = g F(theta)``.
+        checkpoint: recompute each message-passing round during backward instead of storing
+            its activations (for graphs of millions of edges; same results, more time).
 
     Raises ``ValueError`` for an unknown mode, task, frame or aggregator.
     """
@@ -74,7 +76,7 @@ class MetaNet(nn.Module):
                  hidden: int = 64, layers: int = 4, *,
                  aggrs: Sequence[str] = ("sum", "mean", "max"), kernel_cap: int = 64,
                  channels: int | None = None, gauge_hidden: int = 16, gauge_bound: float = 2.0,
-                 learn_gauge: bool = True, frame: str = "gauged"):
+                 learn_gauge: bool = True, frame: str = "gauged", checkpoint: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
@@ -87,7 +89,8 @@ class MetaNet(nn.Module):
         channels = max(hidden // 2, 1) if channels is None else channels
         self.gauge = GaugeMap(gauge_hidden, gauge_bound, learn_gauge) if mode == "quasi" else None
         self.backbone = Backbone(task, out_dim, hidden, layers, channels, aggrs, kernel_cap,
-                                 constrained=mode == "strict", compress=mode == "perm")
+                                 constrained=mode == "strict", compress=mode == "perm",
+                                 checkpoint=checkpoint)
 
     @property
     def dtype(self) -> torch.dtype:

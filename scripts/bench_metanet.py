@@ -9,12 +9,16 @@ Workloads (hidden 64, 4 layers, invariant head, float32, CPU):
 
 For each workload and thread count (1 and 2), one child process builds the batch and times every
 mode *interleaved* (perm, strict, quasi, perm, ...) so that a busy machine slows all modes alike;
-the reported time is the median of the repeats. The gauge's share is measured two ways: the
+the reported time is the median of the repeats (wall clock; the process's CPU time is recorded
+too, which is steadier on a shared machine). The gauge's share is measured two ways: the
 quasi-minus-perm difference relative to perm, and the gauge map's own forward+backward (timed
 alone, with a random cotangent on its outputs) relative to perm. Peak memory is measured per mode
 in a separate child process: the peak resident set size during the timed steps minus the
-resident size just before the first forward (so it counts activations, gradients and workspace,
-not the Python runtime or the input graphs).
+resident size just before the first forward of the batch, taken after one step on a single graph
+(so it counts activations, gradients and workspace, not the Python runtime, the libraries or the
+input graphs). Children run with ``OMP_WAIT_POLICY=PASSIVE`` unless ``--omp-active-wait``: on a
+2-core machine shared with other work, spinning OpenMP threads made 2-thread runs 2-5x slower
+than 1-thread runs.
 
 Usage::
 
@@ -38,6 +42,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+ACTIVE_WAIT = False
 MODES = ("perm", "strict", "quasi")
 WORKLOADS = {
     "small": dict(count=64, channels=(16, 16, 16), pool=None),
@@ -96,15 +101,17 @@ def _child_time(workload: str, threads: int, repeats: int, hidden: int, layers: 
     for mode in MODES:  # warm-up
         _step(nets[mode], batch)
     times = {m: [] for m in MODES}
+    cpu = {m: [] for m in MODES}
     gauge_times = []
     gauge = nets["quasi"].gauge
+    st = GraphStructure.of(batch)  # shared by the gauge and the backbone: not the gauge's cost
     for _ in range(repeats):
         for mode in MODES:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             _step(nets[mode], batch)
             times[mode].append(time.perf_counter() - t0)
+            cpu[mode].append(time.process_time() - c0)
         t0 = time.perf_counter()
-        st = GraphStructure.of(batch)
         ev, nv, alpha = gauge(st, batch.edge_value, batch.node_value, batch.node_mask)
         (ev.sum() + nv.sum() + alpha.sum()).backward()
         gauge_times.append(time.perf_counter() - t0)
@@ -115,6 +122,7 @@ def _child_time(workload: str, threads: int, repeats: int, hidden: int, layers: 
     for mode in MODES:
         t = statistics.median(times[mode])
         out["modes"][mode] = {"seconds": t, "seconds_all": times[mode],
+                              "cpu_seconds": statistics.median(cpu[mode]),
                               "graphs_per_s": len(graphs) / t, "edges_per_s": edges / t}
     t_perm = out["modes"]["perm"]["seconds"]
     out["gauge_seconds"] = statistics.median(gauge_times)
@@ -123,25 +131,34 @@ def _child_time(workload: str, threads: int, repeats: int, hidden: int, layers: 
     return out
 
 
-def _child_memory(workload: str, mode: str, hidden: int, layers: int) -> dict:
+def _child_memory(workload: str, mode: str, hidden: int, layers: int,
+                  checkpoint: bool = False) -> dict:
     import torch
 
     import models
 
+    from torch_geometric.data import Batch
+
     torch.set_num_threads(1)
-    batch, _ = _build_batch(workload)
+    batch, graphs = _build_batch(workload)
     torch.manual_seed(0)
-    net = models.MetaNet(mode=mode, hidden=hidden, layers=layers)
+    net = models.MetaNet(mode=mode, hidden=hidden, layers=layers, checkpoint=checkpoint)
+    _step(net, Batch.from_data_list(graphs[:1]))  # loads kernels and libraries: not the batch's
     base = _rss_mb()
     _step(net, batch)
+    t0 = time.perf_counter()
     _step(net, batch)
+    seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"workload": workload, "mode": mode, "peak_mb": peak - base}
+    return {"workload": workload, "mode": mode, "checkpoint": checkpoint,
+            "peak_mb": peak - base, "seconds_1_thread": seconds}
 
 
 def _run_child(args: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--child", *args]
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if not ACTIVE_WAIT:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if res.returncode != 0:
         raise SystemExit(f"benchmark child {' '.join(args)} failed:\n{res.stderr[-3000:]}")
@@ -157,19 +174,25 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--out", default=str(ROOT / "bench_results" / "bench_metanet.json"))
+    p.add_argument("--omp-active-wait", action="store_true",
+                   help="keep OpenMP's default spin-waiting (faster on an idle machine, much "
+                        "slower with 2 threads when other processes share the cores)")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
+    global ACTIVE_WAIT
+    ACTIVE_WAIT = a.omp_active_wait
     if a.child:
         kind, *rest = a.child
         if kind == "time":
             print(json.dumps(_child_time(rest[0], int(rest[1]), a.repeats, a.hidden, a.layers)))
         else:
-            print(json.dumps(_child_memory(rest[0], rest[1], a.hidden, a.layers)))
+            print(json.dumps(_child_memory(rest[0], rest[1], a.hidden, a.layers,
+                                           rest[2:] == ["checkpoint"])))
         return
     if a.quick:
         a.workloads, a.repeats = ["small"], 1
     common = ["--repeats", str(a.repeats), "--hidden", str(a.hidden), "--layers", str(a.layers)]
-    timing, memory = [], {}
+    timing, memory, checkpointed = [], {}, []
     for w in a.workloads:
         for t in a.threads:
             print(f"timing {w} with {t} thread(s) ...", file=sys.stderr, flush=True)
@@ -177,17 +200,24 @@ def main() -> None:
         for m in MODES:
             print(f"memory {w} {m} ...", file=sys.stderr, flush=True)
             memory[(w, m)] = _run_child(["memory", w, m, *common])["peak_mb"]
+        if w == "large":
+            print("memory large quasi with checkpointing ...", file=sys.stderr, flush=True)
+            checkpointed.append(_run_child(["memory", w, "quasi", "checkpoint", *common]))
 
-    lines = ["| workload | graphs | edges | threads | mode | fwd+bwd s | graphs/s | edges/s | "
-             "peak MB | gauge share |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | graphs | edges | threads | mode | fwd+bwd s | CPU s | graphs/s | "
+             "edges/s | peak MB | gauge share |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in timing:
         for m in MODES:
             d = r["modes"][m]
             share = (f"{100 * r['gauge_share_of_perm']:.1f}% (diff "
                      f"{100 * r['quasi_minus_perm_share']:+.1f}%)") if m == "quasi" else ""
             lines.append(f"| {r['workload']} | {r['graphs']} | {r['edges']:,} | {r['threads']} | "
-                         f"{m} | {d['seconds']:.3f} | {d['graphs_per_s']:.1f} | "
-                         f"{d['edges_per_s']:,.0f} | {memory[(r['workload'], m)]:.0f} | {share} |")
+                         f"{m} | {d['seconds']:.3f} | {d['cpu_seconds']:.3f} | "
+                         f"{d['graphs_per_s']:.1f} | {d['edges_per_s']:,.0f} | "
+                         f"{memory[(r['workload'], m)]:.0f} | {share} |")
+    for c in checkpointed:
+        lines.append(f"| {c['workload']} | | | 1 | quasi, checkpoint=True | "
+                     f"{c['seconds_1_thread']:.3f} | | | | {c['peak_mb']:.0f} | |")
     table = "\n".join(lines)
     print(table)
     result = {
@@ -197,6 +227,9 @@ def main() -> None:
         "timing": timing,
         "peak_memory_mb": [{"workload": w, "mode": m, "peak_mb": v}
                            for (w, m), v in memory.items()],
+        "checkpointed": checkpointed,
+        "load_average": os.getloadavg(),
+        "omp_wait_policy": "default (active)" if ACTIVE_WAIT else "PASSIVE",
         "table": table,
     }
     try:

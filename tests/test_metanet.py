@@ -106,6 +106,20 @@ def test_single_graph_and_bad_arguments(zoo):
         models.MetaNet(aggrs=("sum", "median"))
 
 
+def test_checkpointing_gives_the_same_outputs_and_gradients(zoo):
+    _, _, gs = zoo
+    batch = Batch.from_data_list(gs)
+    grads = []
+    for checkpoint in (False, True):
+        net = _net("quasi", checkpoint=checkpoint)
+        y = net(batch)
+        y.sum().backward()
+        grads.append((y.detach(), [p.grad.clone() for p in net.parameters()]))
+    assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-12, atol=0)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-14)
+
+
 # -- weight head -----------------------------------------------------------------------------------
 
 def _run(module, graph, x):
