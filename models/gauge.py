@@ -21,8 +21,9 @@ neuron) is applied to the values before any message passing:
    weight and shift. A sign-symmetric neuron is flipped so that its bias (normalised neurons:
    norm weight) is positive; where that is exactly zero the tie-break is the sum of its incoming
    weights :math:`\\sum_u \\sum w_{un} / f_u` (normalised: the norm shift); where both are zero
-   it is left unflipped. A neuron that is both gets both. A zero norm (a dead neuron) is left
-   unscaled, so the result is finite. If :math:`\\theta' = g\\theta` then
+   it is left unflipped. A neuron that is both gets both. A zero norm (a dead neuron; in practice
+   a squared norm below ``sqrt(tiny)`` of the dtype) is left unscaled, so the result and its
+   gradients are finite. If :math:`\\theta' = g\\theta` then
    :math:`c(\\theta') = c(\\theta) g^{-1}` (by induction over the levels), so the canonical network
    :math:`c(\\theta)\\theta` is exactly invariant (to float rounding, ~1e-13 in float64).
 
@@ -115,6 +116,8 @@ def canonical_factors(st: GraphStructure, edge_value: Tensor, node_value: Tensor
     levels = torch.unique(st.node_layer[sym])
     bounds = torch.searchsorted(into_level, torch.stack([levels, levels + 1])).tolist()
     zeros = torch.zeros(n, dtype=dtype, device=f.device)
+    # A squared norm below sqrt(tiny) counts as zero: its rsqrt (and the gradient) would overflow.
+    tiny = torch.finfo(dtype).tiny ** 0.5
     for i, level in enumerate(levels.tolist()):
         ids = into[bounds[0][i] : bounds[1][i]]
         at_level = sym & (st.node_layer == level)
@@ -127,7 +130,7 @@ def canonical_factors(st: GraphStructure, edge_value: Tensor, node_value: Tensor
         tie = torch.where(st.plain, wsum, nb)
         stat = torch.where(primary != 0, primary, tie)
         sgn = torch.where(stat < 0, -torch.ones_like(stat), torch.ones_like(stat))
-        scale = torch.where(n2 > 0, n2, torch.ones_like(n2)).rsqrt()
+        scale = torch.where(n2 > tiny, n2, torch.ones_like(n2)).rsqrt()
         level_f = torch.where(st.scale, scale, torch.ones_like(scale))
         level_f = torch.where(st.sign, level_f * sgn, level_f)
         f = torch.where(at_level, level_f, f)

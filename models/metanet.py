@@ -101,8 +101,10 @@ class MetaNet(nn.Module):
 
         Returns ``[num_graphs, out_dim]`` (``task="invariant"``) or a graph batch of the same
         type and layout with new ``edge_value``/``node_value`` in the metanet's dtype
-        (``task="weights"``).
+        (``task="weights"``). Raises ``TypeError`` for something that is not a parameter graph
+        and ``ValueError`` naming the graph whose values are not finite.
         """
+        _check_input(batch)
         st = GraphStructure.of(batch)
         dtype = self.dtype
         edge_value = batch.edge_value.to(dtype)
@@ -123,3 +125,29 @@ class MetaNet(nn.Module):
     def gauge_parameters(self) -> list[nn.Parameter]:
         """The learned gauge factor's parameters (empty unless ``mode="quasi"``)."""
         return list(self.gauge.parameters()) if self.gauge is not None else []
+
+
+_FIELDS = ("edge_index", "edge_value", "edge_size", "edge_type", "node_value", "node_mask",
+           "node_type", "node_layer", "node_act", "node_norm", "node_scale", "node_sign",
+           "perm_group", "perm_pos")
+
+
+def _check_input(batch) -> None:
+    missing = [k for k in _FIELDS if getattr(batch, k, None) is None]
+    if missing:
+        raise TypeError(f"MetaNet expects a paramgraph.ParamGraph or a Batch of them; "
+                        f"{type(batch).__name__} has no {', '.join(missing)}")
+    for name in ("edge_value", "node_value"):
+        bad = ~torch.isfinite(getattr(batch, name))
+        if bool(bad.any()):
+            graph = 0
+            if getattr(batch, "batch", None) is not None:
+                if name == "node_value":
+                    node = int(bad.any(1).nonzero()[0])
+                else:
+                    value = int(bad.nonzero()[0])
+                    edge = int(torch.searchsorted(torch.cumsum(batch.edge_size.long(), 0), value,
+                                                  right=True))
+                    node = int(batch.edge_index[0, edge])
+                graph = int(batch.batch[node])
+            raise ValueError(f"graph {graph} of the batch has non-finite {name} (NaN or inf)")

@@ -36,10 +36,13 @@ from .structure import GraphStructure, symlog
 
 def canon(x: Tensor, scaled: Tensor, signed: Tensor) -> Tensor:
     """Invariant of ``x`` [R, C] whose rows transform by one factor each: rows with ``scaled``
-    are divided by their norm (zero rows stay zero), rows with ``signed`` are multiplied by the
+    are divided by their norm (rows of norm below ``sqrt(tiny)`` of the dtype are left as they
+    are, so the result and its gradient stay finite), rows with ``signed`` are multiplied by the
     sign of their largest-magnitude entry. Other rows are returned as they are."""
     n2 = x.square().sum(1, keepdim=True)
-    safe = torch.where(n2 > 0, n2, torch.ones_like(n2)).sqrt()
+    # Norms below sqrt(tiny) are left undivided: dividing by them overflowed the backward pass (NaN
+    # gradients for networks with denormal weights, e.g. weights of always-zero input pixels).
+    safe = torch.where(n2 > torch.finfo(n2.dtype).tiny ** 0.5, n2, torch.ones_like(n2)).sqrt()
     x = torch.where(scaled.unsqueeze(1), x / safe, x)
     pivot = x.gather(1, x.abs().argmax(1, keepdim=True))
     flip = signed.unsqueeze(1) & (pivot < 0)

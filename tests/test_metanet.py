@@ -98,6 +98,12 @@ def test_single_graph_and_bad_arguments(zoo):
     y = net(gs[2])
     assert y.shape == (1, 1)
     assert torch.allclose(y, net(Batch.from_data_list([gs[2]])), rtol=1e-12, atol=0)
+    with pytest.raises(TypeError, match="ParamGraph"):
+        net(torch.zeros(3))
+    bad = gs[3].with_values(gs[3].edge_value.clone(), gs[3].node_value.clone())
+    bad.edge_value[5] = float("nan")
+    with pytest.raises(ValueError, match="graph 2 of the batch has non-finite edge_value"):
+        net(Batch.from_data_list([gs[0], gs[1], bad]))
     with pytest.raises(ValueError, match="mode"):
         models.MetaNet(mode="equivariant")
     with pytest.raises(ValueError, match="task"):
@@ -118,6 +124,54 @@ def test_checkpointing_gives_the_same_outputs_and_gradients(zoo):
     assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-12, atol=0)
     for a, b in zip(grads[0][1], grads[1][1]):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-14)
+
+
+def test_tiny_and_zero_weights_give_finite_gradients():
+    """A zoo MLP whose always-zero input pixels let weights decay to denormals (and to zero)."""
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+    with torch.no_grad():
+        mlp[0].weight[:, 0] = 1e-41
+        mlp[0].weight[:, 1] = 0.0
+        mlp[2].weight[1] = 1e-41  # a whole neuron with denormal incoming weights
+        mlp[2].bias[1] = 0.0
+    g = paramgraph.from_module(mlp, torch.randn(2, 6))
+    batch = Batch.from_data_list([g, g])
+    for mode in MODES:
+        for task in ("invariant", "weights"):
+            torch.manual_seed(0)
+            net = models.MetaNet(mode=mode, task=task, **SMALL)
+            _randomize_(net, std=0.05)
+            out = net(batch)
+            value = out if task == "invariant" else out.edge_value
+            value.square().sum().backward()
+            assert torch.isfinite(value).all(), (mode, task)
+            for name, p in net.named_parameters():
+                assert p.grad is None or torch.isfinite(p.grad).all(), (mode, task, name)
+
+
+@pytest.mark.parametrize("mode", ("strict", "quasi"))
+def test_kernels_longer_than_the_cap_keep_the_symmetry(zoo, mode):
+    names, modules, gs = zoo
+    keep = [i for i, n in enumerate(names) if n == "cnn_bn_res"]  # 3x3 kernels, 2x2 flatten
+    net = _net(mode, task="weights", kernel_cap=4)
+    _randomize_(net)
+    gen = torch.Generator().manual_seed(9)
+    sub = [gs[i] for i in keep]
+    out = net(Batch.from_data_list(sub)).to_data_list()
+    out_moved = net(Batch.from_data_list(_moved_list(sub, gen))).to_data_list()
+    for i, o, om in zip(keep, out, out_moved):
+        x = random_input(names[i], 8, gen)
+        y = _run(modules[i], o, x)
+        assert _rel(y, _run(modules[i], om, x)).max() < 1e-6
+        assert _rel(y, modules[i](x).detach()).max() > 1e-2
+
+
+def _moved_list(gs, gen):
+    return [paramgraph.random_symmetry(g, generator=gen, heads=False, scale_range=(1e-2, 1e2))
+            for g in gs]
 
 
 # -- weight head -----------------------------------------------------------------------------------
