@@ -1,8 +1,10 @@
 """The three learning tasks: what a metanet predicts, its loss, and how it is scored.
 
 ``generalization``  hetero or cnn zoo; an invariant head with one output predicts the network's
-                    test accuracy; loss: mean squared error; scores: Kendall tau (model
-                    selection), R², MSE.
+                    test accuracy as ``sigmoid(output)`` (accuracies lie in [0, 1], and the
+                    squashing keeps a few networks with extreme weights from producing huge
+                    predictions that swamp the loss and R²); loss: mean squared error; scores:
+                    Kendall tau (model selection), R², MSE.
 ``inr-class``       inr zoo; an invariant head with 10 outputs classifies the digit a SIREN
                     encodes; loss: cross-entropy; score: accuracy.
 ``inr-edit``        inr zoo; a weight head edits the SIREN so that it draws the digit dilated
@@ -50,7 +52,7 @@ class Objective:
         ``[B, 64]`` edited-SIREN images. Differentiable."""
         out = net(batch)
         if self.name == "generalization":
-            return out[:, 0]
+            return torch.sigmoid(out[:, 0])
         if self.name == "inr-class":
             return out
         from .inr import siren_forward_from_batch

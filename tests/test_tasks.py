@@ -251,3 +251,12 @@ def test_edit_a_plain_checkpoint_with_arch(inr_zoo, edit_run, tmp_path):
     m = Siren([32, 32])
     m.load_state_dict(load_file(str(out)), strict=True)
     assert result["changed"] > 0
+
+
+def test_generalization_predictions_are_accuracies():
+    class Extreme(torch.nn.Module):
+        def forward(self, batch):
+            return torch.tensor([[1e6], [-1e6], [0.0]])
+
+    pred = get_objective("generalization").predict(Extreme(), None)
+    assert pred.tolist() == [1.0, 0.0, 0.5]
