@@ -63,13 +63,16 @@ class MetaNet(nn.Module):
             ``s_max`` of its log-scale (``quasi``).
         learn_gauge: ``False`` keeps only the exact canonicaliser (an ablation of ``quasi``).
         frame: ``quasi`` weight head only. ``"gauged"`` (default): values are returned in gauged
-            coordinates, so ``theta`` and any ``g theta`` give the *same* output network
-            (quasi-equivariance with ``g' = alpha(theta)``). ``"input"``: the gauge is undone,
-            which makes the output strictly equivariant, ``F(g theta) = g F(theta)``.
+            coordinates, so ``theta`` and ``g theta`` (g a scaling/sign flip) give the *same*
+            output values (quasi-equivariance with ``g' = 1``; with permutations, the same
+            values permuted). ``"input"``: the gauge is undone (``alpha(theta)^-1`` applied to
+            the output), which makes the output strictly equivariant,
+            ``F(g theta) = g F(theta)``, because ``alpha(g theta) = alpha(theta) g^-1``.
         checkpoint: recompute each message-passing round during backward instead of storing
             its activations (for graphs of millions of edges; same results, more time).
 
-    Raises ``ValueError`` for an unknown mode, task, frame or aggregator.
+    Raises ``ValueError`` for an unknown mode, task, frame or aggregator, and for
+    ``channels=0`` in ``strict`` mode.
     """
 
     def __init__(self, mode: str = "quasi", task: str = "invariant", out_dim: int = 1,

@@ -110,6 +110,9 @@ def test_single_graph_and_bad_arguments(zoo):
         models.MetaNet(task="regression")
     with pytest.raises(ValueError, match="aggregator"):
         models.MetaNet(aggrs=("sum", "median"))
+    with pytest.raises(ValueError, match="value channel"):
+        models.MetaNet(mode="strict", channels=0)
+    assert models.MetaNet(mode="quasi", channels=0, **SMALL).double()(gs[0]).shape == (1, 1)
 
 
 def test_checkpointing_gives_the_same_outputs_and_gradients(zoo):
@@ -218,9 +221,31 @@ def test_weight_head_decoded_networks_match_under_symmetry(zoo, mode, frame):
         assert _rel(y, y_moved).max() < 1e-6, name
         assert _rel(y, module(x).detach().flatten(1)).max() > 1e-2, f"{name}: output is the input"
         assert torch.isfinite(y).all()
-    if frame == "input" or mode == "strict":  # strictly equivariant: the values move with g
-        moved_out = [paramgraph.random_symmetry(o, generator=gen, heads=False) for o in out]
-        assert not torch.allclose(moved_out[0].edge_value, out_moved[0].edge_value)
+
+
+@pytest.mark.parametrize("mode,frame", [("quasi", "gauged"), ("quasi", "input"),
+                                        ("strict", "gauged")])
+def test_weight_head_output_frames(zoo, mode, frame):
+    """Gauged frame: g*theta gives the very same values as theta. Input frame and strict mode:
+    the values of g*theta's output are g applied to theta's output (strict equivariance)."""
+    _, _, gs = zoo
+    net = _net(mode, task="weights", frame=frame)
+    _randomize_(net)
+    gen = torch.Generator().manual_seed(10)
+    elements = [paramgraph.random_element(g, generator=gen, permutations=False, heads=False,
+                                          scale_range=(1e-2, 1e2)) for g in gs]
+    batch = Batch.from_data_list(gs)
+    moved = Batch.from_data_list([paramgraph.apply_element(g, e) for g, e in zip(gs, elements)])
+    out, out_moved = net(batch), net(moved)
+    if mode == "quasi" and frame == "gauged":
+        want = out
+    else:
+        want = Batch.from_data_list([paramgraph.apply_element(o, e) for o, e in
+                                     zip(out.to_data_list(), elements)])
+    for a, b in ((out_moved.edge_value, want.edge_value), (out_moved.node_value, want.node_value)):
+        scale = b.abs().clamp_min(1e-3 * b.abs().max())
+        assert ((a - b).abs() / scale).max() < 1e-8
+    assert not torch.allclose(out.edge_value, batch.edge_value, rtol=1e-3)
 
 
 def test_perm_weight_head_is_not_scale_equivariant(zoo):
