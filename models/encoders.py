@@ -11,7 +11,8 @@ Edge features (:class:`EdgeEncoder`):
 
 .. math::
     e_{uv} = \\mathrm{MLP}\\big(W_k\\,\\mathrm{symlog}(s_v\\,\\mathbf{w}_{uv})
-        + W_f\\,\\phi(\\mathrm{mean}, \\mathrm{rms}) + \\mathrm{emb}(\\text{type}) + W_s \\log|uv|\\big)
+        + W_f\\,\\phi(\\mathrm{mean}, \\mathrm{rms}) + \\mathrm{emb}(\\text{type})
+        + W_s \\log|uv|\\big)
 
 with :math:`s_v = \\sqrt{\\text{fan-in}(v)}` (a structural scale that brings typical weights to
 O(1)) and :math:`\\phi` the Fourier features of :func:`~models.structure.fourier_features`.

@@ -16,7 +16,8 @@ neuron) is applied to the values before any message passing:
    are processed in order of ``node_layer`` (a loop over depth levels, vectorised inside a level).
    A scalable neuron gets the positive scale that makes its incoming parameters unit-norm *after*
    the factors already chosen for its sources are applied: for a plain neuron
-   :math:`\\big(\\sum_{u\\to n} \\|w_{un}\\|^2 / f_u^2 + b_n^2\\big)^{-1/2}` over incoming weight edges
+   :math:`\\big(\\sum_{u\\to n} \\|w_{un}\\|^2 / f_u^2 + b_n^2\\big)^{-1/2}` over incoming weight
+   edges
    (whole kernels), for a normalised neuron :math:`(\\gamma_n^2 + \\beta_n^2)^{-1/2}` of its norm
    weight and shift. A sign-symmetric neuron is flipped so that its bias (normalised neurons:
    norm weight) is positive; where that is exactly zero the tie-break is the sum of its incoming
@@ -35,7 +36,8 @@ neuron) is applied to the values before any message passing:
    factor is :math:`e^{s_n}`. Signs come from :math:`c` alone (they are discrete and cannot be
    learned continuously).
 
-Because :math:`\\kappa` reads only invariant inputs, :math:`\\alpha(g\\theta) = \\alpha(\\theta) g^{-1}`,
+Because :math:`\\kappa` reads only invariant inputs,
+:math:`\\alpha(g\\theta) = \\alpha(\\theta) g^{-1}`,
 so the gauged network :math:`\\alpha(\\theta)\\theta` is (i) functionally identical to
 :math:`\\theta` (it is :math:`\\theta` moved by a group element) and (ii) exactly invariant under
 the neurons' positive scalings and sign flips. :math:`\\kappa`'s parameters get gradients (the

@@ -8,10 +8,10 @@ any permutation of its neurons.
 :class:`WeightHead` predicts a change for every learned value in the input graph's exact layout:
 per value of every weight edge (a kernel edge gets one output per kernel position, through the
 same bins as the encoder), per present node slot; in ``strict`` mode through equivariant maps
-only, so that the output network of ``g theta`` is ``g`` applied to that of ``theta``. Fixed wiring (residual, normalisation,
-identity, attention pairing edges) keeps its value 1 exactly, absent slots stay 0, and a running
-variance is updated multiplicatively (``var * exp(delta)``) so it stays positive. The last layers
-start at zero, so the initial output is the input network. Edge changes are divided by the
+only, so that the output network of ``g theta`` is ``g`` applied to that of ``theta``. Fixed
+wiring (residual, normalisation, identity, attention pairing edges) keeps its value 1 exactly,
+absent slots stay 0, and a running variance is updated multiplicatively (``var * exp(delta)``)
+so it stays positive. The last layers start at zero, so the initial output is the input network. Edge changes are divided by the
 structural scale ``sqrt(fan-in)`` that the encoder multiplied the inputs by, so a unit of hidden
 change is a typical weight's size.
 """
@@ -75,7 +75,8 @@ class WeightHead(nn.Module):
         self.constrained = constrained
         self.edge_mlp = None if constrained else _zero_last(
             nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, kernel_cap)))
-        self.edge_out = _zero_last(nn.Linear(channels, kernel_cap, bias=False)) if channels else None
+        self.edge_out = (_zero_last(nn.Linear(channels, kernel_cap, bias=False)) if channels
+                         else None)
         n = 3 if constrained else 5
         self.node_eq = _zero_last(nn.Linear(channels, n, bias=False)) if channels else None
         self.node_inv = _zero_last(nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(),

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .backbone import Backbone
 from .gauge import GaugeMap, apply_factors

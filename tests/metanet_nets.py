@@ -61,7 +61,8 @@ def _randomize(module: nn.Module, seed: int) -> nn.Module:
     with torch.no_grad():
         for name, p in module.named_parameters():
             if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / p[0].numel() ** 0.5)
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / fan_in ** 0.5)
             elif name.endswith("weight"):  # norm scales: positive, away from 1
                 p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.5)
             else:

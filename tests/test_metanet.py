@@ -63,7 +63,8 @@ def test_permutation_invariance_and_batch_order(zoo, mode):
 
 
 def test_full_symmetry_invariance(zoo):
-    """quasi and strict: unchanged under permutations + scales in [1e-2, 1e2] + signs; perm moves."""
+    """quasi and strict: unchanged under permutations, scales in [1e-2, 1e2] and signs; perm is
+    not."""
     names, _, gs = zoo
     gen = torch.Generator().manual_seed(4)
     moved = [paramgraph.random_symmetry(g, generator=gen, heads=False, scale_range=(1e-2, 1e2))
