@@ -11,9 +11,9 @@ same bins as the encoder), per present node slot; in ``strict`` mode through equ
 only, so that the output network of ``g theta`` is ``g`` applied to that of ``theta``. Fixed
 wiring (residual, normalisation, identity, attention pairing edges) keeps its value 1 exactly,
 absent slots stay 0, and a running variance is updated multiplicatively (``var * exp(delta)``)
-so it stays positive. The last layers start at zero, so the initial output is the input network. Edge changes are divided by the
-structural scale ``sqrt(fan-in)`` that the encoder multiplied the inputs by, so a unit of hidden
-change is a typical weight's size.
+so it stays positive. The last layers start at zero, so the initial output is the input network.
+Edge changes are divided by the structural scale ``sqrt(fan-in)`` that the encoder multiplied the
+inputs by, so a unit of hidden change is a typical weight's size.
 """
 
 from __future__ import annotations
