@@ -115,6 +115,8 @@ def add_task_commands(subparsers) -> None:
                    help=f"Adam steps per SIREN fit (default {INR_STEPS})")
     p.add_argument("--inr-hidden", default="32,32", metavar="H,H",
                    help="SIREN hidden widths, e.g. 32,32 or 32,32,32 (default 32,32)")
+    p.add_argument("--inr-init", choices=("shared", "independent"), default="shared",
+                   help="SIRENs start from one shared initialisation (default) or one per image")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="make only shard I of N (0-based) into DIR; run all N (processes or "
                    "machines, same settings); the last to finish merges the zoo")
@@ -241,6 +243,7 @@ def cmd_zoo_make(args) -> int:
     shard = parse_shard(args.shard) if args.shard is not None else None
     zoo = make_zoo(args.out, args.kind, args.size, workers=args.workers, seed=args.seed,
                    ckpts=args.ckpts, inr_steps=args.inr_steps, inr_hidden=hidden,
+                   inr_init=args.inr_init,
                    progress=not args.no_progress, shard=shard)
     if zoo is None:
         print(f"shard {shard[0]}/{shard[1]} of zoo {args.out} done; the last shard to finish "

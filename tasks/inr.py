@@ -14,7 +14,8 @@ between conventions, so it is stated exactly):
   SIREN initialisation (Sitzmann et al. 2020) with its ``w0 = 30`` folded into the weights.
 * **Initialisation**: first layer weights ``U(-1/2, 1/2)`` (``1/fan_in``); later weights
   ``U(-sqrt(6/fan_in), sqrt(6/fan_in))``; all biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``
-  (PyTorch's default); one seed per image.
+  (PyTorch's default). An inr zoo starts every SIREN from the same draw (one seed per zoo; see
+  :mod:`tasks.zoo` for why), or optionally from one draw per image.
 * **Fitting**: Adam, learning rate 1e-3 (cosine-decayed to 1e-5), full batch of the 64 pixels,
   mean squared error; hundreds of SIRENs are fitted at once with batched matrix products.
 """

@@ -8,7 +8,13 @@ Three kinds (``paramgraph zoo make --kind ...``):
 ``cnn``     the Small-CNN-Zoo protocol on digits: one fixed CNN (3 convolutions of 16 channels,
             3x3, stride 2, global average pool, Linear: 4,970 parameters, like the original), with
             the activation (ReLU/tanh) and the training hyperparameters drawn at random.
-``inr``     one SIREN per digit image (see :mod:`tasks.inr`), fitted in batches.
+``inr``     one SIREN per digit image (see :mod:`tasks.inr`), fitted in batches. By default every
+            SIREN of the zoo starts from one shared initialisation drawn from the zoo seed
+            (``inr_init="shared"``); ``"independent"`` draws one per image. Measured on 640
+            digits: with independent initialisations a fitted SIREN is its random start moved
+            by 5-35%, and neither weight statistics + gradient boosting (9% accuracy) nor
+            logistic regression on the raw weights (10%) classifies them above chance; from a
+            shared start they reach 66% and 84%.
 
 A zoo directory holds::
 
@@ -61,9 +67,16 @@ DEFAULT_CKPTS = 4
 INR_CHUNK = 128  # SIRENs fitted together in one batched optimisation
 INR_HIDDEN = [32, 32]
 INR_STEPS = 500
+INR_INITS = ("shared", "independent")
 OOD_FAMILY = "vit"
 SMALL_CNN = {"family": "cnn", "channels": [16, 16, 16], "kernels": [3, 3, 3],
              "strides": [2, 2, 2], "batch_norm": False, "residual": False, "dropout": 0.0}
+
+
+def shared_init_seed(seed: int) -> int:
+    """The seed of the one initialisation every SIREN of an inr zoo with seed ``seed`` starts
+    from (``inr_init="shared"``)."""
+    return int(np.random.SeedSequence([int(seed), 0x5152]).generate_state(1)[0])
 
 
 def run_seed(seed: int, run: int) -> int:
@@ -226,6 +239,7 @@ class _Unit:
     ckpts: int
     inr_steps: int
     inr_hidden: tuple[int, ...]
+    inr_init: str = "shared"
 
 
 def _net_path(root: Path, i: int) -> Path:
@@ -284,26 +298,29 @@ def _do_inr_chunk(unit: _Unit) -> int:
     root = Path(unit.root)
     x, y = images()
     ids = list(unit.ids)
-    seeds = [run_seed(unit.seed, i) for i in ids]
+    if unit.inr_init == "shared":
+        seeds = [shared_init_seed(unit.seed)] * len(ids)
+    else:
+        seeds = [run_seed(unit.seed, i) for i in ids]
     hidden = list(unit.inr_hidden)
     params, err = fit_sirens(x[ids], hidden, seeds, steps=unit.inr_steps)
     spec = {"family": "siren", "hidden": hidden, "w0": 30.0}
     for j, i in enumerate(ids):
         row = {"id": i, "run": i, "ckpt": 0, "family": "siren", "arch": describe(spec),
                "spec": spec, "label": int(y[i]), "image_index": i, "fit_mse": float(err[j]),
-               "fit_steps": unit.inr_steps, "seed": seeds[j]}
+               "fit_steps": unit.inr_steps, "init": unit.inr_init, "seed": seeds[j]}
         _write_network(root, i, unstack(params, hidden, j), row)
     return len(ids)
 
 
 def _units(root: Path, kind: str, size: int, seed: int, ckpts: int, inr_steps: int,
-           inr_hidden: list[int]) -> list[_Unit]:
+           inr_hidden: list[int], inr_init: str = "shared") -> list[_Unit]:
     if kind == "inr":
         groups = [tuple(range(s, min(s + INR_CHUNK, size))) for s in range(0, size, INR_CHUNK)]
     else:
         groups = [tuple(range(s, min(s + ckpts, size))) for s in range(0, size, ckpts)]
     return [_Unit(str(root), kind, seed, (g[0] // (INR_CHUNK if kind == "inr" else ckpts)), g,
-                  ckpts, inr_steps, tuple(inr_hidden)) for g in groups]
+                  ckpts, inr_steps, tuple(inr_hidden), inr_init) for g in groups]
 
 
 def _unit_done(root: Path, unit: _Unit) -> bool:
@@ -314,7 +331,8 @@ def _unit_done(root: Path, unit: _Unit) -> bool:
 
 def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, seed: int = 0,
              ckpts: int = DEFAULT_CKPTS, inr_steps: int = INR_STEPS,
-             inr_hidden: list[int] | None = None, progress: bool = True,
+             inr_hidden: list[int] | None = None, inr_init: str = "shared",
+             progress: bool = True,
              shard: tuple[int, int] | None = None) -> "Zoo | None":
     """Make (or finish making) a zoo of ``size`` networks in ``out``; returns the loaded zoo.
 
@@ -334,6 +352,8 @@ def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, 
         raise ZooError(f"an inr zoo has at most one SIREN per digit image (1797), got {size}")
     if workers < 1:
         raise ZooError(f"--workers must be at least 1, got {workers}")
+    if inr_init not in INR_INITS:
+        raise ZooError(f"unknown SIREN initialisation '{inr_init}' (known: {', '.join(INR_INITS)})")
     from .sharding import check_shard, finish_shard, merge_zoo, select_units
 
     if shard is not None:
@@ -343,7 +363,7 @@ def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, 
     inr_hidden = list(inr_hidden or INR_HIDDEN)
     settings = {"kind": kind, "seed": int(seed), "ckpts": int(ckpts) if kind != "inr" else 1}
     if kind == "inr":
-        settings.update(inr_steps=int(inr_steps), inr_hidden=inr_hidden)
+        settings.update(inr_steps=int(inr_steps), inr_hidden=inr_hidden, inr_init=inr_init)
     manifest_path = root / "zoo.json"
     if manifest_path.exists():
         old = read_json(manifest_path, "zoo manifest")
@@ -363,7 +383,7 @@ def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, 
     (root / "nets").mkdir(exist_ok=True)
     (root / "rows").mkdir(exist_ok=True)
 
-    units = _units(root, kind, size, seed, settings["ckpts"], inr_steps, inr_hidden)
+    units = _units(root, kind, size, seed, settings["ckpts"], inr_steps, inr_hidden, inr_init)
     units = select_units(units, shard)
     todo = [u for u in units if not _unit_done(root, u)]
     if todo:

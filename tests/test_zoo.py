@@ -275,3 +275,15 @@ def test_cli_zoo_make_and_info(tmp_path, capsys):
     assert main(["zoo", "info", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_inr_zoo_initialisation(zoos, tmp_path):
+    rows = zoos["inr"].rows
+    assert {r["init"] for r in rows} == {"shared"} and len({r["seed"] for r in rows}) == 1
+    other = make_zoo(tmp_path / "ind", "inr", 3, seed=3, inr_steps=2, inr_init="independent",
+                     progress=False)
+    assert len({r["seed"] for r in other.rows}) == 3
+    with pytest.raises(ZooError, match="initialisation"):
+        make_zoo(tmp_path / "bad", "inr", 3, inr_init="zeros", progress=False)
+    with pytest.raises(ZooError, match="inr_init"):  # a zoo's settings cannot change on resume
+        make_zoo(tmp_path / "ind", "inr", 3, seed=3, inr_steps=2, progress=False)
