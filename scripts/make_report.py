@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--epochs", type=json.loads,
-                   default={"gen-hetero": 6, "gen-cnn": 10, "inr-class": 10, "inr-edit": 10},
+                   default={"gen-hetero": 6, "gen-cnn": 25, "inr-class": 30, "inr-edit": 30},
                    help="epochs per column as JSON")
     p.add_argument("--zoo-seed", type=int, default=0)
     p.add_argument("--zoo-sizes", type=json.loads, default=ZOO_SIZES,
