@@ -12,7 +12,7 @@ from .encoders import EdgeEncoder, KernelBins, NodeEmbedding, NodeEncoder
 from .gauge import GaugeMap, apply_factors, canonical_factors
 from .heads import InvariantHead, WeightHead
 from .layers import EdgeAggregation, EdgeNodeLayer, ValueLayer
-from .metanet import FRAMES, MODES, TASKS, MetaNet
+from .metanet import FRAMES, MODES, TASKS, MetaNet, prepare
 from .readers import FreeReader, StrictReader, canon
 from .structure import GraphStructure, fourier_features, symlog
 
@@ -20,5 +20,5 @@ __all__ = [
     "Backbone", "EdgeAggregation", "EdgeEncoder", "EdgeNodeLayer", "FRAMES", "FreeReader",
     "GaugeMap", "GraphStructure", "InvariantHead", "KernelBins", "MODES", "MetaNet",
     "NodeEmbedding", "NodeEncoder", "StrictReader", "TASKS", "ValueLayer", "WeightHead",
-    "apply_factors", "canon", "canonical_factors", "fourier_features", "symlog",
+    "apply_factors", "canon", "prepare", "canonical_factors", "fourier_features", "symlog",
 ]

@@ -106,22 +106,16 @@ def canonical_factors(st: GraphStructure, edge_value: Tensor, node_value: Tensor
     ss, sv = edge_sums if edge_sums is not None else _edge_sums(st, edge_value)
     f = torch.ones(n, dtype=dtype, device=edge_value.device)
     sym = st.scale | st.sign
-    if not bool(sym.any()):
+    if not st.canon_levels:
         return f
     bias, nw, nb = node_value[:, 0], node_value[:, 1], node_value[:, 2]
     # Normalised neurons depend on their own norm parameters only.
     normed_n2 = nw.square() + nb.square()
-    into = (st.weight & sym[st.dst] & st.plain[st.dst]).nonzero().squeeze(1)
-    into_level = st.node_layer[st.dst[into]]
-    order = torch.argsort(into_level, stable=True)
-    into, into_level = into[order], into_level[order]
-    levels = torch.unique(st.node_layer[sym])
-    bounds = torch.searchsorted(into_level, torch.stack([levels, levels + 1])).tolist()
     zeros = torch.zeros(n, dtype=dtype, device=f.device)
     # A squared norm below sqrt(tiny) counts as zero: its rsqrt (and the gradient) would overflow.
     tiny = torch.finfo(dtype).tiny ** 0.5
-    for i, level in enumerate(levels.tolist()):
-        ids = into[bounds[0][i] : bounds[1][i]]
+    for level, start, stop in st.canon_levels:
+        ids = st.canon_into[start:stop]
         at_level = sym & (st.node_layer == level)
         src, dst = st.src[ids], st.dst[ids]
         inv = 1.0 / f[src]
@@ -169,7 +163,7 @@ class GaugeMap(nn.Module):
         sums = _edge_sums(st, edge_value)
         f = canonical_factors(st, edge_value, node_value, sums)
         alpha = f
-        if self.learned and bool(st.scale.any()):
+        if self.learned and st.has_scale:
             s = self.log_scale(st, f, sums, node_value, node_mask)
             alpha = f * torch.where(st.scale, s.exp(), torch.ones_like(s))
         edge_value, node_value = apply_factors(st, alpha, edge_value, node_value)
@@ -204,8 +198,7 @@ class GaugeMap(nn.Module):
         h = (self.inp(feats) + self.type_emb(st.node_type) + self.act_emb(st.node_act)
              + self.norm_emb(st.node_norm))
         h = self.mix(h)
-        w = st.weight
-        src, dst = st.src[w], st.dst[w]
+        src, dst = st.src[st.weight_ids], st.dst[st.weight_ids]
         m_in = scatter(h.index_select(0, src), dst, 0, dim_size=n, reduce="mean")
         m_out = scatter(h.index_select(0, dst), src, 0, dim_size=n, reduce="mean")
         s = self.out(torch.cat([h, m_in, m_out], dim=1)).squeeze(1)

@@ -24,6 +24,8 @@ Example::
     net = models.MetaNet(mode="quasi", task="invariant", out_dim=1, hidden=64, layers=4)
     y = net(batch)                                   # [num_graphs, 1]
 
+    y = net(*models.prepare(batch, "cuda"))          # structure read on the CPU, then moved
+
     editor = models.MetaNet(mode="quasi", task="weights", hidden=64, layers=4)
     out = editor(batch)                              # a Batch in the same layout, new values
     state_dicts = [paramgraph.to_state_dict(g) for g in out.to_data_list()]
@@ -99,16 +101,20 @@ class MetaNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def forward(self, batch):
+    def forward(self, batch, structure: GraphStructure | None = None):
         """``batch``: a ``torch_geometric`` ``Batch`` of ParamGraphs (or one ParamGraph).
+        ``structure``: its :class:`GraphStructure` from :func:`prepare` (which also checks the
+        input); without it, both are done here, on the batch's device.
 
         Returns ``[num_graphs, out_dim]`` (``task="invariant"``) or a graph batch of the same
         type and layout with new ``edge_value``/``node_value`` in the metanet's dtype
         (``task="weights"``). Raises ``TypeError`` for something that is not a parameter graph
         and ``ValueError`` naming the graph whose values are not finite.
         """
-        _check_input(batch)
-        st = GraphStructure.of(batch)
+        if structure is None:
+            _check_input(batch)
+            structure = GraphStructure.of(batch)
+        st = structure
         dtype = self.dtype
         edge_value = batch.edge_value.to(dtype)
         node_value = batch.node_value.to(dtype)
@@ -128,6 +134,20 @@ class MetaNet(nn.Module):
     def gauge_parameters(self) -> list[nn.Parameter]:
         """The learned gauge factor's parameters (empty unless ``mode="quasi"``)."""
         return list(self.gauge.parameters()) if self.gauge is not None else []
+
+
+def prepare(batch, device=None, non_blocking: bool = False):
+    """Check ``batch`` and read its :class:`GraphStructure` where it lives (the CPU, straight
+    from a DataLoader), then move both to ``device``: ``net(*prepare(batch, "cuda"))``.
+
+    Every size the forward pass needs is then known on the host, so a forward and backward on
+    an accelerator never stop to copy a number back. Raises like :meth:`MetaNet.forward`.
+    """
+    _check_input(batch)
+    st = GraphStructure.of(batch)
+    if device is None:
+        return batch, st
+    return batch.to(device, non_blocking=non_blocking), st.to(device, non_blocking=non_blocking)
 
 
 _FIELDS = ("edge_index", "edge_value", "edge_size", "edge_type", "node_value", "node_mask",

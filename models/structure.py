@@ -14,7 +14,7 @@ Also here: the two scalar maps that every value encoder uses, :func:`symlog` and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -41,6 +41,16 @@ class GraphStructure:
     * ``rel_depth`` [N]: ``node_layer`` divided by its graph's deepest layer (in [0, 1]).
     * ``in_order`` / ``out_order`` [E]: stable argsort of ``dst`` / ``src`` (``None`` where the
       edges are already in that order), for segment reductions onto nodes.
+    * ``canon_into`` [K]: the weight edges into plain neurons that have a scale or sign
+      symmetry, sorted by the depth of their target; ``canon_levels``: ``(depth, start, stop)``
+      per depth holding such neurons, the slice of ``canon_into`` that reaches it. The
+      canonicaliser walks these levels in order.
+    * ``weight_ids`` [W]: indices of the weight edges (``weight.nonzero()``, read once here).
+    * ``has_scale`` / ``has_sign``: whether any neuron has that symmetry.
+
+    Every count, bound and flag is a Python value computed once in :meth:`of`, where the batch
+    usually still lives on the CPU. Build the structure there and move it with :meth:`to`: the
+    forward pass then never waits on the accelerator to learn a size (no host round trips).
     """
 
     num_nodes: int
@@ -73,6 +83,11 @@ class GraphStructure:
     edge_index: Tensor
     in_order: Tensor | None
     out_order: Tensor | None
+    weight_ids: Tensor
+    canon_into: Tensor
+    canon_levels: list[tuple[int, int, int]]
+    has_scale: bool
+    has_sign: bool
 
     @classmethod
     def of(cls, batch) -> "GraphStructure":
@@ -103,19 +118,32 @@ class GraphStructure:
         out_degree = scatter(ones, src, 0, dim_size=n, reduce="sum")
         layer = batch.node_layer.long()
         deepest = scatter(layer, node_graph, 0, dim_size=num_graphs, reduce="max").clamp_min(1)
+        plain = batch.node_norm == int(NormKind.NONE)
+        scale, sign = batch.node_scale.bool(), batch.node_sign.bool()
+        canon_into, canon_levels = _canonical_levels(src, dst, weight, layer, plain, scale | sign)
         return cls(
             num_nodes=n, num_edges=e, num_graphs=num_graphs, src=src, dst=dst,
             edge_type=edge_type, weight=weight, edge_size=edge_size, value_edge=value_edge,
             value_pos=value_pos, node_graph=node_graph, edge_graph=node_graph[src],
             node_layer=layer, node_type=batch.node_type.long(), node_act=batch.node_act.long(),
-            node_norm=batch.node_norm.long(), plain=batch.node_norm == int(NormKind.NONE),
-            scale=batch.node_scale.bool(), sign=batch.node_sign.bool(),
+            node_norm=batch.node_norm.long(), plain=plain, scale=scale, sign=sign,
             fixed=batch.perm_group < 0, perm_pos=batch.perm_pos.long(), fan_in=fan_in,
             fan_out=fan_out, in_degree=in_degree, out_degree=out_degree,
             rel_depth=layer.double() / deepest[node_graph].double(),
             max_size=int(edge_size.max()) if e else 1, edge_index=edge_index,
             in_order=_sorting(dst), out_order=_sorting(src),
+            weight_ids=weight.nonzero().squeeze(1), canon_into=canon_into,
+            canon_levels=canon_levels,
+            has_scale=bool(scale.any()), has_sign=bool(sign.any()),
         )
+
+    def to(self, device, non_blocking: bool = False) -> "GraphStructure":
+        """A copy with every tensor on ``device`` (sizes and flags stay Python values)."""
+        moved = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            moved[f.name] = v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v
+        return GraphStructure(**moved)
 
     # -- how the continuous group acts on values ------------------------------------------------
 
@@ -133,6 +161,19 @@ class GraphStructure:
         """[E] positive structural factor that brings typical weights to O(1): the square root of
         the target neuron's fan-in (in values). Invariant under the whole group."""
         return self.fan_in[self.dst].clamp_min(1).to(torch.float64).sqrt()
+
+
+def _canonical_levels(src: Tensor, dst: Tensor, weight: Tensor, layer: Tensor, plain: Tensor,
+                      sym: Tensor) -> tuple[Tensor, list[tuple[int, int, int]]]:
+    """The canonicaliser's schedule: weight edges into plain symmetric neurons sorted by the
+    target's depth, and per depth with symmetric neurons the slice of those edges."""
+    into = (weight & sym[dst] & plain[dst]).nonzero().squeeze(1)
+    into_level = layer[dst[into]]
+    order = torch.argsort(into_level, stable=True)
+    into, into_level = into[order], into_level[order]
+    levels = torch.unique(layer[sym])
+    bounds = torch.searchsorted(into_level, torch.stack([levels, levels + 1])).tolist()
+    return into, [(lv, lo, hi) for lv, lo, hi in zip(levels.tolist(), *bounds, strict=True)]
 
 
 def _sorting(index: Tensor) -> Tensor | None:

@@ -39,6 +39,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from models import prepare
+
 from .errors import TaskError
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -301,8 +303,8 @@ def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=N
     bad_loss = torch.zeros((), dtype=torch.float64, device=dev)
     count = 0
     for batch, (global_n, local_n) in zip(loader, plan, strict=True):
-        batch = batch.to(dev, non_blocking=True)
-        pred = objective.predict(model, batch, hidden)
+        batch, st = prepare(batch, dev, non_blocking=True)
+        pred = objective.predict(model, batch, hidden, st)
         loss = objective.loss(pred, batch.y)
         weight = local_n / global_n * ctx.world_size  # 1.0 in one process
         opt.zero_grad(set_to_none=True)

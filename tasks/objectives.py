@@ -47,10 +47,11 @@ class Objective:
         if self.name == "inr-edit":
             siren_hidden(zoo)
 
-    def predict(self, net, batch, hidden: list[int] | None = None) -> Tensor:
+    def predict(self, net, batch, hidden: list[int] | None = None, structure=None) -> Tensor:
         """The metanet's prediction for ``batch``: ``[B]`` accuracies, ``[B, 10]`` logits or
-        ``[B, 64]`` edited-SIREN images. Differentiable."""
-        out = net(batch)
+        ``[B, 64]`` edited-SIREN images. Differentiable. ``structure``: the batch's
+        ``GraphStructure`` from ``models.prepare`` (read on the host before the batch moved)."""
+        out = net(batch, structure)
         if self.name == "generalization":
             return torch.sigmoid(out[:, 0])
         if self.name == "inr-class":

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models import prepare
+
 from .errors import RunError, TaskError
 from .io import atomic_write_json, atomic_write_text, atomic_save_safetensors, load_safetensors, read_json
 from .metrics import is_better
@@ -160,8 +162,8 @@ def predict(net, objective: Objective, dataset, batch_size: int, hidden=None, de
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                 num_workers=workers):
-            batch = batch.to(device, non_blocking=True)
-            preds.append(objective.predict(net, batch, hidden).float())
+            batch, st = prepare(batch, device, non_blocking=True)
+            preds.append(objective.predict(net, batch, hidden, st).float())
             ys.append(batch.y)
             ids.append(batch.net_id)
     return torch.cat(preds).cpu(), torch.cat(ys).cpu(), torch.cat(ids).cpu()

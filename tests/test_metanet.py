@@ -130,6 +130,30 @@ def test_checkpointing_gives_the_same_outputs_and_gradients(zoo):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-14)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("task", ["invariant", "weights"])
+def test_prepared_forward_never_reads_values_back_to_the_host(zoo, mode, task):
+    """``prepare`` reads every size on the host; the forward and backward then run on the meta
+    device, which has no values at all, so any ``.item()``, ``bool(tensor)``, ``nonzero()`` or
+    boolean-mask index (a host round trip on a GPU) raises. On the CPU, ``prepare`` gives the
+    same outputs as a plain call."""
+    _, _, gs = zoo
+    net = _net(mode, task=task, out_dim=2)
+    plain = net(Batch.from_data_list(gs))
+    prepared = net(*models.prepare(Batch.from_data_list(gs)))
+    if task == "weights":
+        plain, prepared = plain.edge_value, prepared.edge_value
+    assert torch.equal(plain, prepared)
+    batch, st = models.prepare(Batch.from_data_list(gs), "meta")
+    assert st.src.device.type == "meta" and isinstance(st.max_size, int)
+    out = net.to("meta")(batch, st)
+    if task == "weights":
+        assert out.edge_value.device.type == "meta"
+        out = out.edge_value.sum() + out.node_value.sum()
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
 def test_tiny_and_zero_weights_give_finite_gradients():
     """A zoo MLP whose always-zero input pixels let weights decay to denormals (and to zero)."""
     import torch.nn as nn
