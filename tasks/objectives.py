@@ -51,7 +51,7 @@ class Objective:
         """The metanet's prediction for ``batch``: ``[B]`` accuracies, ``[B, 10]`` logits or
         ``[B, 64]`` edited-SIREN images. Differentiable. ``structure``: the batch's
         ``GraphStructure`` from ``models.prepare`` (read on the host before the batch moved)."""
-        out = net(batch, structure)
+        out = net(batch) if structure is None else net(batch, structure)
         if self.name == "generalization":
             return torch.sigmoid(out[:, 0])
         if self.name == "inr-class":
