@@ -20,5 +20,5 @@ __all__ = [
     "Backbone", "EdgeAggregation", "EdgeEncoder", "EdgeNodeLayer", "FRAMES", "FreeReader",
     "GaugeMap", "GraphStructure", "InvariantHead", "KernelBins", "MODES", "MetaNet",
     "NodeEmbedding", "NodeEncoder", "StrictReader", "TASKS", "ValueLayer", "WeightHead",
-    "apply_factors", "canon", "prepare", "canonical_factors", "fourier_features", "symlog",
+    "apply_factors", "canon", "canonical_factors", "fourier_features", "prepare", "symlog",
 ]

@@ -112,8 +112,7 @@ class MetaNet(nn.Module):
         and ``ValueError`` naming the graph whose values are not finite.
         """
         if structure is None:
-            _check_input(batch)
-            structure = GraphStructure.of(batch)
+            batch, structure = prepare(batch)
         st = structure
         dtype = self.dtype
         edge_value = batch.edge_value.to(dtype)

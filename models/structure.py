@@ -46,7 +46,7 @@ class GraphStructure:
       per depth holding such neurons, the slice of ``canon_into`` that reaches it. The
       canonicaliser walks these levels in order.
     * ``weight_ids`` [W]: indices of the weight edges (``weight.nonzero()``, read once here).
-    * ``has_scale`` / ``has_sign``: whether any neuron has that symmetry.
+    * ``has_scale``: whether any neuron has a scale symmetry (the learned gauge's factor).
 
     Every count, bound and flag is a Python value computed once in :meth:`of`, where the batch
     usually still lives on the CPU. Build the structure there and move it with :meth:`to`: the
@@ -87,7 +87,6 @@ class GraphStructure:
     canon_into: Tensor
     canon_levels: list[tuple[int, int, int]]
     has_scale: bool
-    has_sign: bool
 
     @classmethod
     def of(cls, batch) -> "GraphStructure":
@@ -134,7 +133,7 @@ class GraphStructure:
             in_order=_sorting(dst), out_order=_sorting(src),
             weight_ids=weight.nonzero().squeeze(1), canon_into=canon_into,
             canon_levels=canon_levels,
-            has_scale=bool(scale.any()), has_sign=bool(sign.any()),
+            has_scale=bool(scale.any()),
         )
 
     def to(self, device, non_blocking: bool = False) -> "GraphStructure":

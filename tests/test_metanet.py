@@ -142,6 +142,7 @@ def test_prepared_forward_never_reads_values_back_to_the_host(zoo, mode, task):
     plain = net(Batch.from_data_list(gs))
     prepared = net(*models.prepare(Batch.from_data_list(gs)))
     if task == "weights":
+        assert torch.equal(plain.node_value, prepared.node_value)
         plain, prepared = plain.edge_value, prepared.edge_value
     assert torch.equal(plain, prepared)
     batch, st = models.prepare(Batch.from_data_list(gs), "meta")
