@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) -m tasks.demo
+	$(PY) -m paramgraph demo
 
 test: venv
 	$(PY) -m pytest -n 2 -q

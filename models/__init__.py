@@ -1,10 +1,10 @@
 """The metanet: learned quasi-equivariant gauge maps, message passing, invariant and weight heads.
 
 ``MetaNet(mode=..., task=...)`` is the public entry point; the pieces are exported for reuse and
-for tests. See DESIGN.md section 5 and the docstrings of :mod:`models.gauge` (the gauge map),
-:mod:`models.backbone` (the architecture shared by all modes), :mod:`models.layers` (message
-passing), :mod:`models.readers` (strict canonicalisation vs free reads), :mod:`models.encoders`
-and :mod:`models.heads`.
+for tests. See DESIGN.md section 5 and the docstrings of :mod:`paramgraph.models.gauge` (the gauge map),
+:mod:`paramgraph.models.backbone` (the architecture shared by all modes), :mod:`paramgraph.models.layers` (message
+passing), :mod:`paramgraph.models.readers` (strict canonicalisation vs free reads), :mod:`paramgraph.models.encoders`
+and :mod:`paramgraph.models.heads`.
 """
 
 from .backbone import Backbone

@@ -1,22 +1,22 @@
 """The backbone shared by all three modes: encoders, ``layers`` rounds, and a head.
 
-Only the *reader* differs between modes (:mod:`models.readers`): ``strict`` reads value channels
+Only the *reader* differs between modes (:mod:`paramgraph.models.readers`): ``strict`` reads value channels
 through exact canonicalisation and keeps them equivariant; ``perm`` and ``quasi`` read them
-freely (``quasi`` has gauged its input first, see :mod:`models.gauge`). The same architecture
+freely (``quasi`` has gauged its input first, see :mod:`paramgraph.models.gauge`). The same architecture
 in every mode is what lets the project measure what the gauge map buys.
 
 Encoding. With ``s`` the structural value scale (``sqrt`` of the target's fan-in) and ``bins`` the
-kernel binning of :class:`~models.encoders.KernelBins`:
+kernel binning of :class:`~paramgraph.models.encoders.KernelBins`:
 
 * value channels: ``E^0 = bins(s w) K`` (linear, no bias) per edge, ``X^0 = S q`` per node with
   ``q`` the neuron's equivariant slots (bias of a plain neuron; norm weight and shift of a
   normalised one), plus, where allowed, linear maps of the hidden features;
-* hidden features: :class:`~models.encoders.EdgeEncoder` of ``reader.values(bins(s w))`` and
-  :class:`~models.encoders.NodeEncoder` of the slots with the equivariant ones replaced by
+* hidden features: :class:`~paramgraph.models.encoders.EdgeEncoder` of ``reader.values(bins(s w))`` and
+  :class:`~paramgraph.models.encoders.NodeEncoder` of the slots with the equivariant ones replaced by
   ``reader.slots(q)`` (running statistics and the bias of a normalised neuron are invariant and
   enter as they are).
 
-Heads (:mod:`models.heads`): the invariant head pools ``[h, read(X, M)]`` over nodes and
+Heads (:mod:`paramgraph.models.heads`): the invariant head pools ``[h, read(X, M)]`` over nodes and
 ``[e, read(E)]`` over edges. The weight head adds to every weight edge a bias-free map of ``E``
 (plus, when unconstrained, an MLP of ``e``), and to the node slots bias-free maps of ``X`` (the
 equivariant slots) and MLPs of ``h`` (the invariant ones; all of them when unconstrained). Every
@@ -39,7 +39,7 @@ from .structure import GraphStructure
 
 
 class Backbone(nn.Module):
-    """Encoders, :class:`~models.layers.ValueLayer` rounds and the head of one MetaNet.
+    """Encoders, :class:`~paramgraph.models.layers.ValueLayer` rounds and the head of one MetaNet.
 
     ``constrained=True`` is ``strict`` mode (needs ``channels >= 1``); otherwise ``compress``
     picks ``symlog`` reads of the value channels (``perm``) or raw ones (``quasi``).

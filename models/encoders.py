@@ -15,7 +15,7 @@ Edge features (:class:`EdgeEncoder`):
         + W_s \\log|uv|\\big)
 
 with :math:`s_v = \\sqrt{\\text{fan-in}(v)}` (a structural scale that brings typical weights to
-O(1)) and :math:`\\phi` the Fourier features of :func:`~models.structure.fourier_features`.
+O(1)) and :math:`\\phi` the Fourier features of :func:`~paramgraph.models.structure.fourier_features`.
 
 Node features (:class:`NodeEncoder`): Fourier features of the five value slots (bias,
 normalisation weight/shift, running mean, log running variance) masked by ``node_mask``, plus

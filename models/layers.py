@@ -26,7 +26,7 @@ the N nodes, not on the E edges), which keeps a layer at two ``E x H x H`` matmu
 update of the *value channels* (``X`` [N, C] per node, ``E`` [E, C] per edge), which are built
 linearly from the network's values and changed only by bias-free linear maps, gates and
 products, so that they can stay exactly scale/sign equivariant in ``strict`` mode (with a
-:class:`~models.readers.StrictReader`; with a :class:`~models.readers.FreeReader` the masks are
+:class:`~paramgraph.models.readers.StrictReader`; with a :class:`~paramgraph.models.readers.FreeReader` the masks are
 all ones and the reads are ``symlog``):
 
 .. math::
@@ -66,7 +66,7 @@ class EdgeAggregation(MessagePassing):
     Returns ``[N, len(aggrs) * H]``, one block per aggregator in the order given. ``sum`` is
     divided by ``sqrt(degree)``; nodes without edges get zeros. The reductions are segment
     reductions over the edges sorted by their receiving node (``order``, from
-    :class:`~models.structure.GraphStructure`; ``None`` when the edges are already sorted): one
+    :class:`~paramgraph.models.structure.GraphStructure`; ``None`` when the edges are already sorted): one
     shared sum for sum/mean/std, and a max whose backward is a cheap per-segment copy (a scatter
     max's backward is several times slower on CPU).
     """

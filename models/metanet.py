@@ -2,17 +2,17 @@
 
 Three modes share one code path (DESIGN.md section 5):
 
-* ``"quasi"``: the learned gauge map of :mod:`models.gauge` (exact canonicaliser composed with a
+* ``"quasi"``: the learned gauge map of :mod:`paramgraph.models.gauge` (exact canonicaliser composed with a
   learned, invariantly computed scale), then the unconstrained permutation-equivariant backbone
-  (:mod:`models.backbone`). Exactly invariant (invariant head) or quasi-equivariant (weight
+  (:mod:`paramgraph.models.backbone`). Exactly invariant (invariant head) or quasi-equivariant (weight
   head) to permutations, positive scalings and sign flips.
 * ``"perm"``: the same backbone without the gauge (the GMN / Neural Graphs family): exactly
   permutation invariant/equivariant, not scale or sign invariant.
 * ``"strict"``: the same backbone with exactly scale- and sign-equivariant layers (value channels
-  read only through canonicalisation, :mod:`models.readers`; the ScaleGMN family).
+  read only through canonicalisation, :mod:`paramgraph.models.readers`; the ScaleGMN family).
 
-All three share one architecture (:class:`~models.backbone.Backbone`: encoders, rounds of
-:class:`~models.layers.ValueLayer` with node and edge updates in both directions, heads), so a
+All three share one architecture (:class:`~paramgraph.models.backbone.Backbone`: encoders, rounds of
+:class:`~paramgraph.models.layers.ValueLayer` with node and edge updates in both directions, heads), so a
 comparison between modes measures the symmetry treatment, nothing else.
 
 Example::
@@ -41,6 +41,8 @@ from torch import nn
 from .backbone import Backbone
 from .gauge import GaugeMap, apply_factors
 from .structure import GraphStructure
+
+from paramgraph.graph import FIELDS
 
 MODES = ("perm", "strict", "quasi")
 TASKS = ("invariant", "weights")
@@ -149,13 +151,10 @@ def prepare(batch, device=None, non_blocking: bool = False):
     return batch.to(device, non_blocking=non_blocking), st.to(device, non_blocking=non_blocking)
 
 
-_FIELDS = ("edge_index", "edge_value", "edge_size", "edge_type", "node_value", "node_mask",
-           "node_type", "node_layer", "node_act", "node_norm", "node_scale", "node_sign",
-           "perm_group", "perm_pos")
 
 
 def _check_input(batch) -> None:
-    missing = [k for k in _FIELDS if getattr(batch, k, None) is None]
+    missing = [k for k in FIELDS if getattr(batch, k, None) is None]
     if missing:
         raise TypeError(f"MetaNet expects a paramgraph.ParamGraph or a Batch of them; "
                         f"{type(batch).__name__} has no {', '.join(missing)}")

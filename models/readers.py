@@ -1,16 +1,16 @@
 """How value channels are read: exact canonicalisation (``strict``) or a free compression.
 
-The backbone (:mod:`models.backbone`) carries two kinds of features: ordinary *hidden* features
+The backbone (:mod:`paramgraph.models.backbone`) carries two kinds of features: ordinary *hidden* features
 (``h`` per node, ``e`` per edge; layer-normalised MLP features) and *value channels* (``X`` per
 node, ``E`` per edge) that are built linearly from the network's values and updated only by
-bias-free linear maps, gates and products (see :class:`~models.layers.ValueLayer`). A *reader*
+bias-free linear maps, gates and products (see :class:`~paramgraph.models.layers.ValueLayer`). A *reader*
 decides how value channels enter the MLPs that compute hidden features, and where invariant
 features may be added to value channels.
 
 :class:`StrictReader` (``mode="strict"``, the ScaleGMN family). A neuron ``n`` carries a group
 factor ``f_n`` (positive scale, sign, both, or none) and a weight edge ``u -> v`` the factor
 ``t_uv = a_v / f_u`` (``a_v = f_v`` for a plain neuron, 1 for a normalised one; see
-:mod:`models.gauge`). Value channels are kept *equivariant*: ``X_n -> f_n X_n``,
+:mod:`paramgraph.models.gauge`). Value channels are kept *equivariant*: ``X_n -> f_n X_n``,
 ``E_uv -> t_uv E_uv``. Every invariant function reads them only through :func:`canon`
 (``x / ||x||`` where the row can be scaled, times the sign of its largest-magnitude entry where it
 can be flipped). A node's ``X`` and its forward message ``M`` (which transforms by ``a_n``) are

@@ -45,8 +45,3 @@ def empty(shape, dtype: torch.dtype) -> torch.Tensor:
         end = (ptr + t.nbytes) & ~(_PAGE - 1)
         _madvise(start, end - start, _MADV_HUGEPAGE)  # a hint: failure costs nothing
     return t
-
-
-def zeros(shape, dtype: torch.dtype) -> torch.Tensor:
-    """Like :func:`empty`, filled with zeros."""
-    return empty(shape, dtype).zero_()

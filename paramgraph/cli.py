@@ -31,7 +31,8 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from .errors import ParamGraphError
+from .errors import ParamGraphError, one_line
+from .formats import CHECKPOINT_SUFFIXES, GRAPH_SUFFIX
 
 PROG = "paramgraph"
 
@@ -73,7 +74,7 @@ def run_command(args: argparse.Namespace, prog: str = PROG) -> int:
         if debug:
             traceback.print_exc()
         hint = "" if debug else " (run with --debug for the traceback)"
-        print(f"{prog}: internal error: {type(err).__name__}: {_one_line(str(err))}{hint}",
+        print(f"{prog}: internal error: {type(err).__name__}: {one_line(err, limit=None)}{hint}",
               file=sys.stderr)
         return 1
 
@@ -85,39 +86,7 @@ def error_message(err: BaseException) -> str:
                   PermissionError: "permission denied",
                   IsADirectoryError: "is a directory"}.get(type(err), err.strerror or str(err))
         return f"{err.filename}: {reason}"
-    return _one_line(str(err)) or type(err).__name__
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``paramgraph`` argument parser with the commands of :func:`add_subcommands`."""
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Neural-network checkpoints as parameter graphs: convert, inspect, "
-        "restore, export and draw.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_subcommands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns the exit status."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help, --version, usage errors
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
-    if getattr(args, "func", None) is None:
-        parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: no command given", file=sys.stderr)
-        return 2
-    return run_command(args)
+    return one_line(err, limit=None) or type(err).__name__
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -152,12 +121,12 @@ def add_subcommands(subparsers) -> None:
         "convert", parents=[source, debug], help="convert checkpoints into graph files",
         description="Convert a checkpoint (.safetensors or .pt/.pth state_dict with --arch, a "
         ".pt2 torch.export program, or with --trust-pickle a pickled module) into a graph file "
-        f"(safetensors; default name SRC{_suffix()}). SRC may be a directory: every checkpoint "
+        f"(safetensors; default name SRC{GRAPH_SUFFIX}). SRC may be a directory: every checkpoint "
         "in it is converted.")
     p.add_argument("src", metavar="SRC", help="checkpoint file or directory of checkpoints")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output graph file (for a directory SRC: output directory); default: "
-                   f"next to the source, suffix {_suffix()}")
+                   f"next to the source, suffix {GRAPH_SUFFIX}")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="convert even if weights are NaN or infinite")
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
@@ -206,12 +175,6 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=cmd_draw)
 
 
-def _suffix() -> str:
-    from .io import GRAPH_SUFFIX
-
-    return GRAPH_SUFFIX
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -255,7 +218,7 @@ def parse_arch_kwargs(text: str | None) -> dict:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Handler of ``paramgraph convert``."""
-    from .io import CheckpointError
+    from .errors import CheckpointError
 
     src = Path(args.src)
     options = _convert_options(args)
@@ -280,7 +243,6 @@ def _convert_options(args) -> dict:
 
 
 def _default_output(src: Path, output: str | None) -> Path:
-    from .io import GRAPH_SUFFIX
 
     if output is None:
         out = src.with_suffix(GRAPH_SUFFIX)
@@ -296,7 +258,8 @@ def _default_output(src: Path, output: str | None) -> Path:
 
 def _convert_file(src: str, out: str, options: dict) -> tuple[list[str], str]:
     """Convert one file and save it; returns (warning lines, a one-line description)."""
-    from .io import convert_checkpoint, save_graph
+    from .convert import convert_checkpoint
+    from .graphfile import save_graph
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -312,7 +275,7 @@ def _warning_lines(caught, src: str) -> list[str]:
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, FutureWarning, PendingDeprecationWarning)):
             continue
-        lines.append(f"{src}: {_one_line(str(w.message))}")
+        lines.append(f"{src}: {one_line(str(w.message), limit=None)}")
     return lines
 
 
@@ -326,7 +289,7 @@ def _convert_job(job: tuple[str, str, dict]) -> tuple[str, str, list[str], str |
     except (ParamGraphError, OSError) as err:
         return src, out, [], error_message(err)
     except Exception as err:  # a bug on this file: report it with the file, go on
-        return src, out, [], f"{src}: internal error: {type(err).__name__}: {_one_line(str(err))}"
+        return src, out, [], f"{src}: internal error: {type(err).__name__}: {one_line(err, limit=None)}"
 
 
 def _worker_init() -> None:
@@ -356,7 +319,7 @@ def _convert_directory(src: Path, args, options: dict) -> int:
 
     from tqdm import tqdm
 
-    from .io import CHECKPOINT_SUFFIXES, GRAPH_SUFFIX, is_graph_file
+    from .sniff import is_graph_file
 
     candidates = sorted(f for f in src.iterdir() if f.is_file() and not f.name.startswith(".")
                         and f.suffix.lower() in CHECKPOINT_SUFFIXES)
@@ -412,7 +375,9 @@ def _convert_directory(src: Path, args, options: dict) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Handler of ``paramgraph inspect``."""
-    from .io import convert_checkpoint, read_graph_file, sniff_format
+    from .convert import convert_checkpoint
+    from .graphfile import read_graph_file
+    from .sniff import sniff_format
 
     src = Path(args.src)
     if sniff_format(src) == "graph":
@@ -567,7 +532,8 @@ def _names(names: list[str], limit: int = 6) -> str:
 def cmd_restore(args: argparse.Namespace) -> int:
     """Handler of ``paramgraph restore``."""
     from .inverse import to_state_dict
-    from .io import read_graph_file, save_state_dict
+    from .checkpoint import save_state_dict
+    from .graphfile import read_graph_file
 
     gf = read_graph_file(args.graph)
     try:
@@ -588,7 +554,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Handler of ``paramgraph export``."""
     import networkx as nx
 
-    from .io import atomic_path, atomic_write, read_graph_file
+    from .atomic import atomic_path, atomic_write
+    from .graphfile import read_graph_file
 
     out = Path(args.output)
     fmt = args.format or {".graphml": "graphml", ".json": "json"}.get(out.suffix.lower())
@@ -641,7 +608,7 @@ def _json_safe(obj):
 def cmd_draw(args: argparse.Namespace) -> int:
     """Handler of ``paramgraph draw``."""
     from .draw import MAX_EDGES, MAX_NODES, draw_graph
-    from .io import read_graph_file
+    from .graphfile import read_graph_file
 
     gf = read_graph_file(args.graph)
     title = gf.metadata.get("source") or os.path.basename(args.graph)

@@ -40,7 +40,7 @@ def draw_graph(graph: ParamGraph, path: str | os.PathLike, *, title: str | None 
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
-    from .io import atomic_path
+    from .atomic import atomic_path
 
     p = Path(path)
     fmt = _FORMATS.get(p.suffix.lower())

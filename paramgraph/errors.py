@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class ParamGraphError(Exception):
     """Base class of every error paramgraph raises on bad input."""
@@ -27,3 +29,26 @@ class UnsupportedModuleError(ParamGraphError):
 
 class GraphFormatError(ParamGraphError):
     """A parameter graph (or a file holding one) that is inconsistent or corrupt."""
+
+
+class CheckpointError(ParamGraphError):
+    """A checkpoint file that is missing, unreadable, corrupt, unsafe to load, or does not fit.
+
+    The message starts with the file's path and says what is wrong.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def one_line(err: BaseException | str, limit: int | None = 300) -> str:
+    """An error (or text) as one line of at most ``limit`` characters (``None``: no limit), for
+    messages that quote another library's multi-line error."""
+    text = " ".join(str(err).split())
+    if not text:
+        return type(err).__name__ if isinstance(err, BaseException) else ""
+    if limit is None or len(text) <= limit:
+        return text
+    return text[:limit] + "..."

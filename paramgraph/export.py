@@ -16,7 +16,7 @@ from the program's graph signature, so the segments of the graph are named by th
 
 Nothing in the program is run: shapes come from the recorded ``node.meta["val"]``, and
 ``ep.module()`` (which would compile the program's guard code) is never called. Loading a ``.pt2``
-file safely is :func:`paramgraph.io.load_checkpoint`'s job (``torch.export.load`` alone is not safe
+file safely is :func:`paramgraph.checkpoint.load_checkpoint`'s job (``torch.export.load`` alone is not safe
 for untrusted files; see there).
 """
 

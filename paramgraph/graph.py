@@ -45,10 +45,27 @@ from torch_geometric.data import Data
 from .errors import GraphFormatError
 from .types import NODE_SLOTS, WEIGHT_EDGE_TYPES, EdgeType, NodeType
 
-_DTYPES = {
-    str(t).removeprefix("torch."): t
-    for t in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The floating dtypes a graph's values can have.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_DTYPES = {str(t).removeprefix("torch."): t for t in FLOAT_DTYPES}
+
+
+# Every tensor field of a ParamGraph: (the dtype a valid graph stores it in, None for the
+# network's own floating dtype; what its first dimension counts). The one list of fields:
+# ParamGraph.validate, graph files and the metanet's input check read it.
+FIELDS: dict[str, tuple[torch.dtype | None, str]] = {
+    "edge_index": (torch.long, "2"), "edge_value": (None, "values"),
+    "edge_size": (torch.int32, "edges"), "edge_type": (torch.int8, "edges"),
+    "node_value": (None, "nodes"), "node_mask": (torch.bool, "nodes"),
+    "node_type": (torch.int8, "nodes"), "node_layer": (torch.long, "nodes"),
+    "node_act": (torch.int8, "nodes"), "node_norm": (torch.int8, "nodes"),
+    "node_scale": (torch.bool, "nodes"), "node_sign": (torch.bool, "nodes"),
+    "perm_group": (torch.long, "nodes"), "perm_pos": (torch.long, "nodes"),
+    "node_head": (torch.long, "nodes"), "head_role": (torch.int8, "nodes"),
 }
+# The per-node fields with one entry per node ([N]); node_value and node_mask are [N, slots].
+NODE_VECTOR_FIELDS = tuple(k for k, (_, per) in FIELDS.items()
+                           if per == "nodes" and k not in ("node_value", "node_mask"))
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -154,13 +171,6 @@ class ParamGraph(Data):
         size = self.edge_size.long()
         return torch.cumsum(size, 0) - size
 
-    def edge_values_padded(self, width: int | None = None) -> tuple[Tensor, Tensor]:
-        """Edge values as a zero-padded ``[E, width]`` matrix and its ``[E, width]`` bool mask.
-
-        ``width`` defaults to the largest edge size.
-        """
-        return pad_edge_values(self.edge_value, self.edge_size, width)
-
     def weight_edge_mask(self) -> Tensor:
         """[E] bool: which edges carry learned weights (the others are fixed wiring of value 1)."""
         return is_weight_type(self.edge_type)
@@ -188,8 +198,7 @@ class ParamGraph(Data):
             ("node_value", tuple(self.node_value.shape) == (n, len(NODE_SLOTS))),
             ("node_mask", tuple(self.node_mask.shape) == (n, len(NODE_SLOTS))),
         ]
-        for key in ("node_type", "node_layer", "node_act", "node_norm", "node_scale", "node_sign",
-                    "perm_group", "perm_pos", "node_head", "head_role"):
+        for key in NODE_VECTOR_FIELDS:
             checks.append((key, tuple(getattr(self, key).shape) == (n,)))
         for key, ok in checks:
             if not ok:
@@ -253,16 +262,6 @@ class ParamGraph(Data):
             offset += esize[k]
             g.add_edge(src[k], dst[k], **attrs)
         return g
-
-
-def pad_edge_values(edge_value: Tensor, edge_size: Tensor, width: int | None = None):
-    """Scatter flat edge values into a zero-padded ``[E, width]`` matrix; also returns its mask."""
-    size = edge_size.long()
-    width = int(size.max()) if width is None and size.numel() else (width or 1)
-    mask = torch.arange(width, device=size.device).unsqueeze(0) < size.unsqueeze(1)
-    padded = edge_value.new_zeros(size.numel(), width)
-    padded[mask] = edge_value
-    return padded, mask
 
 
 def _runs(codes) -> list[tuple[int, int]]:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .errors import GraphFormatError
 from .graph import ParamGraph, SegmentTable
-from .io import atomic_path, atomic_write
+from .atomic import atomic_path, atomic_write
 
 FORMAT = "paramgraph-store/1"
 INDEX = "index.json"
@@ -119,10 +119,6 @@ class GraphStore(Sequence):
             raise IndexError(f"graph {i} is out of range for a store of {len(self)}")
         shard = _bisect(self.starts, i)
         return self._read(shard, i - self.starts[shard])
-
-    def shard_of(self, i: int) -> int:
-        """Which shard holds graph ``i``."""
-        return _bisect(self.starts, i)
 
     def edge_counts(self) -> list[int]:
         """The number of edges of every graph, in order, read from the shards' row pointers

@@ -51,10 +51,6 @@ WEIGHT_EDGE_TYPES = (
     EdgeType.ATTN_OUT,
 )
 
-# Edges that copy a neuron one-to-one: their two ends must share a permutation.
-ONE_TO_ONE_EDGE_TYPES = (EdgeType.RESIDUAL, EdgeType.NORM, EdgeType.IDENTITY)
-
-
 class Activation(IntEnum):
     """The elementwise function applied at a node, after its bias and normalisation."""
 

@@ -35,8 +35,8 @@ def _template():
     import torch
 
     import paramgraph as pg
-    from tasks.archs import build_model, example_input
-    from tasks.zoo import SMALL_CNN
+    from paramgraph.tasks.archs import build_model, example_input
+    from paramgraph.tasks.zoo import SMALL_CNN
 
     spec = {**SMALL_CNN, "act": "relu"}
     return pg.from_module(build_model(spec).eval(), example_input(spec)), build_model(spec), torch

@@ -89,8 +89,8 @@ def _step(net, batch):
 def _child_time(workload: str, threads: int, repeats: int, hidden: int, layers: int) -> dict:
     import torch
 
-    import models
-    from models.structure import GraphStructure
+    from paramgraph import models
+    from paramgraph.models.structure import GraphStructure
 
     torch.set_num_threads(threads)
     batch, graphs = _build_batch(workload)
@@ -135,7 +135,7 @@ def _child_memory(workload: str, mode: str, hidden: int, layers: int,
                   checkpoint: bool = False) -> dict:
     import torch
 
-    import models
+    from paramgraph import models
 
     from torch_geometric.data import Batch
 

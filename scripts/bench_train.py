@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 def child(args) -> None:
     """One training process (started by torchrun): train, and rank 0 writes the summary."""
-    from tasks.train import TrainConfig, train
+    from paramgraph.tasks.train import TrainConfig, train
 
     cfg = TrainConfig(task="generalization", zoo=str(args.zoo_dir), mode=args.mode,
                       hidden=args.hidden, layers=args.layers, epochs=args.epochs,
@@ -98,8 +98,8 @@ def main() -> None:
         child(args)
         return
 
-    from tasks.data import load_graphs
-    from tasks.zoo import make_zoo
+    from paramgraph.tasks.data import load_graphs
+    from paramgraph.tasks.zoo import make_zoo
 
     args.dir.mkdir(parents=True, exist_ok=True)
     args.zoo_dir = args.dir / f"zoo-hetero-{args.size}"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.io import atomic_write_json, atomic_write_text  # noqa: E402
+from paramgraph.tasks.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 COLUMNS = {
     # column: (task, zoo kind, metric, higher is better)
@@ -64,7 +64,7 @@ def parse_args(argv=None):
 
 
 def make_zoos(args) -> dict[str, Path]:
-    from tasks.zoo import make_zoo
+    from paramgraph.tasks.zoo import make_zoo
 
     kinds = sorted({COLUMNS[c][1] for c in args.columns})
     paths = {}
@@ -80,7 +80,7 @@ def make_zoos(args) -> dict[str, Path]:
 
 def _job(job: dict) -> dict:
     """Train (or resume, or skip if finished) one run and evaluate it on the test split."""
-    from tasks.train import TrainConfig, evaluate_run, train
+    from paramgraph.tasks.train import TrainConfig, evaluate_run, train
 
     run = Path(job["run"])
     done_file = run / "eval-test.json"
@@ -101,8 +101,8 @@ def _baseline(job: dict) -> dict:
     """Fit and score the statistics baseline for one column and seed (one thread)."""
     from threadpoolctl import threadpool_limits
 
-    from tasks.baseline import fit_predict
-    from tasks.zoo import Zoo
+    from paramgraph.tasks.baseline import fit_predict
+    from paramgraph.tasks.zoo import Zoo
 
     path = Path(job["run"])
     if path.is_file():

@@ -20,7 +20,7 @@ Specs (``family`` picks the builder):
           and classified by a Linear over the flattened tokens (position-major). That readout is
           what gives the model position information: the converter does not support learned
           positional embeddings added to the tokens.
-``siren`` ``{"hidden": [32, 32], "w0": 30.0}``: see :mod:`tasks.inr` for the convention.
+``siren`` ``{"hidden": [32, 32], "w0": 30.0}``: see :mod:`paramgraph.tasks.inr` for the convention.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class ViT(nn.Module):
 def build_model(spec: dict) -> nn.Module:
     """A freshly initialised module for ``spec`` (see the module docstring).
 
-    Returns the module in training mode. Raises :class:`~tasks.errors.ZooError` for an unknown
+    Returns the module in training mode. Raises :class:`~paramgraph.tasks.errors.ZooError` for an unknown
     family, a missing or malformed field.
     """
     from .inr import Siren

@@ -80,7 +80,7 @@ def fit_predict(task: str, zoo: Zoo, split_train: str = "train", split_eval: str
     """Fit the baseline for ``task`` on one split and predict another.
 
     Returns ``{"pred": array, "true": array, "metrics": dict, "seconds": fit+predict time}``; the
-    metrics are those of :func:`tasks.metrics.task_metrics`. ``x_all`` may pass precomputed
+    metrics are those of :func:`paramgraph.tasks.metrics.task_metrics`. ``x_all`` may pass precomputed
     :func:`zoo_features` of the whole zoo. Raises :class:`TaskError` for an unknown task or a zoo
     of the wrong kind.
     """

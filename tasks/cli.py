@@ -1,4 +1,6 @@
-"""The ``paramgraph`` console entry point (``paramgraph = "tasks.cli:main"`` in pyproject.toml).
+"""The one ``paramgraph`` command line: the console script ``paramgraph``
+(``paramgraph.tasks.cli:main`` in pyproject.toml) and ``python -m paramgraph`` both run
+:func:`main`, so both offer the same commands.
 
 The checkpoint commands (convert, inspect, restore, export, draw) are registered from
 :func:`paramgraph.cli.add_subcommands` and run through :func:`paramgraph.cli.run_command`, which
@@ -14,12 +16,15 @@ for every option)::
     paramgraph train --task generalization|inr-class|inr-edit --zoo DIR --mode quasi|strict|perm
                      --out RUN [--epochs E --hidden H --layers L --lr LR --seed S --threads T ...]
     paramgraph train --resume --out RUN
-    torchrun --nproc_per_node=N [--nnodes ...] -m tasks.cli train ...   (data-parallel)
+    torchrun --nproc_per_node=N [--nnodes ...] -m paramgraph train ...   (data-parallel)
     paramgraph eval RUN [--split test]
     paramgraph plot RUN
     paramgraph baseline --task generalization --zoo DIR
     paramgraph edit --metanet RUN --input CKPT -o OUT.safetensors [--arch M:C --input-shape S]
     paramgraph demo
+
+Building the parser imports neither torch nor torch_geometric (the choices come from light
+registries), so ``paramgraph --help`` is quick; each handler imports what it needs.
 """
 
 from __future__ import annotations
@@ -82,8 +87,8 @@ def add_task_commands(subparsers) -> None:
     Each sub-parser gets ``func`` (its handler, returning an exit status) and ``--debug``; run
     them with :func:`paramgraph.cli.run_command`.
     """
-    from tasks.objectives import OBJECTIVES
-    from tasks.zoo import DEFAULT_CKPTS, INR_STEPS, KINDS
+    from .objectives import OBJECTIVES
+    from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_STEPS, KINDS
 
     pos = pg_cli._positive_int
     debug = argparse.ArgumentParser(add_help=False)
@@ -115,7 +120,7 @@ def add_task_commands(subparsers) -> None:
                    help=f"Adam steps per SIREN fit (default {INR_STEPS})")
     p.add_argument("--inr-hidden", default="32,32", metavar="H,H",
                    help="SIREN hidden widths, e.g. 32,32 or 32,32,32 (default 32,32)")
-    p.add_argument("--inr-init", choices=("shared", "independent"), default="shared",
+    p.add_argument("--inr-init", choices=INR_INITS, default=INR_INITS[0],
                    help="SIRENs start from one shared initialisation (default) or one per image")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="make only shard I of N (0-based) into DIR; run all N (processes or "
@@ -235,9 +240,9 @@ def _usage(parser, message: str) -> int:
 
 def cmd_zoo_make(args) -> int:
     """Handler of ``paramgraph zoo make``."""
-    from tasks.zoo import make_zoo
+    from .zoo import make_zoo
 
-    from tasks.sharding import parse_shard
+    from .sharding import parse_shard
 
     hidden = _int_list(args.inr_hidden, "--inr-hidden")
     shard = parse_shard(args.shard) if args.shard is not None else None
@@ -255,7 +260,7 @@ def cmd_zoo_make(args) -> int:
 
 def cmd_zoo_merge(args) -> int:
     """Handler of ``paramgraph zoo merge``."""
-    from tasks.sharding import merge_zoo
+    from .sharding import merge_zoo
 
     print(_zoo_summary_text(merge_zoo(args.dir)))
     return 0
@@ -263,8 +268,8 @@ def cmd_zoo_merge(args) -> int:
 
 def cmd_zoo_cache(args) -> int:
     """Handler of ``paramgraph zoo cache``."""
-    from tasks.data import CorruptCacheError, cache_path, load_graphs, repair_cache, verify_cache
-    from tasks.zoo import Zoo
+    from .data import CorruptCacheError, cache_path, load_graphs, repair_cache, verify_cache
+    from .zoo import Zoo
 
     zoo = Zoo(args.dir)
     if args.rebuild:
@@ -335,7 +340,7 @@ def _zoo_summary_text(zoo) -> str:
 
 def cmd_zoo_info(args) -> int:
     """Handler of ``paramgraph zoo info``."""
-    from tasks.zoo import Zoo
+    from .zoo import Zoo
 
     zoo = Zoo(args.dir)
     print(json.dumps(zoo_summary(zoo), indent=1) if args.json else _zoo_summary_text(zoo))
@@ -344,7 +349,7 @@ def cmd_zoo_info(args) -> int:
 
 def cmd_train(args) -> int:
     """Handler of ``paramgraph train``."""
-    from tasks.train import TrainConfig, train
+    from .train import TrainConfig, train
 
     if args.resume:
         cfg = None
@@ -371,7 +376,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     """Handler of ``paramgraph eval``."""
-    from tasks.train import evaluate_run
+    from .train import evaluate_run
 
     result = evaluate_run(args.run, args.split, threads=args.threads)
     if args.json:
@@ -385,7 +390,7 @@ def cmd_eval(args) -> int:
 
 def cmd_plot(args) -> int:
     """Handler of ``paramgraph plot``."""
-    from tasks.train import plot_run
+    from .train import plot_run
 
     for path in plot_run(args.run, args.split):
         print(path)
@@ -394,9 +399,9 @@ def cmd_plot(args) -> int:
 
 def cmd_baseline(args) -> int:
     """Handler of ``paramgraph baseline``."""
-    from tasks.baseline import fit_predict
-    from tasks.objectives import get_objective
-    from tasks.zoo import Zoo
+    from .baseline import fit_predict
+    from .objectives import get_objective
+    from .zoo import Zoo
 
     zoo = Zoo(args.zoo)
     get_objective(args.task).check_zoo(zoo)
@@ -413,7 +418,7 @@ def cmd_baseline(args) -> int:
 
 def cmd_edit(args) -> int:
     """Handler of ``paramgraph edit``."""
-    from tasks.edit import edit_path
+    from .edit import edit_path
 
     spec = None
     if args.spec is not None:
@@ -433,7 +438,7 @@ def cmd_edit(args) -> int:
 
 def cmd_demo(args) -> int:
     """Handler of ``paramgraph demo``."""
-    from tasks.demo import run_demo
+    from .demo import run_demo
 
     kwargs = {k: v for k, v in (("size", args.size), ("epochs", args.epochs),
                                 ("out", args.out), ("zoo_dir", args.zoo)) if v is not None}

@@ -233,7 +233,7 @@ def targets(zoo: Zoo, target: str) -> Tensor:
 class ZooDataset(Dataset):
     """The graphs of one split of a zoo, each with its target ``y`` and id ``net_id``.
 
-    ``zoo``: a :class:`~tasks.zoo.Zoo` or its directory. ``split``: a split name of the zoo
+    ``zoo``: a :class:`~paramgraph.tasks.zoo.Zoo` or its directory. ``split``: a split name of the zoo
     (``None``: every network). ``target``: see :func:`targets` (``None``: no ``y``). ``graphs``:
     already loaded graphs of the whole zoo (to share them between splits). ``y`` of one graph has
     shape ``[1]`` (accuracy, label) or ``[1, 64]`` (dilated image), so a batch's ``y`` is ``[B]``
@@ -276,12 +276,6 @@ class ZooDataset(Dataset):
             every = self.graphs.edge_counts()
             return [every[i] for i in self.ids]
         return [int(self.graphs[i].edge_index.shape[1]) for i in self.ids]
-
-    def target_tensor(self) -> Tensor:
-        """The targets of this split's networks, stacked in order."""
-        if self._y is None:
-            raise TaskError("this data set has no target")
-        return self._y[self.ids]
 
 
 def cache_path(zoo: Zoo) -> Path:

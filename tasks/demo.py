@@ -1,4 +1,4 @@
-"""The demo (``make demo`` = ``python -m tasks.demo``): the whole story on a small zoo.
+"""The demo (``make demo`` = ``python -m paramgraph.tasks.demo``): the whole story on a small zoo.
 
 1. Make a small heterogeneous zoo of digit classifiers (MLPs, CNNs, ViTs; cached under
    ``.cache/demo/`` after the first run, so later runs skip this step).
@@ -86,6 +86,8 @@ def _plot(results: list[dict], baseline: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .train import save_figure
+
     panels = [("statistics baseline", baseline["true"], baseline["pred"],
                baseline["metrics"])]
     for r in results:
@@ -99,9 +101,7 @@ def _plot(results: list[dict], baseline: dict, path: Path) -> Path:
                xlabel="true test accuracy", xlim=(0, 1.02), ylim=(-0.05, 1.1))
     axes[0].set_ylabel("predicted test accuracy")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -162,7 +162,7 @@ def run_demo(size: int = DEMO_SIZE, epochs: int = DEMO_EPOCHS, out: str = "runs/
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tasks.demo``: run the demo; errors print one line and exit 2."""
+    """``python -m paramgraph.tasks.demo``: run the demo; errors print one line and exit 2."""
     from paramgraph.errors import ParamGraphError
 
     try:

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from models import prepare
+from paramgraph.models import prepare
 
 from .errors import TaskError
 
@@ -253,7 +253,7 @@ def rank_slice(edge_counts: Sequence[int], rank: int, world: int) -> range:
 def predict_all(ctx: Context, net, objective, dataset, batch_size: int, hidden=None,
                 edge_counts: Sequence[int] | None = None, workers: int = 0):
     """Predictions, targets and ids on every item of ``dataset`` in order, like
-    :func:`tasks.train.predict`, with the work split across the ranks and the results gathered
+    :func:`paramgraph.tasks.train.predict`, with the work split across the ranks and the results gathered
     on every rank. Returns CPU tensors."""
     from torch.utils.data import Subset
 

@@ -3,7 +3,7 @@
 The input checkpoint is converted to a parameter graph, passed through the metanet's weight
 head, and the head's output graph is written back as a state_dict (``paramgraph.to_state_dict``)
 that loads into the original architecture. The architecture comes from, in order: ``spec`` (a
-zoo architecture spec, see :mod:`tasks.archs`), the spec a zoo checkpoint carries in its
+zoo architecture spec, see :mod:`paramgraph.tasks.archs`), the spec a zoo checkpoint carries in its
 safetensors metadata, or ``arch`` (``MODULE:CALLABLE`` with ``input_shape``, as for
 ``paramgraph convert``).
 """
@@ -68,7 +68,8 @@ def _convert(path: Path, spec: dict | None, arch: str | None, arch_kwargs: dict 
     if arch is None:
         raise TaskError(f"checkpoint '{path}' carries no architecture; name it with --arch "
                         "MODULE:CALLABLE --input-shape SHAPE, or --spec JSON")
-    from paramgraph.io import build_architecture, convert_checkpoint
+    from paramgraph.architecture import build_architecture
+    from paramgraph.convert import convert_checkpoint
 
     conv = convert_checkpoint(path, arch=arch, arch_kwargs=arch_kwargs, input_shape=input_shape)
     return conv.graph, conv.extra, lambda: build_architecture(arch, arch_kwargs), {}

@@ -15,7 +15,7 @@ between conventions, so it is stated exactly):
 * **Initialisation**: first layer weights ``U(-1/2, 1/2)`` (``1/fan_in``); later weights
   ``U(-sqrt(6/fan_in), sqrt(6/fan_in))``; all biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``
   (PyTorch's default). An inr zoo starts every SIREN from the same draw (one seed per zoo; see
-  :mod:`tasks.zoo` for why), or optionally from one draw per image.
+  :mod:`paramgraph.tasks.zoo` for why), or optionally from one draw per image.
 * **Fitting**: Adam, learning rate 1e-3 (cosine-decayed to 1e-5), full batch of the 64 pixels,
   mean squared error; hundreds of SIRENs are fitted at once with batched matrix products.
 """
@@ -165,7 +165,7 @@ def siren_index(batch, hidden: list[int]) -> list[tuple[Tensor, Tensor]]:
     Returns, per Linear layer, ``(weight_index [B, out*in] into edge_value,
     bias_index [B, out] into node_value's flattened [N*5] view)``. Every graph of the batch must
     be a SIREN with ``hidden`` layers (as converted by ``paramgraph.from_module``). Raises
-    :class:`~tasks.errors.TaskError` if a graph lacks a layer or its shape differs.
+    :class:`~paramgraph.tasks.errors.TaskError` if a graph lacks a layer or its shape differs.
     """
     from paramgraph.types import NODE_SLOTS
 

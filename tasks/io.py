@@ -5,35 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from paramgraph.atomic import atomic_path, atomic_write
+
 from .errors import TaskError
 
 
-def _tmp_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``data`` to ``path`` atomically (see :mod:`paramgraph.atomic`)."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -62,16 +47,15 @@ def read_json(path: str | os.PathLike, what: str = "file"):
 def atomic_save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                             metadata: dict[str, str] | None = None) -> None:
     """Save ``tensors`` (made contiguous) to a safetensors file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` atomically (training state: model, optimizer, RNG)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_safetensors(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:

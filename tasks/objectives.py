@@ -8,9 +8,9 @@
 ``inr-class``       inr zoo; an invariant head with 10 outputs classifies the digit a SIREN
                     encodes; loss: cross-entropy; score: accuracy.
 ``inr-edit``        inr zoo; a weight head edits the SIREN so that it draws the digit dilated
-                    (3x3 cross, see :func:`tasks.inr.dilate`). The edited SIREN is run on the
+                    (3x3 cross, see :func:`paramgraph.tasks.inr.dilate`). The edited SIREN is run on the
                     8x8 pixel grid straight from the head's output values
-                    (:func:`tasks.inr.siren_forward_from_batch`, differentiable), and loss and
+                    (:func:`paramgraph.tasks.inr.siren_forward_from_batch`, differentiable), and loss and
                     score are the mean squared error to the dilated image, in function space.
 """
 
@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from .errors import TaskError
-from .metrics import task_metrics
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# torch is imported inside the methods: the command line reads OBJECTIVES for its choices, and
+# `paramgraph --help` must not pay for importing torch.
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class Objective:
         """The metanet's prediction for ``batch``: ``[B]`` accuracies, ``[B, 10]`` logits or
         ``[B, 64]`` edited-SIREN images. Differentiable. ``structure``: the batch's
         ``GraphStructure`` from ``models.prepare`` (read on the host before the batch moved)."""
+        import torch
+
         out = net(batch) if structure is None else net(batch, structure)
         if self.name == "generalization":
             return torch.sigmoid(out[:, 0])
@@ -62,12 +67,16 @@ class Objective:
 
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         """The training loss of ``pred`` against the batch targets ``y``."""
+        import torch.nn.functional as F
+
         if self.name == "inr-class":
             return F.cross_entropy(pred, y)
         return F.mse_loss(pred, y.to(pred.dtype))
 
     def metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
-        """Every score of this task (see :func:`tasks.metrics.task_metrics`)."""
+        """Every score of this task (see :func:`paramgraph.tasks.metrics.task_metrics`)."""
+        from .metrics import task_metrics
+
         return task_metrics(self.name, pred, y)
 
 
@@ -98,6 +107,7 @@ def siren_hidden(zoo) -> list[int]:
 
 def identity_edit_mse(dataset, hidden: list[int]) -> float:
     """The error of *not* editing: each SIREN's own output against its dilated target."""
+    import torch
     from torch_geometric.loader import DataLoader
 
     from .inr import siren_forward_from_batch

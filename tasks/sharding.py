@@ -1,7 +1,7 @@
 """Making one zoo with many processes or machines: ``paramgraph zoo make ... --shard I/N``.
 
 Shard ``I`` of ``N`` makes the work units (training runs; SIREN chunks for inr zoos) whose index is
-``I`` modulo ``N``. Every unit draws everything from its own seed (:func:`tasks.zoo.run_seed`), so
+``I`` modulo ``N``. Every unit draws everything from its own seed (:func:`paramgraph.tasks.zoo.run_seed`), so
 the shards together write exactly the networks that one unsharded ``zoo make`` with the same seed
 writes, byte for byte, and they never write the same file. They share the zoo directory (a shared
 file system across machines): each writes its networks and rows, then a marker
@@ -68,7 +68,7 @@ def missing_networks(root: Path, size: int) -> list[int]:
 
 def merge_zoo(root: str | os.PathLike, progress: bool = True):
     """Merge the rows written by the shards of the zoo in ``root`` into its metadata table and
-    splits, mark it complete and return the :class:`~tasks.zoo.Zoo`. Raises :class:`ZooError`
+    splits, mark it complete and return the :class:`~paramgraph.tasks.zoo.Zoo`. Raises :class:`ZooError`
     naming the missing networks (and the shards that have not reported) if any is missing."""
     from .zoo import Zoo, _merge
 

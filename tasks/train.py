@@ -21,7 +21,7 @@ with the same metrics as an uninterrupted one (on the same number of threads).
 Devices and processes: ``device`` (default CUDA when available, else CPU) holds the metanet and
 every batch. Under ``torchrun`` the same call trains data-parallel (DistributedDataParallel, the
 global batch split across ranks by edge count, metrics over all ranks, files written by rank 0):
-see :mod:`tasks.distributed`. ``batch_size`` is always the global batch, so N processes give the
+see :mod:`paramgraph.tasks.distributed`. ``batch_size`` is always the global batch, so N processes give the
 same run as one.
 """
 
@@ -39,10 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import prepare
+from paramgraph.atomic import atomic_path
+from paramgraph.models import prepare
 
 from .errors import RunError, TaskError
-from .io import atomic_write_json, atomic_write_text, atomic_save_safetensors, load_safetensors, read_json
+from .io import (atomic_save_safetensors, atomic_torch_save, atomic_write_json, atomic_write_text,
+                 load_safetensors, read_json)
 from .metrics import is_better
 from .objectives import Objective, get_objective, identity_edit_mse, siren_hidden
 from .threads import threads as thread_count
@@ -96,7 +98,7 @@ def _seed(*parts: int) -> int:
 
 def build_metanet(cfg: TrainConfig, objective: Objective):
     """The metanet of a run (freshly initialised from the global RNG)."""
-    import models
+    from paramgraph import models
 
     kwargs = dict(mode=cfg.mode, task=objective.head, hidden=cfg.hidden, layers=cfg.layers,
                   **cfg.model_kwargs)
@@ -182,19 +184,6 @@ def _write_metrics(run: Path, history: list[dict]) -> None:
     atomic_write_text(run / "metrics.csv", buf.getvalue())
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 # -- training -------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
@@ -208,14 +197,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     finish at most this many epochs in this call, leaving the run resumable. ``device``: cpu,
     cuda, cuda:N (default: cuda if available). ``workers``: DataLoader worker processes.
     ``rebuild_cache``: check the zoo's graph cache and rebuild its corrupt shards first. Started
-    by torchrun, the call trains data-parallel (see :mod:`tasks.distributed`).
+    by torchrun, the call trains data-parallel (see :mod:`paramgraph.tasks.distributed`).
 
     Returns a summary dict: ``run``, ``epochs_done``, ``complete``, ``best_epoch``, ``best``
     (validation scores), ``seconds`` (training time summed over all calls), ``world_size``,
     ``device``, ``graphs_per_s`` (training graphs per second of this call's epochs) and
     ``param_sha256`` (a digest of this process's final metanet). Raises
     :class:`RunError` for a run directory that exists without ``resume`` (or is missing with
-    it), or whose zoo has changed; :class:`TaskError`/:class:`~tasks.errors.ZooError` for a bad
+    it), or whose zoo has changed; :class:`TaskError`/:class:`~paramgraph.tasks.errors.ZooError` for a bad
     task, mode or zoo.
     """
     run = Path(out)
@@ -231,7 +220,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
             raise RunError(f"'{run}' already holds a run; pass --resume to continue it or "
                            "choose another --out")
     objective = get_objective(cfg.task)
-    from models import MODES
+    from paramgraph.models import MODES
 
     if cfg.mode not in MODES:
         raise TaskError(f"unknown mode '{cfg.mode}' (known: {', '.join(MODES)})")
@@ -345,7 +334,7 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
                                         metadata={"epoch": str(epoch)})
                 atomic_write_json(run / "best.json", best)
             _write_metrics(run, history)
-            _atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+            atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict(), "epoch": epoch,
                                 "history": history, "best": best}, run / RESUME)
         bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
@@ -449,7 +438,7 @@ def plot_run(run: str | os.PathLike, split: str = "test") -> list[Path]:
     fig.suptitle(f"{task} / {info['config']['mode']}")
     fig.tight_layout()
     out = [run / "curves.png"]
-    _save_fig(fig, out[0])
+    save_figure(fig, out[0])
     plt.close(fig)
     if task == "generalization":
         path = run / f"eval-{split}.json"
@@ -464,19 +453,12 @@ def plot_run(run: str | os.PathLike, split: str = "test") -> list[Path]:
                title=f"{info['config']['mode']}: tau {m['kendall_tau']:.3f}, R2 {m['r2']:.3f}")
         fig.tight_layout()
         out.append(run / f"scatter-{split}.png")
-        _save_fig(fig, out[-1])
+        save_figure(fig, out[-1])
         plt.close(fig)
     return out
 
 
-def _save_fig(fig, path: Path) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG, atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")

@@ -8,7 +8,7 @@ Three kinds (``paramgraph zoo make --kind ...``):
 ``cnn``     the Small-CNN-Zoo protocol on digits: one fixed CNN (3 convolutions of 16 channels,
             3x3, stride 2, global average pool, Linear: 4,970 parameters, like the original), with
             the activation (ReLU/tanh) and the training hyperparameters drawn at random.
-``inr``     one SIREN per digit image (see :mod:`tasks.inr`), fitted in batches. By default every
+``inr``     one SIREN per digit image (see :mod:`paramgraph.tasks.inr`), fitted in batches. By default every
             SIREN of the zoo starts from one shared initialisation drawn from the zoo seed
             (``inr_init="shared"``); ``"independent"`` draws one per image. Measured on 640
             digits: with independent initialisations a fitted SIREN is its random start moved
@@ -24,7 +24,7 @@ A zoo directory holds::
     metadata.jsonl       the merged metadata table (one JSON row per network, by id)
     metadata.csv         the same, flattened, for people and spreadsheets
     splits.json          train/val/test network ids, split by run (and ood_* splits for hetero)
-    cache/               converted parameter graphs (see :mod:`tasks.data`)
+    cache/               converted parameter graphs (see :mod:`paramgraph.tasks.data`)
 
 Determinism: run ``r`` of a zoo with seed ``s`` draws everything from the seed
 :func:`run_seed` ``(s, r)`` and trains on one thread, so its checkpoints do not depend on the number
@@ -51,6 +51,7 @@ from torch import nn
 
 from .archs import build_model, describe, example_input  # noqa: F401  (re-exported)
 from .errors import TaskError, ZooError
+from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_STEPS, KINDS
 from .io import (
     atomic_save_safetensors,
     atomic_write_json,
@@ -60,14 +61,10 @@ from .io import (
     sha256_file,
 )
 
-KINDS = ("hetero", "cnn", "inr")
 FORMAT_VERSION = 1
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
-DEFAULT_CKPTS = 4
 INR_CHUNK = 128  # SIRENs fitted together in one batched optimisation
 INR_HIDDEN = [32, 32]
-INR_STEPS = 500
-INR_INITS = ("shared", "independent")
 OOD_FAMILY = "vit"
 SMALL_CNN = {"family": "cnn", "channels": [16, 16, 16], "kernels": [3, 3, 3],
              "strides": [2, 2, 2], "batch_norm": False, "residual": False, "dropout": 0.0}
@@ -339,9 +336,9 @@ def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, 
     Networks already written (by an interrupted earlier call) are kept and skipped, so calling
     again continues where it stopped; the result is the same as one uninterrupted call, whatever
     ``workers`` is. ``shard=(I, N)``: make only shard I of N into ``out`` (other processes or
-    machines make the others into the same directory, see :mod:`tasks.sharding`); the shard
+    machines make the others into the same directory, see :mod:`paramgraph.tasks.sharding`); the shard
     that completes the set merges the zoo and returns it, the others return ``None``. Raises
-    :class:`~tasks.errors.ZooError` for a bad kind, size or shard, or when ``out`` holds a zoo
+    :class:`~paramgraph.tasks.errors.ZooError` for a bad kind, size or shard, or when ``out`` holds a zoo
     made with a different kind, seed or settings (or, for a shard, size).
     """
     if kind not in KINDS:
@@ -492,7 +489,7 @@ def make_splits(rows: list[dict], seed: int, kind: str) -> dict[str, list[int]]:
 class Zoo:
     """A finished zoo directory: its manifest, metadata table and splits.
 
-    Raises :class:`~tasks.errors.ZooError` naming the directory and the problem if the directory
+    Raises :class:`~paramgraph.tasks.errors.ZooError` naming the directory and the problem if the directory
     is missing, not a zoo, unfinished, or has a corrupt manifest, table or splits file.
     """
 

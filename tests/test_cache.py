@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
-import tasks.data as data
-from tasks.cli import main
-from tasks.data import (
+import paramgraph.tasks.data as data
+from paramgraph.tasks.cli import main
+from paramgraph.tasks.data import (
     CorruptCacheError,
     GraphCache,
     ZooDataset,
@@ -20,7 +20,7 @@ from tasks.data import (
     load_graphs,
     verify_cache,
 )
-from tasks.zoo import Zoo, make_zoo
+from paramgraph.tasks.zoo import Zoo, make_zoo
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import paramgraph as pg
-from paramgraph.cli import main
+from paramgraph.tasks.cli import main
 from tests.cli_archs import make_cnn, make_mlp
 
 REPO = Path(__file__).resolve().parents[1]

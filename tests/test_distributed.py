@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tasks.distributed import (
+from paramgraph.tasks.distributed import (
     EdgeBalancedBatchSampler,
     partition_batch,
     rank_slice,
 )
-from tasks.train import TrainConfig, train
-from tasks.zoo import make_zoo
+from paramgraph.tasks.train import TrainConfig, train
+from paramgraph.tasks.zoo import make_zoo
 
 TINY = dict(hidden=16, layers=2, batch_size=7, lr=3e-3, epochs=2, eval_batch_size=5)
 

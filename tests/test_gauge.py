@@ -9,15 +9,15 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-import models
+from paramgraph import models
 import paramgraph
 from metanet_nets import build, graphs, random_input
-from models.encoders import KernelBins
-from models.gauge import apply_factors, canonical_factors
-from models.layers import EdgeAggregation
-from models.backbone import Backbone
-from models.readers import canon
-from models.structure import GraphStructure
+from paramgraph.models.encoders import KernelBins
+from paramgraph.models.gauge import apply_factors, canonical_factors
+from paramgraph.models.layers import EdgeAggregation
+from paramgraph.models.backbone import Backbone
+from paramgraph.models.readers import canon
+from paramgraph.models.structure import GraphStructure
 
 
 @pytest.fixture(scope="module")

@@ -17,25 +17,18 @@ from safetensors.torch import save_file
 from torch import nn
 
 import paramgraph as pg
-from paramgraph.io import (
-    GRAPH_FORMAT,
-    CheckpointError,
-    atomic_path,
-    atomic_write,
-    audit_pt2,
-    build_architecture,
-    check_finite,
-    convert_checkpoint,
-    fit_state_dict,
-    load_checkpoint,
-    read_graph_file,
-    sniff_format,
-)
+from paramgraph.architecture import build_architecture, fit_state_dict
+from paramgraph.atomic import atomic_path, atomic_write
+from paramgraph.checkpoint import check_finite, load_checkpoint
+from paramgraph.convert import convert_checkpoint
+from paramgraph.errors import CheckpointError
+from paramgraph.formats import GRAPH_FORMAT
+from paramgraph.graph import FIELDS
+from paramgraph.graphfile import read_graph_file
+from paramgraph.pt2audit import audit_pt2
+from paramgraph.sniff import sniff_format
 from tests.cli_archs import make_cnn
 
-FIELDS = ("edge_index", "edge_value", "edge_size", "edge_type", "node_value", "node_mask",
-          "node_type", "node_layer", "node_act", "node_norm", "node_scale", "node_sign",
-          "perm_group", "perm_pos", "node_head", "head_role")
 
 
 class Evil:
@@ -401,7 +394,7 @@ def test_dynamic_shape_program_passes_audit(tmp_path, cnn):
 @pytest.mark.parametrize("expr", ["__import__('os').system('true')", "s0.__class__", "exec('1')",
                                   "S.true", "lambda: 1"])
 def test_shape_expression_audit(expr):
-    from paramgraph.io import _check_expression
+    from paramgraph.pt2audit import _check_expression
 
     def refuse(what):
         raise CheckpointError("p.pt2", what)

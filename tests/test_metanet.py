@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-import models
+from paramgraph import models
 import paramgraph
 from metanet_nets import graphs, random_input
 

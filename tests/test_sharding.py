@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.cli import main
-from tasks.errors import ZooError
-from tasks.sharding import merge_zoo, parse_shard, select_units
-from tasks.zoo import Zoo, make_zoo
+from paramgraph.tasks.cli import main
+from paramgraph.tasks.errors import ZooError
+from paramgraph.tasks.sharding import merge_zoo, parse_shard, select_units
+from paramgraph.tasks.zoo import Zoo, make_zoo
 
 
 def _files(root):
@@ -41,7 +41,7 @@ def test_two_shards_merged_equal_one_unsharded_zoo(tmp_path, capsys):
 
 
 def test_shards_partition_the_units():
-    from tasks.zoo import _units
+    from paramgraph.tasks.zoo import _units
 
     units = _units(None, "cnn", 40, 0, 4, 10, [8])
     parts = [select_units(units, (i, 3)) for i in range(3)]

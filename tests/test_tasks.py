@@ -11,10 +11,10 @@ import torch
 from torch_geometric.data import Batch
 
 import paramgraph
-from tasks.archs import build_model
-from tasks.baseline import K_ENDS, STATS, features, fit_predict, zoo_features
-from tasks.errors import RunError, TaskError
-from tasks.inr import (
+from paramgraph.tasks.archs import build_model
+from paramgraph.tasks.baseline import K_ENDS, STATS, features, fit_predict, zoo_features
+from paramgraph.tasks.errors import RunError, TaskError
+from paramgraph.tasks.inr import (
     Siren,
     batched_forward,
     dilate,
@@ -24,9 +24,9 @@ from tasks.inr import (
     siren_forward_from_batch,
     unstack,
 )
-from tasks.metrics import accuracy, is_better, kendall_tau, r2
-from tasks.objectives import get_objective
-from tasks.zoo import make_zoo
+from paramgraph.tasks.metrics import accuracy, is_better, kendall_tau, r2
+from paramgraph.tasks.objectives import get_objective
+from paramgraph.tasks.zoo import make_zoo
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_grid_is_row_major_in_minus_one_one():
 
 
 def test_fitting_reduces_the_error():
-    from tasks.digits import images
+    from paramgraph.tasks.digits import images
 
     x = images()[0][:6]
     params = init_params([32, 32], list(range(6)))
@@ -92,7 +92,7 @@ def test_dilation_with_a_cross():
 
 
 def test_siren_from_graph_values_matches_modules_and_is_differentiable(inr_zoo):
-    from tasks.data import ZooDataset
+    from paramgraph.tasks.data import ZooDataset
 
     ds = ZooDataset(inr_zoo, None, None, progress=False)
     batch = Batch.from_data_list([ds[i] for i in (0, 3, 5)])
@@ -174,7 +174,7 @@ def test_objectives_check_their_zoo(hetero_zoo, inr_zoo):
 
 @pytest.fixture(scope="module")
 def edit_run(inr_zoo, tmp_path_factory):
-    from tasks.train import TrainConfig, train
+    from paramgraph.tasks.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("runs") / "edit"
     cfg = TrainConfig(task="inr-edit", zoo=str(inr_zoo.root), mode="quasi", hidden=8, layers=1,
@@ -184,7 +184,7 @@ def edit_run(inr_zoo, tmp_path_factory):
 
 
 def test_edit_writes_a_checkpoint_that_loads_and_differs(inr_zoo, edit_run, tmp_path):
-    from tasks.edit import edit_path
+    from paramgraph.tasks.edit import edit_path
 
     src = inr_zoo.path(2)
     out = tmp_path / "edited.safetensors"
@@ -205,7 +205,7 @@ def test_edit_writes_a_checkpoint_that_loads_and_differs(inr_zoo, edit_run, tmp_
 
 
 def test_edit_a_directory_and_through_the_cli(inr_zoo, edit_run, tmp_path, capsys):
-    from tasks.cli import main
+    from paramgraph.tasks.cli import main
 
     outdir = tmp_path / "edited"
     assert main(["edit", "--metanet", str(edit_run), "--input", str(inr_zoo.root / "nets"),
@@ -226,8 +226,8 @@ def test_edit_a_directory_and_through_the_cli(inr_zoo, edit_run, tmp_path, capsy
 
 
 def test_edit_needs_a_weight_head_run(hetero_zoo, inr_zoo, tmp_path):
-    from tasks.edit import edit_path
-    from tasks.train import TrainConfig, train
+    from paramgraph.tasks.edit import edit_path
+    from paramgraph.tasks.train import TrainConfig, train
 
     run = tmp_path / "cls"
     train(TrainConfig(task="inr-class", zoo=str(inr_zoo.root), hidden=8, layers=1, epochs=1),
@@ -241,12 +241,12 @@ def test_edit_needs_a_weight_head_run(hetero_zoo, inr_zoo, tmp_path):
 def test_edit_a_plain_checkpoint_with_arch(inr_zoo, edit_run, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from tasks.edit import edit_path
+    from paramgraph.tasks.edit import edit_path
 
     plain = tmp_path / "plain.safetensors"
     save_file(inr_zoo.state_dict(1), str(plain))
     out = tmp_path / "edited.safetensors"
-    (result,) = edit_path(edit_run, plain, out, arch="tasks.inr:Siren",
+    (result,) = edit_path(edit_run, plain, out, arch="paramgraph.tasks.inr:Siren",
                           arch_kwargs={"hidden": [32, 32]}, input_shape=(2, 2))
     m = Siren([32, 32])
     m.load_state_dict(load_file(str(out)), strict=True)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.errors import RunError, TaskError, ZooError
-from tasks.train import TrainConfig, build_metanet, evaluate_run, lr_factor, plot_run, train
-from tasks.zoo import make_zoo
+from paramgraph.tasks.errors import RunError, TaskError, ZooError
+from paramgraph.tasks.train import TrainConfig, build_metanet, evaluate_run, lr_factor, plot_run, train
+from paramgraph.tasks.zoo import make_zoo
 
 TINY = dict(hidden=16, layers=2, batch_size=4, lr=3e-3)
 
@@ -24,15 +24,15 @@ def zoo(tmp_path_factory):
 
 
 def _train_loss(net, objective, dataset) -> float:
-    from tasks.train import predict
+    from paramgraph.tasks.train import predict
 
     pred, y, _ = predict(net, objective, dataset, 64)
     return float(objective.loss(pred, y))
 
 
 def test_training_lowers_the_loss(zoo, tmp_path):
-    from tasks.data import ZooDataset
-    from tasks.objectives import get_objective
+    from paramgraph.tasks.data import ZooDataset
+    from paramgraph.tasks.objectives import get_objective
 
     cfg = TrainConfig(task="generalization", zoo=str(zoo.root), mode="quasi", epochs=4, **TINY)
     objective = get_objective("generalization")
@@ -99,7 +99,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_eval_plot_and_cli(zoo, tmp_path, capsys):
-    from tasks.cli import main
+    from paramgraph.tasks.cli import main
 
     run = tmp_path / "run"
     assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--mode", "quasi",
@@ -125,7 +125,7 @@ def test_eval_plot_and_cli(zoo, tmp_path, capsys):
 
 
 def test_bad_input_gives_clear_errors(zoo, tmp_path, capsys):
-    from tasks.cli import main
+    from paramgraph.tasks.cli import main
 
     with pytest.raises(ZooError, match="does not exist"):
         train(TrainConfig(task="generalization", zoo=str(tmp_path / "nozoo")), tmp_path / "r1",

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import paramgraph
-from tasks.archs import build_model, example_input
-from tasks.data import ZooDataset, cache_path, load_graphs
-from tasks.errors import ZooError
-from tasks.inr import Siren
-from tasks.zoo import (
+from paramgraph.tasks.archs import build_model, example_input
+from paramgraph.tasks.data import ZooDataset, cache_path, load_graphs
+from paramgraph.tasks.errors import ZooError
+from paramgraph.tasks.inr import Siren
+from paramgraph.tasks.zoo import (
     SMALL_CNN,
     Zoo,
     make_zoo,
@@ -93,16 +93,16 @@ def test_every_zoo_kind_builds_and_reloads(zoos, kind):
         row = again.rows[i]
         model = again.model(i)  # rebuilt from its spec, weights loaded strictly
         assert isinstance(model, torch.nn.Module)
-        from tasks.io import sha256_file
+        from paramgraph.tasks.io import sha256_file
 
         assert sha256_file(again.path(i)) == row["sha256"]
         if kind == "inr":
             assert 0 <= row["label"] <= 9 and row["fit_mse"] >= 0
             with torch.no_grad():
-                from tasks.inr import grid
+                from paramgraph.tasks.inr import grid
 
                 out = model(grid()).squeeze(1)
-            from tasks.digits import images
+            from paramgraph.tasks.digits import images
 
             target = images()[0][row["image_index"]]
             assert float((out - target).pow(2).mean()) == pytest.approx(row["fit_mse"], rel=1e-3,
@@ -187,7 +187,7 @@ def test_graph_cache_is_reused_and_invalidated(zoos, tmp_path, monkeypatch):
     first = cache_path(zoo)
     assert first.is_dir() and len(graphs) == len(zoo)
 
-    import tasks.data as data
+    import paramgraph.tasks.data as data
 
     def no_conversion(*a, **k):
         raise AssertionError("the cache should have been used")
@@ -199,7 +199,7 @@ def test_graph_cache_is_reused_and_invalidated(zoos, tmp_path, monkeypatch):
     monkeypatch.undo()
 
     # the zoo changes (a checkpoint is replaced and its row updated): the cache is rebuilt
-    from tasks.io import sha256_file
+    from paramgraph.tasks.io import sha256_file
 
     shutil.copy(zoo.path(1), zoo.path(0))
     lines = (root / "metadata.jsonl").read_text().splitlines()
@@ -264,7 +264,7 @@ def test_missing_checkpoint_names_the_file(zoos, tmp_path):
 
 
 def test_cli_zoo_make_and_info(tmp_path, capsys):
-    from tasks.cli import main
+    from paramgraph.tasks.cli import main
 
     out = tmp_path / "z"
     assert main(["zoo", "make", "--kind", "inr", "--size", "5", "--out", str(out),

@@ -1,0 +1,7 @@
+"""The zoo kinds ``paramgraph zoo make`` draws and their generation defaults (see
+:mod:`paramgraph.tasks.zoo`). No torch import: the command line's choices and help read them."""
+
+KINDS = ("hetero", "cnn", "inr")
+DEFAULT_CKPTS = 4  # checkpoints kept per training run (hetero, cnn)
+INR_STEPS = 500  # Adam steps per SIREN fit
+INR_INITS = ("shared", "independent")  # SIRENs start from one shared initialisation, or one each
