@@ -6,7 +6,8 @@ A front end (the ``torch.fx`` tracer in :mod:`paramgraph.trace`, the ``torch.exp
 :meth:`~GraphBuilder.activation`, :meth:`~GraphBuilder.add`, :meth:`~GraphBuilder.attention`, ...
 Each method records *blocks* (a whole weight tensor's edges at once) and returns a :class:`Feat`,
 the neurons that carry the layer's output. :meth:`GraphBuilder.finalize` allocates every tensor of
-the graph once and fills it block by block, then works out the symmetry group.
+the graph once and fills it block by block, then has
+:func:`paramgraph.symmetry.derive_symmetries` work out the symmetry group from what it recorded.
 
 Why blocks and one allocation: a weight tensor ``[out, in, *k]`` becomes ``out * in`` edges ordered
 (out, in), each holding ``prod(k)`` values, so its values are exactly ``weight.reshape(-1)`` and the
@@ -21,16 +22,16 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from . import _memory
+from . import memory
+from .errors import UnsupportedModuleError
 from .graph import ParamGraph, Segment, SegmentTable, dtype_name
+from .symmetry import derive_symmetries
 from .types import (
+    ATTENTION_NODE_TYPES,
     NODE_SLOTS,
-    ODD,
-    POSITIVELY_HOMOGENEOUS,
     SLOT,
     Activation,
     EdgeType,
-    HeadRole,
     NodeType,
     NormKind,
 )
@@ -38,7 +39,6 @@ from .types import (
 # Activations that commute with a max over positions (monotone non-decreasing).
 _MONOTONE = (Activation.IDENTITY, Activation.RELU, Activation.LEAKY_RELU, Activation.TANH,
              Activation.SIGMOID)
-_ATTENTION_TYPES = (NodeType.ATTN_Q, NodeType.ATTN_K, NodeType.ATTN_V)
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,10 @@ class Feat:
 
 
 @dataclass
-class _NodeSet:
+class NodeSet:
+    """A run of consecutive nodes made by one layer (``start .. start + size``), and what the
+    layer did to them; :func:`~paramgraph.symmetry.derive_symmetries` reads it."""
+
     start: int
     size: int
     type: NodeType
@@ -103,13 +106,18 @@ class _Block:
 
 
 @dataclass
-class _Tie:
+class Tie:
+    """One-to-one identity wiring from ``src``'s neurons onto node set ``dst_layer`` (residual,
+    norm and copy edges): the two sides must be permuted together."""
+
     src: Feat
     dst_layer: int
 
 
 @dataclass
-class _Attention:
+class AttentionGroup:
+    """The query, key and value node sets of one multi-head attention block."""
+
     q_layer: int
     k_layer: int
     v_layer: int
@@ -120,15 +128,15 @@ class GraphBuilder:
     """Collects layers and emits a :class:`ParamGraph`; see the module docstring."""
 
     def __init__(self) -> None:
-        self.sets: list[_NodeSet] = []
+        self.sets: list[NodeSet] = []
         self.num_nodes = 0
         self.blocks: list[_Block] = []
         self.num_edges = 0
         self.num_values = 0
         self.slot_fills: list[tuple[int, int, int, Tensor]] = []
         self.segments: list[Segment] = []
-        self.ties: list[_Tie] = []
-        self.attention_groups: list[_Attention] = []
+        self.ties: list[Tie] = []
+        self.attention_groups: list[AttentionGroup] = []
         self.sign_blocked: list[Tensor] = []
         self.outputs: list[Tensor] = []
         self.dtypes: set[torch.dtype] = set()
@@ -137,7 +145,7 @@ class GraphBuilder:
     # -- node sets -------------------------------------------------------------------------------
 
     def _new_set(self, size: int, ntype: NodeType, depth: int, **kw) -> int:
-        self.sets.append(_NodeSet(self.num_nodes, size, ntype, depth, **kw))
+        self.sets.append(NodeSet(self.num_nodes, size, ntype, depth, **kw))
         self.num_nodes += size
         return len(self.sets) - 1
 
@@ -161,8 +169,6 @@ class GraphBuilder:
     def _claim(self, name: str, tensor: Tensor) -> None:
         """Refuse a tensor placed twice (a weight used by two layers, or tied to another one):
         one value in two places of the graph would drift apart under the symmetry group."""
-        from .errors import UnsupportedModuleError
-
         keys = [("name", name)]
         if tensor.numel():
             keys.append(("storage", tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride())))
@@ -196,7 +202,7 @@ class GraphBuilder:
     def _one_to_one(self, src: Feat, dst_layer: int, etype: EdgeType) -> None:
         dst = self.sets[dst_layer]
         self._add_block(_Block(src.nodes, dst.nodes, dst.start, dst.size, int(etype), 1, None))
-        self.ties.append(_Tie(src, dst_layer))
+        self.ties.append(Tie(src, dst_layer))
 
     # -- layers ----------------------------------------------------------------------------------
 
@@ -207,8 +213,6 @@ class GraphBuilder:
         If ``x`` is a flattened feature map, one edge per (channel, output) holds the weights of
         all the channel's positions (a FLATTEN_LINEAR edge).
         """
-        from .errors import UnsupportedModuleError
-
         name, w = weight[0], weight[1].detach()
         n_in = x.size * x.spatial
         if w.dim() != 2 or w.shape[1] != n_in:
@@ -234,8 +238,6 @@ class GraphBuilder:
     def conv(self, x: Feat, weight: tuple[str, Tensor], bias: tuple[str, Tensor] | None,
              path: str = "") -> Feat:
         """A convolution (groups=1): one edge per (in channel, out channel) holding its kernel."""
-        from .errors import UnsupportedModuleError
-
         name, w = weight[0], weight[1].detach()
         if x.spatial != 1:
             raise UnsupportedModuleError(path, "convolution", "its input is a flattened feature "
@@ -261,8 +263,6 @@ class GraphBuilder:
         ``running_var``) to ``(state_dict name, tensor)``. The parameters go onto ``x``'s own
         neurons when nothing else reads them un-normalised; otherwise onto new NORM neurons.
         """
-        from .errors import UnsupportedModuleError
-
         for slot, (name, t) in params.items():
             if t.numel() != x.size:
                 raise UnsupportedModuleError(path, "normalisation", f"'{name}' has {t.numel()} "
@@ -298,12 +298,10 @@ class GraphBuilder:
         if not x.exclusive or x.layer is None:
             return False
         s = self.sets[x.layer]
-        return s.stage <= stage and s.type not in (NodeType.INPUT, *_ATTENTION_TYPES)
+        return s.stage <= stage and s.type not in (NodeType.INPUT, *ATTENTION_NODE_TYPES)
 
     def add(self, a: Feat, b: Feat, path: str = "") -> Feat:
         """``a + b`` of two values with the same features: RESIDUAL neurons with identity edges."""
-        from .errors import UnsupportedModuleError
-
         if a.size != b.size or a.spatial != b.spatial or a.channel_major != b.channel_major:
             raise UnsupportedModuleError(path, "add", f"operands carry {a.size}x{a.spatial} and "
                                          f"{b.size}x{b.spatial} features; only same-shape "
@@ -315,8 +313,6 @@ class GraphBuilder:
 
     def concat(self, parts: list[Feat], path: str = "") -> Feat:
         """Features of several values side by side (``torch.cat`` along the feature dim)."""
-        from .errors import UnsupportedModuleError
-
         if any(p.spatial != 1 for p in parts):
             raise UnsupportedModuleError(path, "cat", "concatenating flattened feature maps is "
                                          "not supported")
@@ -332,8 +328,6 @@ class GraphBuilder:
 
     def flatten(self, x: Feat, positions: int, channel_major: bool = True) -> Feat:
         """Merge ``positions`` positions per channel into the feature dimension."""
-        from .errors import UnsupportedModuleError
-
         if x.spatial != 1 and positions != 1:
             raise UnsupportedModuleError("", "flatten", "a feature map is flattened twice")
         if positions == 1:
@@ -350,8 +344,6 @@ class GraphBuilder:
         and key dimension i of a head, ATTN_KV edges join a head's keys to its values; the
         out-projection reads the value neurons.
         """
-        from .errors import UnsupportedModuleError
-
         name, w = in_weight[0], in_weight[1].detach()
         if x.spatial != 1 or w.shape[1] != x.size or w.shape[0] % 3:
             raise UnsupportedModuleError(path, "multi-head attention", f"in-projection '{name}' "
@@ -372,7 +364,7 @@ class GraphBuilder:
         self._mark_consumed(x)
         if in_bias is not None:
             self._node_segment(in_bias[0], in_bias[1], start, "bias")
-        self.attention_groups.append(_Attention(q, k, v, heads))
+        self.attention_groups.append(AttentionGroup(q, k, v, heads))
 
         d = e // heads
         qs, ks, vs = (self.sets[i].nodes for i in (q, k, v))
@@ -417,10 +409,10 @@ class GraphBuilder:
             self.segments.sort(key=lambda seg: rank.get(seg.name, len(rank)))
         dtype = self._value_dtype()
         n, e, v = self.num_nodes, self.num_edges, self.num_values
-        edge_index = _memory.empty((2, e), torch.long)
-        edge_type = _memory.empty(e, torch.int8)
-        edge_size = _memory.empty(e, torch.int32)
-        edge_value = _memory.empty(v, dtype)
+        edge_index = memory.empty((2, e), torch.long)
+        edge_type = memory.empty(e, torch.int8)
+        edge_size = memory.empty(e, torch.int32)
+        edge_value = memory.empty(v, dtype)
         for b in self.blocks:
             self._fill_block(b, edge_index, edge_type, edge_size, edge_value)
 
@@ -436,7 +428,8 @@ class GraphBuilder:
             edge_type=edge_type, node_value=node_value, node_mask=node_mask,
             segments=SegmentTable(tuple(self.segments), tuple(unplaced)), num_nodes=n, **fields,
         )
-        self._symmetries(graph)
+        derive_symmetries(graph, self.sets, [b.src for b in self.blocks if b.values is None],
+                          self.sign_blocked, self.ties, self.attention_groups)
         return graph
 
     def _value_dtype(self) -> torch.dtype:
@@ -486,81 +479,3 @@ class GraphBuilder:
             "node_act": per_set(lambda s: s.act, torch.int8),
             "node_norm": per_set(lambda s: s.norm, torch.int8),
         }
-
-    def _symmetries(self, g: ParamGraph) -> None:
-        n = self.num_nodes
-        sizes = torch.tensor([s.size for s in self.sets], dtype=torch.long)
-        set_of = torch.arange(len(self.sets)).repeat_interleave(sizes)
-        fixed_out = torch.zeros(n, dtype=torch.bool)  # sources of fixed (non-weight) edges
-        for b in self.blocks:
-            if b.values is None:
-                fixed_out[b.src] = True
-        is_output = g.node_type == int(NodeType.OUTPUT)
-        sign_blocked = torch.zeros(n, dtype=torch.bool)
-        for nodes in self.sign_blocked:
-            sign_blocked[nodes] = True
-
-        in_params = per_node(self.sets, lambda s: (s.norm_affine if s.norm != NormKind.NONE
-                                                   else s.weighted) and s.type not in _ATTENTION_TYPES)
-        free = in_params & ~fixed_out & ~is_output
-        act = g.node_act
-        homog = torch.isin(act, torch.tensor([int(a) for a in POSITIVELY_HOMOGENEOUS], dtype=torch.int8))
-        odd = torch.isin(act, torch.tensor([int(a) for a in ODD], dtype=torch.int8))
-        g.node_scale = free & homog
-        g.node_sign = free & odd & ~sign_blocked
-
-        perm_group, perm_pos, head, role = self._permutations(set_of, is_output)
-        g.perm_group, g.perm_pos, g.node_head, g.head_role = perm_group, perm_pos, head, role
-
-    def _permutations(self, set_of: Tensor, is_output: Tensor):
-        parent = list(range(len(self.sets)))
-
-        def find(i):
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        fixed = {i for i, s in enumerate(self.sets) if s.type == NodeType.INPUT}
-        fixed.update(set_of[is_output].unique().tolist())
-        for tie in self.ties:
-            if tie.src.layer is None:  # the identity edges do not map one whole set onto another
-                fixed.add(tie.dst_layer)
-                fixed.update(set_of[tie.src.nodes].unique().tolist())
-            else:
-                parent[find(tie.src.layer)] = find(tie.dst_layer)
-        for att in self.attention_groups:
-            parent[find(att.k_layer)] = find(att.q_layer)
-            parent[find(att.v_layer)] = find(att.q_layer)
-        fixed_roots = {find(i) for i in fixed}
-
-        group_id: dict[int, int] = {}
-        per_set_group = []
-        for i in range(len(self.sets)):
-            root = find(i)
-            if root in fixed_roots:
-                per_set_group.append(-1)
-            else:
-                per_set_group.append(group_id.setdefault(root, len(group_id)))
-        sizes = torch.tensor([s.size for s in self.sets], dtype=torch.long)
-        perm_group = torch.tensor(per_set_group, dtype=torch.long).repeat_interleave(sizes)
-        starts = torch.tensor([s.start for s in self.sets], dtype=torch.long)
-        perm_pos = torch.arange(self.num_nodes) - starts.repeat_interleave(sizes)
-        head = torch.full_like(perm_pos, -1)
-        role = torch.zeros_like(perm_pos, dtype=torch.int8)
-        for att in self.attention_groups:
-            d = self.sets[att.q_layer].size // att.heads
-            for layer, r in ((att.q_layer, HeadRole.QK), (att.k_layer, HeadRole.QK),
-                             (att.v_layer, HeadRole.VO)):
-                s = self.sets[layer]
-                head[s.start : s.start + s.size] = torch.arange(s.size) // d
-                role[s.start : s.start + s.size] = int(r)
-        return perm_group, perm_pos, head, role
-
-
-def per_node(sets: list[_NodeSet], fn, dtype=torch.bool) -> Tensor:
-    """Broadcast a per-set value to the set's nodes."""
-    if not sets:
-        return torch.empty(0, dtype=dtype)
-    return torch.cat([torch.full((s.size,), fn(s), dtype=dtype) for s in sets])
-

@@ -33,7 +33,7 @@ from torch import Tensor
 from .builder import GraphBuilder
 from .errors import UnsupportedModuleError
 from .graph import ParamGraph
-from .trace import _Converter, _Value, _arg
+from .trace import FxConverter, TracedValue, node_arg
 from .types import Activation, NormKind
 
 SUPPORTED_EXPORT = (
@@ -104,7 +104,7 @@ def from_exported(ep: torch.export.ExportedProgram) -> ParamGraph:
 class _Multi:
     """An ATen operator's tuple result whose element 0 is the value (the rest are statistics)."""
 
-    value: _Value
+    value: TracedValue
     op: str
 
 
@@ -116,7 +116,7 @@ class _Transposed:
     tensor: Tensor
 
 
-class _ExportConverter(_Converter):
+class _ExportConverter(FxConverter):
     """The fx converter's value handling, driven by an exported program's ATen graph."""
 
     def __init__(self, ep: torch.export.ExportedProgram):  # noqa: D107 (no super(): no nn.Module)
@@ -183,7 +183,7 @@ class _ExportConverter(_Converter):
                 raise UnsupportedModuleError("", type(self.root).__name__, f"the program takes a "
                                              f"second tensor input '{node.name}'; one input tensor "
                                              "is supported")
-            return _Value(None, self._shape(node), -1)
+            return TracedValue(None, self._shape(node), -1)
         return None  # tokens and script objects: nothing reads them as activations
 
     # -- values ----------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ class _ExportConverter(_Converter):
             shape.append(int(hint))
         return tuple(shape)
 
-    def _take(self, node: fx.Node, arg) -> _Value:
+    def _take(self, node: fx.Node, arg) -> TracedValue:
         val = super()._take(node, arg)
         # The fx converter counts every user; here users that do not reach the output (shape
         # assertions, running-stat updates) must not stop a normalisation from folding.
@@ -248,7 +248,7 @@ class _ExportConverter(_Converter):
         if name in _POOL_TUPLE:
             return _Multi(self._pool(node, self._take(node, args[0]), _POOL_TUPLE[name]), name)
         if name in _REDUCE:
-            dims = _arg(node, 1, "dim")
+            dims = node_arg(node, 1, "dim")
             if dims is None or (isinstance(dims, (tuple, list)) and not dims):
                 raise UnsupportedModuleError(path, f"aten.{name}", "reduces over every dimension, "
                                              "the features included")
@@ -265,7 +265,7 @@ class _ExportConverter(_Converter):
         if name in ("layer_norm", "native_layer_norm"):
             w, b = self._attr_args(node, 2, ("weight", "bias"))
             out = self._layer_norm(node, self._take(node, args[0]), path,
-                                   _arg(node, 1, "normalized_shape"), w, b)
+                                   node_arg(node, 1, "normalized_shape"), w, b)
             return out if name == "layer_norm" else _Multi(out, name)
         raise UnsupportedModuleError(path, f"aten.{name}", "this operation is not supported",
                                      SUPPORTED_EXPORT)
@@ -291,14 +291,14 @@ class _ExportConverter(_Converter):
                                          "supported")
         val = self._take(node, src)
         if val.feat is None:
-            return _Value(None, self._shape(node), -1)
+            return TracedValue(None, self._shape(node), -1)
         fdim = _moved_dim(node, name, self._fdim(val), len(val.shape))
-        return _Value(val.feat, self._shape(node), fdim)
+        return TracedValue(val.feat, self._shape(node), fdim)
 
     def _matmul(self, node: fx.Node, path: str, name: str):
         if name == "addmm":
             bias_arg, x_arg, w_arg = node.args[:3]
-            if _arg(node, 3, "beta", 1) != 1 or _arg(node, 4, "alpha", 1) != 1:
+            if node_arg(node, 3, "beta", 1) != 1 or node_arg(node, 4, "alpha", 1) != 1:
                 raise UnsupportedModuleError(path, "aten.addmm", "beta/alpha other than 1 are not "
                                              "supported")
             (bias,) = self._attr_args(node, 0, ("bias",))
@@ -313,12 +313,12 @@ class _ExportConverter(_Converter):
 
     def _convolution(self, node: fx.Node, path: str, name: str):
         if name in ("convolution", "_convolution"):
-            if _arg(node, 6, "transposed", False):
+            if node_arg(node, 6, "transposed", False):
                 raise UnsupportedModuleError(path, f"aten.{name}", "transposed convolutions are not "
                                              "supported", SUPPORTED_EXPORT)
-            groups = _arg(node, 8, "groups", 1)
+            groups = node_arg(node, 8, "groups", 1)
         else:
-            groups = _arg(node, 6, "groups", 1)
+            groups = node_arg(node, 6, "groups", 1)
         if groups != 1:
             raise UnsupportedModuleError(path, f"aten.{name}", f"groups={groups}; only groups=1 "
                                          "is supported", SUPPORTED_EXPORT)
@@ -416,7 +416,7 @@ def _moved_dim(node: fx.Node, name: str, dim: int, ndim: int) -> int:
     if name == "t":
         return 1 - dim if ndim == 2 else dim
     if name == "permute":
-        dims = [d % ndim for d in _arg(node, 1, "dims")]
+        dims = [d % ndim for d in node_arg(node, 1, "dims")]
         return dims.index(dim)
     a, b = (d % ndim for d in node.args[1:3])
     return b if dim == a else a if dim == b else dim

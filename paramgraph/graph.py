@@ -31,6 +31,12 @@ field               shape         meaning
 
 Edges of one weight tensor are contiguous and ordered (output neuron, input neuron), so that the
 tensor's values are one slice of ``edge_value``; this is what makes the inverse exact and fast.
+
+Batching (:meth:`ParamGraph.__inc__`): ``edge_index`` is offset by the nodes of the graphs before,
+``perm_group`` by their permutation groups, so that no two graphs of a batch share a group id;
+-1 ("fixed") stays -1. ``perm_pos`` and ``node_head`` are coordinates inside a node's own group
+(a head is the pair ``(perm_group, node_head)``) and are not offset, nor are the codes and flags.
+``Batch.to_data_list()`` gives back every graph exactly.
 """
 
 from __future__ import annotations
@@ -157,6 +163,65 @@ class ParamGraph(Data):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+
+    # -- batching --------------------------------------------------------------------------------
+
+    def __inc__(self, key: str, value, *args, **kwargs):
+        """What ``Batch.from_data_list`` adds to field ``key`` of the graphs after this one (the
+        PyG convention): the number of nodes to ``edge_index``, the number of permutation groups
+        to ``perm_group`` (whose -1 entries :attr:`perm_group` keeps at -1), nothing to the other
+        fields of :data:`FIELDS` (``perm_pos`` and ``node_head`` are positions inside a group, not
+        ids); fields outside :data:`FIELDS` get PyG's default."""
+        if key == "edge_index":
+            return self.num_nodes
+        if key == "perm_group":
+            return int(value.max()) + 1 if value.numel() else 0  # ids are 0 .. groups - 1
+        if key in FIELDS:
+            return 0
+        return super().__inc__(key, value, *args, **kwargs)
+
+    @property
+    def perm_group(self) -> Tensor:
+        """[N] long: the permutable channel set of every node, -1 where the node is fixed.
+
+        In a ``Batch`` the ids of each graph are offset by the groups of the graphs before it
+        (see :meth:`__inc__`) and fixed nodes read -1. PyG adds a graph's offset to every entry,
+        -1 too (``Batch.to_data_list()`` subtracts it again, which gives back the original
+        exactly); this property and ``batch["perm_group"]`` turn those entries back into -1.
+        The stored field (``batch.to_dict()``) holds PyG's values.
+        """
+        stored = self._store.perm_group
+        offset = self._perm_group_offset()
+        if offset is None or not isinstance(stored, Tensor):
+            return stored
+        return stored.masked_fill(stored < offset.to(stored.device), -1)
+
+    @perm_group.setter
+    def perm_group(self, value) -> None:
+        offset = self._perm_group_offset()
+        if offset is not None and isinstance(value, Tensor):  # a batch's ids: store PyG's values
+            value = torch.where(value < 0, offset.to(value.device) - 1, value)
+        self._store.perm_group = value
+
+    def _perm_group_offset(self) -> Tensor | None:
+        """[N] long: what ``Batch.from_data_list`` added to each node's ``perm_group``; None for a
+        graph that is not such a batch."""
+        incs = (getattr(self, "_inc_dict", None) or {}).get("perm_group")
+        slices = (getattr(self, "_slice_dict", None) or {}).get("perm_group")
+        if not isinstance(incs, Tensor) or not isinstance(slices, Tensor):
+            return None
+        return incs.repeat_interleave(slices.diff())
+
+    def __getitem__(self, key):
+        if key == "perm_group":
+            return self.perm_group
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value) -> None:
+        if key == "perm_group":
+            self.perm_group = value
+        else:
+            super().__setitem__(key, value)
 
     # -- derived views -------------------------------------------------------------------------
 

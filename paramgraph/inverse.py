@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import _memory
+from . import memory
 from .errors import GraphFormatError
 from .graph import ParamGraph, dtype_from_name
 
@@ -38,7 +38,7 @@ def to_state_dict(graph: ParamGraph) -> dict[str, Tensor]:
             t = col.reshape(seg.shape)
         else:
             raise GraphFormatError(f"segment '{seg.name}' has unknown kind '{seg.kind}'")
-        out[seg.name] = _memory.empty(seg.shape, dtype).copy_(t)  # one exact copy, contiguous
+        out[seg.name] = memory.empty(seg.shape, dtype).copy_(t)  # one exact copy, contiguous
     return out
 
 

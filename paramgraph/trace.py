@@ -13,6 +13,7 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.fx as fx
@@ -93,7 +94,7 @@ def from_module(module: nn.Module, example_input: Tensor) -> ParamGraph:
                                      f"shape {tuple(example_input.shape)} failed: {err}") from err
     finally:
         module.train(was_training)
-    return _Converter(module, gm).run()
+    return FxConverter(module, gm).run()
 
 
 class _Bare(nn.Module):
@@ -153,8 +154,12 @@ def _trace(module: nn.Module) -> fx.GraphModule:
 
 
 @dataclass
-class _Value:
-    """A traced tensor: its neurons, its shape and which dimension carries the neurons."""
+class TracedValue:
+    """A traced tensor: its neurons, its shape and which dimension carries the neurons.
+
+    The value every front end keeps per activation node (:class:`FxConverter` and the
+    ``torch.export`` reader in :mod:`paramgraph.export`).
+    """
 
     feat: Feat | None  # None: the network input, before its layout is known
     shape: tuple[int, ...]
@@ -162,11 +167,19 @@ class _Value:
 
 
 class _AttentionOutput:
-    def __init__(self, value: _Value):
+    def __init__(self, value: TracedValue):
         self.value = value
 
 
-class _Converter:
+class FxConverter:
+    """Walks a traced ``torch.fx`` graph node by node and calls :class:`GraphBuilder` per layer.
+
+    Holds the handling of values shared by both front ends (reshapes, transposes, pooling,
+    reductions, residual additions, concatenation, indexing, weight layers); the
+    ``torch.export`` reader (:mod:`paramgraph.export`) subclasses it and maps ATen operators onto
+    these methods. Nodes are dispatched through the tables at the end of this module.
+    """
+
     def __init__(self, root: nn.Module, gm: fx.GraphModule):
         self.root = root
         self.gm = gm
@@ -198,7 +211,7 @@ class _Converter:
                                                  f"forward takes a second tensor input '{node.name}'; "
                                                  "one input tensor is supported")
                 return None
-            return _Value(None, self._shape(node), -1)
+            return TracedValue(None, self._shape(node), -1)
         if node.op == "get_attr":
             return (node.target, _fetch_attr(self.root, node.target))
         if node.op == "call_module":
@@ -218,7 +231,7 @@ class _Converter:
         val = self.env[out]
         if isinstance(val, _AttentionOutput):
             val = val.value
-        if not isinstance(val, _Value):
+        if not isinstance(val, TracedValue):
             raise UnsupportedModuleError("", type(self.root).__name__, "the output is not a tensor")
         self.b.output(self._feat(val, "channels"))
 
@@ -239,7 +252,7 @@ class _Converter:
         stack = node.meta.get("nn_module_stack")
         return next(reversed(stack.values()))[0] if stack else ""
 
-    def _take(self, node: fx.Node, arg) -> _Value:
+    def _take(self, node: fx.Node, arg) -> TracedValue:
         """The value of a tensor argument; not exclusive if anything else also reads it."""
         if not isinstance(arg, fx.Node):
             raise UnsupportedModuleError(self._path(node), str(node.target),
@@ -248,26 +261,26 @@ class _Converter:
         if isinstance(val, _AttentionOutput):
             raise UnsupportedModuleError(self._path(node), str(node.target),
                                          "uses an attention module's output tuple directly")
-        if not isinstance(val, _Value):
+        if not isinstance(val, TracedValue):
             raise UnsupportedModuleError(self._path(node), str(node.target),
                                          f"argument '{arg.name}' is not a traced activation")
         if val.feat is not None and len(arg.users) > 1:
             val = replace(val, feat=replace(val.feat, exclusive=False))
         return val
 
-    def _feat(self, val: _Value, layout: str) -> Feat:
+    def _feat(self, val: TracedValue, layout: str) -> Feat:
         """The neurons of ``val``; fixes the input's layout on first use (channels or last dim)."""
         if val.feat is None:
             fdim = len(val.shape) - 1 if layout == "last" or len(val.shape) <= 2 else 1
             val.feat, val.fdim = self.b.input(val.shape[fdim]), fdim
         return val.feat
 
-    def _fdim(self, val: _Value) -> int:
+    def _fdim(self, val: TracedValue) -> int:
         return val.fdim % len(val.shape)
 
-    def _result(self, node: fx.Node, feat: Feat, fdim: int | None = None) -> _Value:
+    def _result(self, node: fx.Node, feat: Feat, fdim: int | None = None) -> TracedValue:
         shape = self._shape(node)
-        return _Value(feat, shape, len(shape) - 1 if fdim is None else fdim)
+        return TracedValue(feat, shape, len(shape) - 1 if fdim is None else fdim)
 
     # -- modules ---------------------------------------------------------------------------------
 
@@ -280,70 +293,32 @@ class _Converter:
                                              "once; shared weights cannot be represented",
                                              "each weight layer called once, " + SUPPORTED)
             self.called.add(path)
-        if isinstance(m, _TRANSPARENT_MODULES):
-            return self._take(node, node.args[0])
-        if isinstance(m, nn.Linear):
-            return self._linear(node, self._take(node, node.args[0]), path,
-                                self._param(path, "weight", m.weight), self._param(path, "bias", m.bias))
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            if m.groups != 1:
-                raise UnsupportedModuleError(path, type(m).__name__, f"groups={m.groups}; only "
-                                             "groups=1 convolutions are supported", SUPPORTED)
-            return self._conv(node, self._take(node, node.args[0]), path,
-                              self._param(path, "weight", m.weight), self._param(path, "bias", m.bias))
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-            return self._batch_norm(node, self._take(node, node.args[0]), path, m)
-        if isinstance(m, nn.LayerNorm):
-            return self._layer_norm(node, self._take(node, node.args[0]), path,
-                                    m.normalized_shape, self._param(path, "weight", m.weight),
-                                    self._param(path, "bias", m.bias))
-        for cls, act in _ACT_MODULES.items():
-            if isinstance(m, cls):
-                return self._activation(node, self._take(node, node.args[0]), act)
-        if isinstance(m, nn.Flatten):
-            return self._reshape(node, self._take(node, node.args[0]))
-        for cls, how in _POOL_MODULES.items():
-            if isinstance(m, cls):
-                return self._pool(node, self._take(node, node.args[0]), how)
-        if isinstance(m, nn.MultiheadAttention):
-            return self._mha_call(node, path, m)
-        if isinstance(m, nn.TransformerEncoderLayer):
-            val = self._take(node, node.args[0])
-            self._no_masks(node, path, m, skip=1)
-            feat = self._encoder_layer(path, m, self._feat(val, "last"), val)
-            return self._result(node, feat)
-        if isinstance(m, nn.TransformerEncoder):
-            val = self._take(node, node.args[0])
-            self._no_masks(node, path, m, skip=1)
-            feat = self._feat(val, "last")
-            for i, layer in enumerate(m.layers):
-                feat = self._encoder_layer(f"{path}.layers.{i}", layer, feat, val)
-            if m.norm is not None:
-                feat = self._ln_feat(f"{path}.norm", m.norm, feat, val)
-            return self._result(node, feat)
-        raise UnsupportedModuleError(path, type(m).__name__, "this layer type is not supported",
-                                     SUPPORTED)
+        handler = _module_handler(type(m))
+        if handler is None:
+            raise UnsupportedModuleError(path, type(m).__name__, "this layer type is not supported",
+                                         SUPPORTED)
+        return handler(self, node, path, m)
 
     def _param(self, path: str, name: str, tensor):
         if tensor is None:
             return None
         return (f"{path}.{name}" if path else name, tensor)
 
-    def _linear(self, node, val: _Value, path, weight, bias) -> _Value:
+    def _linear(self, node, val: TracedValue, path, weight, bias) -> TracedValue:
         if self._fdim(val) != len(val.shape) - 1 and val.feat is not None:
             raise UnsupportedModuleError(path, "Linear", "it is applied along a dimension that does "
                                          "not carry the features (e.g. along a conv's width)")
         feat = self.b.linear(self._feat(val, "last"), weight, bias, path)
         return self._result(node, feat)
 
-    def _conv(self, node, val: _Value, path, weight, bias) -> _Value:
+    def _conv(self, node, val: TracedValue, path, weight, bias) -> TracedValue:
         if val.feat is not None and self._fdim(val) != 1:
             raise UnsupportedModuleError(path, "convolution", "its input's channels are not in "
                                          "dimension 1")
         feat = self.b.conv(self._feat(val, "channels"), weight, bias, path)
         return self._result(node, feat, 1)
 
-    def _batch_norm(self, node, val: _Value, path, m) -> _Value:
+    def _batch_norm(self, node, val: TracedValue, path, m) -> TracedValue:
         if val.feat is not None and self._fdim(val) != 1:
             raise UnsupportedModuleError(path, type(m).__name__, "its features are not in dim 1")
         params = {}
@@ -355,28 +330,28 @@ class _Converter:
         feat = self.b.norm(self._feat(val, "channels"), NormKind.BATCH, params, path)
         return self._result(node, feat, 1)
 
-    def _layer_norm(self, node, val: _Value, path, shape, weight, bias) -> _Value:
+    def _layer_norm(self, node, val: TracedValue, path, shape, weight, bias) -> TracedValue:
         feat = self._feat(val, "last")
         self._check_ln(path, shape, feat, val)
         params = {k: v for k, v in (("norm_weight", weight), ("norm_bias", bias)) if v is not None}
         return self._result(node, self.b.norm(feat, NormKind.LAYER, params, path))
 
-    def _check_ln(self, path, shape, feat: Feat, val: _Value):
+    def _check_ln(self, path, shape, feat: Feat, val: TracedValue):
         if tuple(shape) != (feat.size,) or self._fdim(val) != len(val.shape) - 1:
             raise UnsupportedModuleError(path, "LayerNorm", f"normalized_shape {tuple(shape)} is "
                                          f"not the {feat.size} features of the last dimension")
 
-    def _ln_feat(self, path, m: nn.LayerNorm, feat: Feat, val: _Value) -> Feat:
+    def _ln_feat(self, path, m: nn.LayerNorm, feat: Feat, val: TracedValue) -> Feat:
         self._check_ln(path, m.normalized_shape, feat, val)
         params = {k: v for k, v in (("norm_weight", self._param(path, "weight", m.weight)),
                                     ("norm_bias", self._param(path, "bias", m.bias))) if v is not None}
         return self.b.norm(feat, NormKind.LAYER, params, path)
 
-    def _activation(self, node, val: _Value, act: Activation) -> _Value:
+    def _activation(self, node, val: TracedValue, act: Activation) -> TracedValue:
         feat = self._feat(val, "channels")
-        return _Value(self.b.activation(feat, act), val.shape, val.fdim)
+        return TracedValue(self.b.activation(feat, act), val.shape, val.fdim)
 
-    def _pool(self, node, val: _Value, how: str) -> _Value:
+    def _pool(self, node, val: TracedValue, how: str) -> TracedValue:
         if val.feat is not None and self._fdim(val) != 1:
             raise UnsupportedModuleError(self._path(node), "pooling", "features not in dim 1")
         feat = self._feat(val, "channels")
@@ -401,7 +376,7 @@ class _Converter:
         val = self._take(node, q)
         self._no_masks(node, path, m, skip=3)
         feat = self._mha(path, m, self._feat(val, "last"))
-        return _AttentionOutput(_Value(feat, val.shape, -1))  # same shape as the input
+        return _AttentionOutput(TracedValue(feat, val.shape, -1))  # same shape as the input
 
     def _mha(self, path: str, m: nn.MultiheadAttention, feat: Feat) -> Feat:
         if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
@@ -414,7 +389,7 @@ class _Converter:
             self._param(path, "out_proj.bias", m.out_proj.bias), path,
         )
 
-    def _encoder_layer(self, path: str, m: nn.TransformerEncoderLayer, x: Feat, val: _Value) -> Feat:
+    def _encoder_layer(self, path: str, m: nn.TransformerEncoderLayer, x: Feat, val: TracedValue) -> Feat:
         act = _encoder_activation(path, m)
         shared = replace(x, exclusive=False)  # x feeds both the residual and the branch
 
@@ -442,52 +417,14 @@ class _Converter:
     # -- functions and methods -------------------------------------------------------------------
 
     def _call(self, node: fx.Node):
-        t, args, path = node.target, node.args, self._path(node)
-        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
-        if node.op == "call_method" and t in ("size", "dim") or t is getattr:
-            return None  # shape queries: the shape pass already knows every shape
-        if t is operator.getitem:
-            return self._getitem(node)
-        if not node.users and node.op == "call_function" and t in (torch._assert,):
-            return None
-        if t in _ACT_FUNCTIONS or (node.op == "call_method" and t in _ACT_METHODS):
-            act = _ACT_FUNCTIONS.get(t) if not isinstance(t, str) else _ACT_METHODS[t]
-            return self._activation(node, self._take(node, args[0]), act)
-        if t in _TRANSPARENT_FUNCTIONS or (node.op == "call_method" and t in _TRANSPARENT_METHODS):
-            return self._take(node, args[0])
-        if t in _RESHAPE_FUNCTIONS or (node.op == "call_method" and t in _RESHAPE_METHODS):
-            return self._reshape(node, self._take(node, args[0]))
-        if t in (torch.transpose, torch.permute) or (node.op == "call_method" and t in
-                                                    ("transpose", "permute", "t")):
-            return self._transpose(node, self._take(node, args[0]))
-        if t in (operator.add, operator.iadd, torch.add) or (node.op == "call_method" and t == "add"):
-            return self._add(node)
-        if t is torch.cat:
-            return self._cat(node)
-        if t in _POOL_FUNCTIONS:
-            return self._pool(node, self._take(node, args[0]), _POOL_FUNCTIONS[t])
-        if name in _REDUCE and (node.op == "call_method" or getattr(torch, name, None) is t):
-            return self._reduce(node, _REDUCE[name])
-        if t is F.linear:
-            w, b = self._attr_args(node, 1, ("weight", "bias"))
-            return self._linear(node, self._take(node, args[0]), path, w, b)
-        if t in (F.conv1d, F.conv2d, F.conv3d):
-            groups = _arg(node, 6, "groups", 1)
-            if groups != 1:
-                raise UnsupportedModuleError(path, self._owner(path, name), f"groups={groups}; only groups=1 is "
-                                             "supported", SUPPORTED)
-            w, b = self._attr_args(node, 1, ("weight", "bias"))
-            return self._conv(node, self._take(node, args[0]), path, w, b)
-        if t is F.layer_norm:
-            w, b = self._attr_args(node, 2, ("weight", "bias"))
-            return self._layer_norm(node, self._take(node, args[0]), path, _arg(node, 1, "normalized_shape"), w, b)
-        raise UnsupportedModuleError(path, self._owner(path, f"{node.op} {name}"), "this operation is not supported",
-                                     SUPPORTED)
+        table = _METHOD_HANDLERS if node.op == "call_method" else _FUNCTION_HANDLERS
+        handler = table.get(node.target, _unsupported_call)
+        return handler(self, node, self._path(node))
 
     def _attr_args(self, node, first: int, names):
         out = []
         for i, name in enumerate(names):
-            arg = _arg(node, first + i, name)
+            arg = node_arg(node, first + i, name)
             if arg is None:
                 out.append(None)
                 continue
@@ -508,7 +445,7 @@ class _Converter:
                 raise UnsupportedModuleError(self._path(node), "MultiheadAttention",
                                              "its attention weights are used; only its output is supported")
             return None
-        if not isinstance(val, _Value):
+        if not isinstance(val, TracedValue):
             return None  # indexing a shape tuple
         val = self._take(node, src)
         fdim = self._fdim(val)
@@ -520,30 +457,30 @@ class _Converter:
             raise UnsupportedModuleError(self._path(node), "indexing", "it selects a subset of "
                                          "the features")
         dropped = sum(isinstance(i, int) for i in items[:fdim])
-        return _Value(self._feat(val, "last"), self._shape(node), fdim - dropped)
+        return TracedValue(self._feat(val, "last"), self._shape(node), fdim - dropped)
 
-    def _reshape(self, node: fx.Node, val: _Value) -> _Value:
+    def _reshape(self, node: fx.Node, val: TracedValue) -> TracedValue:
         out = self._shape(node)
         if val.feat is None:  # reshaping the raw input: its layout is decided by what reads it
-            return _Value(None, out, -1)
+            return TracedValue(None, out, -1)
         fdim, shape = self._fdim(val), val.shape
         pre, size = math.prod(shape[:fdim]), shape[fdim]
         cum = [math.prod(out[:j]) for j in range(len(out))]
         for j, n in enumerate(out):
             if cum[j] == pre and n == size:  # the feature dimension survives untouched
-                return _Value(val.feat, out, j)
+                return TracedValue(val.feat, out, j)
         for j, n in enumerate(out):
             if cum[j] == pre and n == size * math.prod(shape[fdim + 1:]):  # (C, *pos) -> C*pos
-                return _Value(self.b.flatten(val.feat, n // size, True), out, j)
+                return TracedValue(self.b.flatten(val.feat, n // size, True), out, j)
             for i in range(1, fdim):
                 if cum[j] == math.prod(shape[:i]) and n == math.prod(shape[i : fdim + 1]):
-                    return _Value(self.b.flatten(val.feat, n // size, False), out, j)  # (pos, C)
+                    return TracedValue(self.b.flatten(val.feat, n // size, False), out, j)  # (pos, C)
         raise UnsupportedModuleError(self._path(node), f"reshape {shape} -> {out}", "it splits or "
                                      "scatters the feature dimension")
 
-    def _transpose(self, node: fx.Node, val: _Value) -> _Value:
+    def _transpose(self, node: fx.Node, val: TracedValue) -> TracedValue:
         if val.feat is None:
-            return _Value(None, self._shape(node), -1)
+            return TracedValue(None, self._shape(node), -1)
         n, fdim, t = len(val.shape), self._fdim(val), node.target
         if t in ("transpose", torch.transpose):
             a, b = (d % n for d in node.args[1:3])
@@ -554,11 +491,11 @@ class _Converter:
             dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) \
                 else node.args[1:]
             new = [d % n for d in dims].index(fdim)
-        return _Value(val.feat, self._shape(node), new)
+        return TracedValue(val.feat, self._shape(node), new)
 
-    def _reduce(self, node: fx.Node, how: str) -> _Value:
+    def _reduce(self, node: fx.Node, how: str) -> TracedValue:
         val = self._take(node, node.args[0])
-        dims = _arg(node, 1, "dim")
+        dims = node_arg(node, 1, "dim")
         feat = self._feat(val, "channels")
         fdim, n = self._fdim(val), len(val.shape)
         if dims is None:
@@ -568,13 +505,13 @@ class _Converter:
         if fdim in dims:
             raise UnsupportedModuleError(self._path(node), str(node.target), "reduces over the "
                                          "features")
-        keep = _arg(node, 2, "keepdim", False)
+        keep = node_arg(node, 2, "keepdim", False)
         new = fdim if keep else fdim - sum(d < fdim for d in dims)
-        return _Value(self.b.pool(feat, how), self._shape(node), new)
+        return TracedValue(self.b.pool(feat, how), self._shape(node), new)
 
-    def _add(self, node: fx.Node) -> _Value:
+    def _add(self, node: fx.Node) -> TracedValue:
         a, b = node.args[:2]
-        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or _arg(node, 2, "alpha", 1) != 1:
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or node_arg(node, 2, "alpha", 1) != 1:
             raise UnsupportedModuleError(self._path(node), "add", "only the sum of two traced "
                                          "activations is supported (no constants or parameters)")
         va, vb = self._take(node, a), self._take(node, b)
@@ -584,20 +521,179 @@ class _Converter:
         layout = "last" if self._fdim(va) == len(va.shape) - 1 else "channels"
         feat = self.b.add(self._feat(va, layout), self._feat(vb, layout), self._path(node))
         fdim = va.fdim if va.feat is not None else vb.fdim
-        return _Value(feat, self._shape(node), fdim)
+        return TracedValue(feat, self._shape(node), fdim)
 
-    def _cat(self, node: fx.Node) -> _Value:
+    def _cat(self, node: fx.Node) -> TracedValue:
         parts = [self._take(node, a) for a in node.args[0]]
-        dim = _arg(node, 1, "dim", 0)
+        dim = node_arg(node, 1, "dim", 0)
         fdim = self._fdim(parts[0])
         if dim % len(parts[0].shape) != fdim or any(self._fdim(p) != fdim for p in parts):
             raise UnsupportedModuleError(self._path(node), "cat", "only concatenation along the "
                                          "feature dimension is supported")
         feat = self.b.concat([self._feat(p, "channels") for p in parts], self._path(node))
-        return _Value(feat, self._shape(node), fdim)
+        return TracedValue(feat, self._shape(node), fdim)
 
 
-def _arg(node: fx.Node, pos: int, name: str, default=None):
+# -- declarative dispatch ----------------------------------------------------------------------------
+# One table per kind of fx node: a call_module node's handler is found along its module type's MRO
+# (subclasses of a supported layer match), a call_function node's by its target, a call_method
+# node's by the method name. A handler takes the converter, the node and the node's submodule path
+# (and, for modules, the module) and returns the node's value; nodes no table names are refused.
+
+Handler = Callable[..., object]
+
+
+def _on_input(method: Callable, *extra) -> Handler:
+    """A handler that calls ``method(converter, node, <the node's tensor input>, *extra)``."""
+    def handler(c: FxConverter, node: fx.Node, path: str, m: nn.Module | None = None):
+        return method(c, node, c._take(node, node.args[0]), *extra)
+    return handler
+
+
+def _on_node(method: Callable, *extra) -> Handler:
+    """A handler that calls ``method(converter, node, *extra)``."""
+    def handler(c: FxConverter, node: fx.Node, path: str):
+        return method(c, node, *extra)
+    return handler
+
+
+def _passthrough(c: FxConverter, node: fx.Node, val: TracedValue) -> TracedValue:
+    return val
+
+
+def _nothing(c: FxConverter, node: fx.Node, path: str):
+    return None  # shape queries (the shape pass already knows every shape)
+
+
+def _module_handler(cls: type) -> Handler | None:
+    """The handler of the first class in ``cls``'s MRO that ``_MODULE_HANDLERS`` names."""
+    return next((_MODULE_HANDLERS[k] for k in cls.__mro__ if k in _MODULE_HANDLERS), None)
+
+
+def _linear_module(c: FxConverter, node: fx.Node, path: str, m: nn.Linear):
+    return c._linear(node, c._take(node, node.args[0]), path,
+                     c._param(path, "weight", m.weight), c._param(path, "bias", m.bias))
+
+
+def _conv_module(c: FxConverter, node: fx.Node, path: str, m: nn.Module):
+    if m.groups != 1:
+        raise UnsupportedModuleError(path, type(m).__name__, f"groups={m.groups}; only "
+                                     "groups=1 convolutions are supported", SUPPORTED)
+    return c._conv(node, c._take(node, node.args[0]), path,
+                   c._param(path, "weight", m.weight), c._param(path, "bias", m.bias))
+
+
+def _batch_norm_module(c: FxConverter, node: fx.Node, path: str, m: nn.Module):
+    return c._batch_norm(node, c._take(node, node.args[0]), path, m)
+
+
+def _layer_norm_module(c: FxConverter, node: fx.Node, path: str, m: nn.LayerNorm):
+    return c._layer_norm(node, c._take(node, node.args[0]), path, m.normalized_shape,
+                         c._param(path, "weight", m.weight), c._param(path, "bias", m.bias))
+
+
+def _attention_module(c: FxConverter, node: fx.Node, path: str, m: nn.MultiheadAttention):
+    return c._mha_call(node, path, m)
+
+
+def _encoder_layer_module(c: FxConverter, node: fx.Node, path: str,
+                          m: nn.TransformerEncoderLayer):
+    val = c._take(node, node.args[0])
+    c._no_masks(node, path, m, skip=1)
+    feat = c._encoder_layer(path, m, c._feat(val, "last"), val)
+    return c._result(node, feat)
+
+
+def _encoder_module(c: FxConverter, node: fx.Node, path: str, m: nn.TransformerEncoder):
+    val = c._take(node, node.args[0])
+    c._no_masks(node, path, m, skip=1)
+    feat = c._feat(val, "last")
+    for i, layer in enumerate(m.layers):
+        feat = c._encoder_layer(f"{path}.layers.{i}", layer, feat, val)
+    if m.norm is not None:
+        feat = c._ln_feat(f"{path}.norm", m.norm, feat, val)
+    return c._result(node, feat)
+
+
+_MODULE_HANDLERS: dict[type, Handler] = {
+    **dict.fromkeys(_TRANSPARENT_MODULES, _on_input(_passthrough)),
+    nn.Linear: _linear_module,
+    **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), _conv_module),
+    **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _batch_norm_module),
+    nn.LayerNorm: _layer_norm_module,
+    **{cls: _on_input(FxConverter._activation, act) for cls, act in _ACT_MODULES.items()},
+    nn.Flatten: _on_input(FxConverter._reshape),
+    **{cls: _on_input(FxConverter._pool, how) for cls, how in _POOL_MODULES.items()},
+    nn.MultiheadAttention: _attention_module,
+    nn.TransformerEncoderLayer: _encoder_layer_module,
+    nn.TransformerEncoder: _encoder_module,
+}
+
+
+def _target_name(target) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+def _unsupported_call(c: FxConverter, node: fx.Node, path: str):
+    raise UnsupportedModuleError(path, c._owner(path, f"{node.op} {_target_name(node.target)}"),
+                                 "this operation is not supported", SUPPORTED)
+
+
+def _assert(c: FxConverter, node: fx.Node, path: str):
+    return None if not node.users else _unsupported_call(c, node, path)
+
+
+def _linear_function(c: FxConverter, node: fx.Node, path: str):
+    w, b = c._attr_args(node, 1, ("weight", "bias"))
+    return c._linear(node, c._take(node, node.args[0]), path, w, b)
+
+
+def _conv_function(c: FxConverter, node: fx.Node, path: str):
+    groups = node_arg(node, 6, "groups", 1)
+    if groups != 1:
+        raise UnsupportedModuleError(path, c._owner(path, _target_name(node.target)),
+                                     f"groups={groups}; only groups=1 is supported", SUPPORTED)
+    w, b = c._attr_args(node, 1, ("weight", "bias"))
+    return c._conv(node, c._take(node, node.args[0]), path, w, b)
+
+
+def _layer_norm_function(c: FxConverter, node: fx.Node, path: str):
+    w, b = c._attr_args(node, 2, ("weight", "bias"))
+    return c._layer_norm(node, c._take(node, node.args[0]), path,
+                         node_arg(node, 1, "normalized_shape"), w, b)
+
+
+_FUNCTION_HANDLERS: dict[object, Handler] = {
+    getattr: _nothing,
+    operator.getitem: _on_node(FxConverter._getitem),
+    torch._assert: _assert,
+    **{f: _on_input(FxConverter._activation, act) for f, act in _ACT_FUNCTIONS.items()},
+    **dict.fromkeys(_TRANSPARENT_FUNCTIONS, _on_input(_passthrough)),
+    **dict.fromkeys(_RESHAPE_FUNCTIONS, _on_input(FxConverter._reshape)),
+    **dict.fromkeys((torch.transpose, torch.permute), _on_input(FxConverter._transpose)),
+    **dict.fromkeys((operator.add, operator.iadd, torch.add), _on_node(FxConverter._add)),
+    torch.cat: _on_node(FxConverter._cat),
+    **{f: _on_input(FxConverter._pool, how) for f, how in _POOL_FUNCTIONS.items()},
+    **{getattr(torch, name): _on_node(FxConverter._reduce, how) for name, how in _REDUCE.items()},
+    F.linear: _linear_function,
+    **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), _conv_function),
+    F.layer_norm: _layer_norm_function,
+}
+
+_METHOD_HANDLERS: dict[str, Handler] = {
+    **dict.fromkeys(("size", "dim"), _nothing),
+    **{name: _on_input(FxConverter._activation, act) for name, act in _ACT_METHODS.items()},
+    **dict.fromkeys(_TRANSPARENT_METHODS, _on_input(_passthrough)),
+    **dict.fromkeys(_RESHAPE_METHODS, _on_input(FxConverter._reshape)),
+    **dict.fromkeys(("transpose", "permute", "t"), _on_input(FxConverter._transpose)),
+    "add": _on_node(FxConverter._add),
+    **{name: _on_node(FxConverter._reduce, how) for name, how in _REDUCE.items()},
+}
+
+
+def node_arg(node: fx.Node, pos: int, name: str, default=None):
+    """Argument ``name`` of ``node``: its positional argument ``pos`` if given, else the keyword
+    argument, else ``default``."""
     if len(node.args) > pos:
         return node.args[pos]
     return node.kwargs.get(name, default)

@@ -24,6 +24,10 @@ class NodeType(IntEnum):
     ATTN_V = 8  # value dimension of an attention head (the out-projection reads these)
 
 
+# The node types of an attention block's query, key and value dimensions.
+ATTENTION_NODE_TYPES = (NodeType.ATTN_Q, NodeType.ATTN_K, NodeType.ATTN_V)
+
+
 class EdgeType(IntEnum):
     """What an edge is. Edges of a *weight* type carry learned values; the others carry 1."""
 

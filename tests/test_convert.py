@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.data import Batch
+from torch_geometric.data import Batch, Data
 
 import paramgraph as pg
 from catalogue import (
@@ -340,6 +340,79 @@ def test_batch_slices_keep_a_working_symmetry_group():
         y = output(module, x)
         assert float((output(other, x) - y).norm() / y.norm()) < 1e-6, entry.name
         assert states_differ(reference_state(other), reference_state(module)), entry.name
+
+
+def _batched_id_problems(perm_group, node_head, graph_of, graphs) -> list[str]:
+    """What is wrong with a batch's ``perm_group``/``node_head`` ids, given the graphs it holds:
+    fixed nodes (-1) must stay -1, every group id must belong to one graph and keep that graph's
+    grouping, and a head, the pair (group, head), must belong to one graph."""
+    problems = []
+    for name, got in (("perm_group", perm_group), ("node_head", node_head)):
+        fixed = torch.cat([getattr(g, name) < 0 for g in graphs])
+        if not torch.equal(got < 0, fixed) or not bool((got[fixed] == -1).all()):
+            problems.append(f"{name}: the -1 entries are not those of the graphs")
+    for gid in perm_group[perm_group >= 0].unique().tolist():
+        owners = graph_of[perm_group == gid].unique().tolist()
+        if len(owners) > 1:
+            problems.append(f"group {gid} is shared by graphs {owners}")
+    for i, g in enumerate(graphs):  # one offset per graph: its grouping is unchanged
+        grouped = g.perm_group >= 0
+        if (perm_group[graph_of == i][grouped] - g.perm_group[grouped]).unique().numel() > 1:
+            problems.append(f"graph {i}'s groups are not offset by one number")
+    heads = node_head >= 0
+    pairs = perm_group[heads] * (int(node_head.max()) + 1) + node_head[heads]
+    for pair in pairs.unique().tolist():
+        owners = graph_of[heads][pairs == pair].unique().tolist()
+        if len(owners) > 1:
+            problems.append(f"head {pair} is shared by graphs {owners}")
+    return problems
+
+
+def test_batched_perm_groups_and_heads_of_different_graphs_do_not_collide():
+    entries = [get("transformer_pre_gelu"), get("resnet_tiny"), get("transformer_post_relu")]
+    graphs = [convert(e)[1] for e in entries]
+    for g in graphs:  # each has permutation groups and fixed nodes; the transformers have heads
+        assert bool((g.perm_group >= 0).any()) and bool((g.perm_group < 0).any())
+    assert all(bool((graphs[i].node_head >= 0).any()) for i in (0, 2))
+    batch = Batch.from_data_list(graphs)
+    assert _batched_id_problems(batch.perm_group, batch.node_head, batch.batch, graphs) == []
+    assert torch.equal(batch["perm_group"], batch.perm_group)
+    groups = [int(g.perm_group.max()) + 1 for g in graphs]
+    assert int(batch.perm_group.max()) + 1 == sum(groups)  # offset by the groups of earlier graphs
+
+    back = batch.to_data_list()  # gives back every graph exactly: every field, dtype and segment
+    for original, graph in zip(graphs, back):
+        assert type(graph) is type(original) and set(graph.keys()) == set(original.keys())
+        for key in original.keys():
+            want, got = original[key], graph[key]
+            if isinstance(want, torch.Tensor):
+                assert got.dtype == want.dtype and torch.equal(got, want), key
+            else:
+                assert got == want, key
+    again = Batch.from_data_list(back)
+    assert torch.equal(again.perm_group, batch.perm_group)
+
+    # setting a batch's ids (as read) keeps what to_data_list gives back
+    copied = copy.copy(batch)
+    copied.perm_group = batch.perm_group.clone()
+    assert all(torch.equal(a.perm_group, g.perm_group)
+               for a, g in zip(copied.to_data_list(), graphs))
+
+
+def test_batched_id_check_catches_collisions_and_lost_fixed_marks():
+    graphs = [convert(get(name))[1] for name in
+              ("transformer_pre_gelu", "resnet_tiny", "transformer_post_relu")]
+    batch = Batch.from_data_list(graphs)
+    # PyG's stored values: the fixed nodes of later graphs hold their graph's offset - 1
+    stored = batch.to_dict()["perm_group"]
+    problems = _batched_id_problems(stored, batch.node_head, batch.batch, graphs)
+    assert any("perm_group: the -1 entries" in p for p in problems), problems
+    # plain Data (PyG's defaults: perm_group is not offset): groups and heads collide
+    plain = Batch.from_data_list([Data(num_nodes=g.num_nodes, perm_group=g.perm_group,
+                                       node_head=g.node_head) for g in graphs])
+    problems = _batched_id_problems(plain.perm_group, plain.node_head, plain.batch, graphs)
+    assert any(p.startswith("group 0 is shared by graphs [0, 1, 2]") for p in problems), problems
+    assert any(p.startswith("head ") for p in problems), problems
 
 
 @pytest.mark.parametrize("name", ["mlp_bn_relu", "resnet_tiny", "transformer_pre_gelu",
