@@ -43,6 +43,7 @@ class Backbone(nn.Module):
 
     ``constrained=True`` is ``strict`` mode (needs ``channels >= 1``); otherwise ``compress``
     picks ``symlog`` reads of the value channels (``perm``) or raw ones (``quasi``).
+    ``graph_dim``: width of the per-graph features the invariant head also reads.
     ``checkpoint`` recomputes each round in the backward pass instead of storing its
     activations (about a third more time, a fraction of the memory on large graphs).
     ``forward`` returns ``[num_graphs, out_dim]`` (``task="invariant"``) or the new
@@ -51,7 +52,7 @@ class Backbone(nn.Module):
 
     def __init__(self, task: str, out_dim: int, hidden: int, layers: int, channels: int,
                  aggrs: Sequence[str], kernel_cap: int, constrained: bool,
-                 compress: bool = True, checkpoint: bool = False):
+                 compress: bool = True, checkpoint: bool = False, graph_dim: int = 0):
         super().__init__()
         if constrained and channels < 1:
             raise ValueError("strict mode needs at least one value channel (channels >= 1)")
@@ -69,7 +70,7 @@ class Backbone(nn.Module):
             self.edge_triv = nn.Linear(hidden, c, bias=False)
         self.layers = nn.ModuleList([ValueLayer(hidden, c, aggrs) for _ in range(layers)])
         if task == "invariant":
-            self.head = InvariantHead(hidden + 2 * c, hidden + c, hidden, out_dim)
+            self.head = InvariantHead(hidden + 2 * c, hidden + c, hidden, out_dim, graph_dim)
         else:
             self.head = WeightHead(hidden, c, kernel_cap, constrained)
 
@@ -97,7 +98,9 @@ class Backbone(nn.Module):
         return reader, bins, x, ev, h, e
 
     def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
-                node_mask: Tensor, value_scale: Tensor):
+                node_mask: Tensor, value_scale: Tensor, graph_feats: Tensor | None = None):
+        """``graph_feats``: per-graph invariant features for the invariant head (``graph_dim``
+        wide), e.g. the statistics pathway."""
         reader, bins, x, ev, h, e = self.encode(st, edge_value, node_value, node_mask,
                                                 value_scale)
         m = None
@@ -112,6 +115,6 @@ class Backbone(nn.Module):
             if self.channels:
                 h = torch.cat([h, reader.nodes(x, m)], 1)
                 e = torch.cat([e, reader.edges(ev)], 1)
-            return self.head(st, h, e)
+            return self.head(st, h, e, graph_feats)
 
         return self.head(st, bins, x, ev, h, e, edge_value, node_value, node_mask, value_scale)

@@ -64,6 +64,8 @@ from paramgraph.types import Activation, NodeType, NormKind
 
 from .structure import GraphStructure, symlog
 
+BALANCE_SWEEPS = 12  # sweeps of balance_factors (exact invariance does not depend on it)
+
 
 def apply_factors(st: GraphStructure, factor: Tensor, edge_value: Tensor,
                   node_value: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,6 +93,13 @@ def _edge_sums(st: GraphStructure, edge_value: Tensor) -> tuple[Tensor, Tensor]:
     ss = scatter(edge_value.square(), st.value_edge, 0, dim_size=st.num_edges, reduce="sum")
     sv = scatter(edge_value, st.value_edge, 0, dim_size=st.num_edges, reduce="sum")
     return ss, sv
+
+
+def _edge_multipliers(st: GraphStructure, f: Tensor) -> Tensor:
+    """``[E]``: what factors ``f`` multiply each weight edge by (``a_v / f_u``); 0 for fixed
+    edges, which the group never changes."""
+    a = torch.where(st.plain, f, torch.ones_like(f))
+    return torch.where(st.weight, a[st.dst] / f[st.src], torch.zeros_like(a[st.dst]))
 
 
 def canonical_factors(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
@@ -133,19 +142,73 @@ def canonical_factors(st: GraphStructure, edge_value: Tensor, node_value: Tensor
     return f
 
 
+SECTIONS = ("balanced", "unit")
+
+
+def balance_factors(st: GraphStructure, edge_ss: Tensor, node_ss: Tensor,
+                    sweeps: int = BALANCE_SWEEPS) -> Tensor:
+    """Positive per-neuron factors ``[N]`` that move a network towards the minimum-norm
+    representative of its scaling orbit (1 where a neuron has no scale symmetry).
+
+    ``edge_ss`` [E]: each edge's sum of squared values; ``node_ss`` [N]: a plain neuron's squared
+    bias, a normalised neuron's ``gamma^2 + beta^2``. Under factors ``b`` a scalable neuron ``n``
+    has incoming squared norm :math:`i_n = \\sum_{u \\to n} \\|w_{un}\\|^2 b_n^2 / b_u^2
+    + \\beta_n b_n^2` (a normalised neuron: its affine parameters only) and outgoing
+    :math:`o_n = \\sum_{n \\to v} \\|w_{nv}\\|^2 a_v^2 / b_n^2`; the total squared norm is
+    minimal over ``b_n`` (the others fixed) when :math:`i_n = o_n`, i.e. after
+    :math:`b_n \\leftarrow b_n (o_n / i_n)^{1/4}`. A sweep applies that update to the scalable
+    neurons of even depth, then of odd depth (neurons of one parity are not joined by weight
+    edges in the networks the converter sees, so each half-sweep is an exact coordinate step).
+    Neurons with a squared norm below ``sqrt(tiny)`` on either side are left as they are.
+
+    Run on the *canonical* network (:func:`canonical_factors`), a fixed number of sweeps is a
+    deterministic function of an invariant input, so the result stays exactly invariant however
+    far from convergence it stops; sweeps only decide how balanced the section is.
+    """
+    dtype = edge_ss.dtype
+    b = torch.ones(st.num_nodes, dtype=dtype, device=edge_ss.device)
+    if not st.has_scale or sweeps <= 0:
+        return b
+    w = st.weight_ids
+    src, dst, ss = st.src[w], st.dst[w], edge_ss[w]
+    into_plain = st.plain[dst]
+    tiny = torch.finfo(dtype).tiny ** 0.5
+    even = st.node_layer % 2 == 0
+    zeros = torch.zeros_like(b)
+    for _ in range(sweeps):
+        for parity in (even, ~even):
+            a = torch.where(st.plain, b, torch.ones_like(b))
+            term = ss * (a[dst] / b[src]).square()
+            in2 = zeros.index_add(0, dst, torch.where(into_plain, term, torch.zeros_like(term)))
+            in2 = in2 + node_ss * b.square()
+            out2 = zeros.index_add(0, src, term)
+            move = st.scale & parity & (in2 > tiny) & (out2 > tiny)
+            ratio = (out2 / torch.where(move, in2, torch.ones_like(in2))).clamp(1e-12, 1e12)
+            b = torch.where(move, b * ratio.sqrt().sqrt(), b)
+    return b
+
+
 class GaugeMap(nn.Module):
     """``mode="quasi"``'s gauge: canonicaliser then the learned factor; see the module docstring.
 
     ``forward(st, edge_value, node_value, node_mask)`` returns ``(edge_value, node_value,
     alpha)``: the gauged values (functionally identical to the input, invariant under scales and
     signs) and the per-neuron factor ``alpha`` that was applied (``apply_factors(st, 1 / alpha,
-    ...)`` undoes it). ``learned=False`` gives the bare canonicaliser (an ablation).
+    ...)`` undoes it). ``section``: ``"balanced"`` (default) rebalances the unit-norm canonical
+    network towards the minimum-norm point of its scaling orbit (:func:`balance_factors`),
+    ``"unit"`` keeps unit-norm incoming weights. ``learned=False`` gives the bare canonical
+    section (an ablation). The section is computed in float64 (``precise``) so that rounding of
+    the input does not get amplified by the canonicaliser's divisions.
     """
 
-    def __init__(self, hidden: int = 16, bound: float = 2.0, learned: bool = True):
+    def __init__(self, hidden: int = 16, bound: float = 2.0, learned: bool = True,
+                 section: str = "balanced", sweeps: int = BALANCE_SWEEPS, precise: bool = True):
         super().__init__()
+        if section not in SECTIONS:
+            raise ValueError(f"unknown gauge section '{section}'; choose from {SECTIONS}")
         self.bound = float(bound)
         self.learned = learned
+        self.section, self.sweeps, self.precise = section, int(sweeps), precise
         if not learned:
             return
         self.type_emb = nn.Embedding(len(NodeType) + 4, hidden)
@@ -158,16 +221,35 @@ class GaugeMap(nn.Module):
             self.out[-1].weight.mul_(0.1)
             self.out[-1].bias.zero_()
 
-    def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
-                node_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def section_factors(self, st: GraphStructure, edge_value: Tensor,
+                        node_value: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The exact (unlearned) section's factor ``[N]`` and the edges' ``(sum of squares, sum)``
+        of the input values, both in the dtype of ``edge_value``."""
         sums = _edge_sums(st, edge_value)
         f = canonical_factors(st, edge_value, node_value, sums)
+        if self.section == "balanced":
+            mult = _edge_multipliers(st, f)
+            canon_ss = sums[0] * mult.square()
+            a = torch.where(st.plain, f, torch.ones_like(f))
+            node_ss = torch.where(st.plain, (node_value[:, 0] * a).square(),
+                                  (node_value[:, 1].square() + node_value[:, 2].square())
+                                  * f.square())
+            f = f * balance_factors(st, canon_ss, node_ss, self.sweeps)
+        return f, sums
+
+    def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
+                node_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        dtype = edge_value.dtype
+        wide = torch.float64 if self.precise and edge_value.device.type != "mps" else dtype
+        ev, nv = edge_value.to(wide), node_value.to(wide)
+        f, sums = self.section_factors(st, ev, nv)
         alpha = f
         if self.learned and st.has_scale:
-            s = self.log_scale(st, f, sums, node_value, node_mask)
+            s = self.log_scale(st, f.to(dtype), tuple(t.to(dtype) for t in sums),
+                               node_value, node_mask).to(wide)
             alpha = f * torch.where(st.scale, s.exp(), torch.ones_like(s))
-        edge_value, node_value = apply_factors(st, alpha, edge_value, node_value)
-        return edge_value, node_value, alpha
+        ev, nv = apply_factors(st, alpha, ev, nv)
+        return ev.to(dtype), nv.to(dtype), alpha.to(dtype)
 
     def log_scale(self, st: GraphStructure, f: Tensor, sums: tuple[Tensor, Tensor],
                   node_value: Tensor, node_mask: Tensor) -> Tensor:
@@ -176,7 +258,7 @@ class GaugeMap(nn.Module):
         dtype = f.dtype
         one = torch.ones_like(f)
         a = torch.where(st.plain, f, one)
-        mult = torch.where(st.weight, a[st.dst] / f[st.src], torch.zeros_like(a[st.dst]))
+        mult = _edge_multipliers(st, f)
         css, csv = ss * mult.square(), sv * mult  # canonical per-edge sums (0 for fixed edges)
         n = st.num_nodes
         in_ss = scatter(css, st.dst, 0, dim_size=n, reduce="sum")

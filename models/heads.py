@@ -2,8 +2,9 @@
 
 :class:`InvariantHead` pools the nodes and the edges of each graph separately (mean and max) and
 maps the concatenation with an MLP: :math:`y_G = \\mathrm{MLP}([\\mathrm{mean}_v h_v,
-\\max_v h_v, \\mathrm{mean}_e e_e, \\max_e e_e])`. Pooling over a whole graph is invariant to
-any permutation of its neurons.
+\\max_v h_v, \\mathrm{mean}_e e_e, \\max_e e_e, s_G])`, with :math:`s_G` the optional
+statistics pathway (:mod:`paramgraph.models.statistics`). Pooling over a whole graph is invariant
+to any permutation of its neurons.
 
 :class:`WeightHead` predicts a change for every learned value in the input graph's exact layout:
 per value of every weight edge (a kernel edge gets one output per kernel position, through the
@@ -35,15 +36,22 @@ def graph_pool(x: Tensor, index: Tensor, num_graphs: int) -> Tensor:
 class InvariantHead(nn.Module):
     """Per-graph readout; ``forward(st, node_feats, edge_feats) -> [num_graphs, out_dim]``."""
 
-    def __init__(self, node_dim: int, edge_dim: int, hidden: int, out_dim: int):
+    def __init__(self, node_dim: int, edge_dim: int, hidden: int, out_dim: int,
+                 graph_dim: int = 0):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(2 * node_dim + 2 * edge_dim, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+        self.mlp = nn.Sequential(nn.Linear(2 * node_dim + 2 * edge_dim + graph_dim, hidden),
+                                 nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, out_dim))
 
-    def forward(self, st: GraphStructure, h: Tensor, e: Tensor) -> Tensor:
-        pooled = torch.cat([graph_pool(h, st.node_graph, st.num_graphs),
-                            graph_pool(e, st.edge_graph, st.num_graphs)], dim=1)
-        return self.mlp(pooled)
+    def forward(self, st: GraphStructure, h: Tensor, e: Tensor,
+                graph_feats: Tensor | None = None) -> Tensor:
+        """``graph_feats``: optional per-graph invariant features ``[num_graphs, graph_dim]``
+        (the statistics pathway) concatenated to the pooled nodes and edges."""
+        parts = [graph_pool(h, st.node_graph, st.num_graphs),
+                 graph_pool(e, st.edge_graph, st.num_graphs)]
+        if graph_feats is not None:
+            parts.append(graph_feats)
+        return self.mlp(torch.cat(parts, dim=1))
 
 
 def update_values(st: GraphStructure, bins: KernelBins, edge_value: Tensor, node_value: Tensor,

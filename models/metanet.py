@@ -38,11 +38,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .backbone import Backbone
-from .gauge import GaugeMap, apply_factors
-from .structure import GraphStructure
-
 from paramgraph.graph import FIELDS
+
+from .backbone import Backbone
+from .gauge import BALANCE_SWEEPS, GaugeMap, apply_factors
+from .statistics import LayerStatistics
+from .structure import GraphStructure
 
 MODES = ("perm", "strict", "quasi")
 TASKS = ("invariant", "weights")
@@ -65,7 +66,15 @@ class MetaNet(nn.Module):
             edge/node GNN in ``perm``/``quasi`` mode (``strict`` needs at least 1).
         gauge_hidden, gauge_bound: width of the learned gauge factor's network, and the bound
             ``s_max`` of its log-scale (``quasi``).
-        learn_gauge: ``False`` keeps only the exact canonicaliser (an ablation of ``quasi``).
+        learn_gauge: ``False`` keeps only the exact section (an ablation of ``quasi``).
+        section, sweeps: the exact section of the scaling group the gauge starts from
+            (``"balanced"``: the minimum-norm point of the orbit, approached by ``sweeps``
+            rebalancing sweeps from the unit-norm form; ``"unit"``: unit-norm incoming weights);
+            see :mod:`paramgraph.models.gauge`.
+        compress: read value channels through ``symlog`` (default: in ``perm`` mode only).
+        statistics: add the per-layer statistics pathway (:mod:`paramgraph.models.statistics`)
+            to the invariant head; computed on the gauged values (``quasi``), the exact section
+            (``strict``) or the raw values (``perm``).
         frame: ``quasi`` weight head only. ``"gauged"`` (default): values are returned in gauged
             coordinates, so ``theta`` and ``g theta`` (g a scaling/sign flip) give the *same*
             output values (quasi-equivariance with ``g' = 1``; with permutations, the same
@@ -83,7 +92,9 @@ class MetaNet(nn.Module):
                  hidden: int = 64, layers: int = 4, *,
                  aggrs: Sequence[str] = ("sum", "mean", "max"), kernel_cap: int = 64,
                  channels: int | None = None, gauge_hidden: int = 16, gauge_bound: float = 2.0,
-                 learn_gauge: bool = True, frame: str = "gauged", checkpoint: bool = False):
+                 learn_gauge: bool = True, section: str = "balanced",
+                 sweeps: int = BALANCE_SWEEPS, compress: bool | None = None,
+                 statistics: bool = True, frame: str = "gauged", checkpoint: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
@@ -94,10 +105,18 @@ class MetaNet(nn.Module):
         self.mode, self.task, self.frame = mode, task, frame
         self.out_dim = out_dim
         channels = max(hidden // 2, 1) if channels is None else channels
-        self.gauge = GaugeMap(gauge_hidden, gauge_bound, learn_gauge) if mode == "quasi" else None
+        self.gauge = (GaugeMap(gauge_hidden, gauge_bound, learn_gauge, section, sweeps)
+                      if mode == "quasi" else None)
+        # strict reads its values equivariantly; its statistics read the exact section
+        self.section = (GaugeMap(learned=False, section=section, sweeps=sweeps)
+                        if mode == "strict" and statistics and task == "invariant" else None)
+        self.statistics = (LayerStatistics(hidden) if statistics and task == "invariant"
+                           else None)
+        compress = mode == "perm" if compress is None else compress
         self.backbone = Backbone(task, out_dim, hidden, layers, channels, aggrs, kernel_cap,
-                                 constrained=mode == "strict", compress=mode == "perm",
-                                 checkpoint=checkpoint)
+                                 constrained=mode == "strict", compress=compress,
+                                 checkpoint=checkpoint,
+                                 graph_dim=hidden if self.statistics is not None else 0)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -124,7 +143,13 @@ class MetaNet(nn.Module):
         alpha = None
         if self.gauge is not None:
             edge_value, node_value, alpha = self.gauge(st, edge_value, node_value, node_mask)
-        out = self.backbone(st, edge_value, node_value, node_mask, value_scale)
+        graph_feats = None
+        if self.statistics is not None:
+            stat_values = (edge_value, node_value)
+            if self.section is not None:
+                stat_values = self.section(st, edge_value, node_value, node_mask)[:2]
+            graph_feats = self.statistics(st, *stat_values, node_mask)
+        out = self.backbone(st, edge_value, node_value, node_mask, value_scale, graph_feats)
         if self.task == "invariant":
             return out
         new_edge, new_node = out

@@ -39,6 +39,12 @@ def canon(x: Tensor, scaled: Tensor, signed: Tensor) -> Tensor:
     are divided by their norm (rows of norm below ``sqrt(tiny)`` of the dtype are left as they
     are, so the result and its gradient stay finite), rows with ``signed`` are multiplied by the
     sign of their largest-magnitude entry. Other rows are returned as they are."""
+    dtype = x.dtype
+    # In float64 (where the device has it): a float32 row of a collapsed channel (norm ~1e-11)
+    # would fall below float32's threshold for some group elements and not for others, a jump
+    # of the invariant by O(1); float64's threshold is ~1e-154.
+    if dtype != torch.float64 and x.device.type != "mps":
+        x = x.double()
     n2 = x.square().sum(1, keepdim=True)
     # Norms below sqrt(tiny) are left undivided: dividing by them overflowed the backward pass (NaN
     # gradients for networks with denormal weights, e.g. weights of always-zero input pixels).
@@ -46,7 +52,7 @@ def canon(x: Tensor, scaled: Tensor, signed: Tensor) -> Tensor:
     x = torch.where(scaled.unsqueeze(1), x / safe, x)
     pivot = x.gather(1, x.abs().argmax(1, keepdim=True))
     flip = signed.unsqueeze(1) & (pivot < 0)
-    return torch.where(flip, -x, x)
+    return torch.where(flip, -x, x).to(dtype)
 
 
 class StrictReader:

@@ -47,6 +47,7 @@ class GraphStructure:
       canonicaliser walks these levels in order.
     * ``weight_ids`` [W]: indices of the weight edges (``weight.nonzero()``, read once here).
     * ``has_scale``: whether any neuron has a scale symmetry (the learned gauge's factor).
+    * ``layers``: the graphs' weight layers (:class:`WeightLayers`), for per-layer statistics.
 
     Every count, bound and flag is a Python value computed once in :meth:`of`, where the batch
     usually still lives on the CPU. Build the structure there and move it with :meth:`to`: the
@@ -87,6 +88,7 @@ class GraphStructure:
     canon_into: Tensor
     canon_levels: list[tuple[int, int, int]]
     has_scale: bool
+    layers: "WeightLayers"
 
     @classmethod
     def of(cls, batch) -> "GraphStructure":
@@ -134,15 +136,12 @@ class GraphStructure:
             weight_ids=weight.nonzero().squeeze(1), canon_into=canon_into,
             canon_levels=canon_levels,
             has_scale=bool(scale.any()),
+            layers=WeightLayers.of(weight, dst, edge_size, layer, node_graph, num_graphs),
         )
 
     def to(self, device, non_blocking: bool = False) -> "GraphStructure":
         """A copy with every tensor on ``device`` (sizes and flags stay Python values)."""
-        moved = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            moved[f.name] = v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v
-        return GraphStructure(**moved)
+        return _moved(self, device, non_blocking)
 
     # -- how the continuous group acts on values ------------------------------------------------
 
@@ -160,6 +159,77 @@ class GraphStructure:
         """[E] positive structural factor that brings typical weights to O(1): the square root of
         the target neuron's fan-in (in values). Invariant under the whole group."""
         return self.fan_in[self.dst].clamp_min(1).to(torch.float64).sqrt()
+
+
+@dataclass
+class WeightLayers:
+    """The weight layers of every graph of a batch, for per-layer statistics.
+
+    A *weight layer* is the set of weight edges of one graph whose target neurons share a depth
+    (``node_layer``): a Linear or a convolution, or the parallel maps that feed one depth. Layers
+    are numbered graph by graph in order of depth (``L`` in all).
+
+    * ``value_layer`` [V]: the layer of each edge value, ``-1`` for values of fixed edges;
+    * ``node_layer_id`` [N]: the layer whose edges end at each neuron, ``-1`` for neurons no weight
+      edge reaches (inputs);
+    * ``graph`` [L], ``rank`` [L], ``rank_from_end`` [L]: each layer's graph and its position
+      counted from the first and from the last layer of that graph;
+    * ``count`` [L]: values per layer; ``graph_count`` [B]: weight values per graph;
+    * ``num_layers``: ``L``; ``layers_per_graph`` [B].
+    """
+
+    value_layer: Tensor
+    node_layer_id: Tensor
+    graph: Tensor
+    rank: Tensor
+    rank_from_end: Tensor
+    count: Tensor
+    graph_count: Tensor
+    layers_per_graph: Tensor
+    num_layers: int
+
+    @classmethod
+    def of(cls, weight: Tensor, dst: Tensor, edge_size: Tensor, depth: Tensor,
+           node_graph: Tensor, num_graphs: int) -> "WeightLayers":
+        device = dst.device
+        span = int(depth.max()) + 1 if depth.numel() else 1
+        node_key = node_graph * span + depth
+        edge_key = torch.where(weight, node_key[dst], torch.full_like(dst, -1))
+        keys, edge_layer = torch.unique(edge_key, return_inverse=True)
+        if keys.numel() and int(keys[0]) < 0:  # the fixed edges' key -1 is not a layer
+            keys, edge_layer = keys[1:], edge_layer - 1
+        num_layers = int(keys.numel())
+        graph = torch.div(keys, span, rounding_mode="floor")
+        per_graph = torch.bincount(graph, minlength=num_graphs)
+        first = torch.cumsum(per_graph, 0) - per_graph
+        rank = torch.arange(num_layers, device=device) - first[graph]
+        value_layer = torch.repeat_interleave(edge_layer, edge_size)
+        counted = value_layer[value_layer >= 0]
+        node_layer_id = torch.full_like(node_key, -1)
+        if num_layers:
+            pos = torch.searchsorted(keys, node_key).clamp_max(num_layers - 1)
+            node_layer_id = torch.where(keys[pos] == node_key, pos, node_layer_id)
+        count = torch.bincount(counted, minlength=num_layers)
+        return cls(value_layer=value_layer, node_layer_id=node_layer_id,
+                   graph=graph, rank=rank, rank_from_end=per_graph[graph] - 1 - rank,
+                   count=count,
+                   graph_count=torch.zeros(num_graphs, dtype=torch.long, device=device)
+                   .index_add(0, graph, count),
+                   layers_per_graph=per_graph, num_layers=num_layers)
+
+    def to(self, device, non_blocking: bool = False) -> "WeightLayers":
+        """A copy with every tensor on ``device``."""
+        return _moved(self, device, non_blocking)
+
+
+def _moved(obj, device, non_blocking: bool):
+    """A copy of a dataclass of tensors (and Python values) with its tensors on ``device``."""
+    moved = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        moved[f.name] = (v.to(device, non_blocking=non_blocking) if isinstance(v, (Tensor,
+                         WeightLayers)) else v)
+    return type(obj)(**moved)
 
 
 def _canonical_levels(src: Tensor, dst: Tensor, weight: Tensor, layer: Tensor, plain: Tensor,

@@ -39,6 +39,23 @@ COLUMNS = {
     "inr-class": ("inr-class", "inr", "accuracy", True),
     "inr-edit": ("inr-edit", "inr", "mse", False),
 }
+# A method is a row of the table: a metanet mode with model and training settings. The first
+# three are the README's comparison; the others are the ablations of the gauge (README,
+# "What makes the gauge pay").
+METHODS = {
+    "quasi": {"mode": "quasi"},
+    "strict": {"mode": "strict"},
+    "perm": {"mode": "perm"},
+    # the metanets as they were before the balanced section and the statistics pathway
+    "quasi-unit-nostats": {"mode": "quasi", "model": {"section": "unit", "statistics": False}},
+    "strict-nostats": {"mode": "strict", "model": {"statistics": False}},
+    "perm-nostats": {"mode": "perm", "model": {"statistics": False}},
+    # one change at a time from quasi
+    "quasi-nostats": {"mode": "quasi", "model": {"statistics": False}},
+    "quasi-unit": {"mode": "quasi", "model": {"section": "unit"}},
+    "quasi-fixed": {"mode": "quasi", "model": {"learn_gauge": False}},
+    "quasi-symlog": {"mode": "quasi", "model": {"compress": True}},
+}
 MODES = ("quasi", "strict", "perm")
 ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 1797}
 
@@ -49,7 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--runs", default="runs/report", help="runs root (default runs/report)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=list(COLUMNS))
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--methods", "--modes", nargs="+", default=list(MODES), choices=list(METHODS),
+                   help="rows of the table (see METHODS)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--layers", type=int, default=3)
@@ -88,8 +106,11 @@ def _job(job: dict) -> dict:
         ev = json.loads(done_file.read_text())
         summary = json.loads((run / "summary.json").read_text())
         return {**job, "metrics": ev["metrics"], "seconds": summary["seconds"]}
-    cfg = TrainConfig(task=job["task"], zoo=job["zoo"], mode=job["mode"], hidden=job["hidden"],
-                      layers=job["layers"], epochs=job["epochs"], seed=job["seed"])
+    method = METHODS[job["mode"]]
+    cfg = TrainConfig(task=job["task"], zoo=job["zoo"], mode=method["mode"],
+                      hidden=job["hidden"], layers=job["layers"], epochs=job["epochs"],
+                      seed=job["seed"], model_kwargs=dict(method.get("model", {})),
+                      **method.get("train", {}))
     resume = (run / "config.json").is_file()
     summary = train(None if resume else cfg, run, resume=resume, threads=1, progress=False)
     result = evaluate_run(run, "test", threads=1)
@@ -130,7 +151,7 @@ def run_all(args, zoos: dict[str, Path]) -> list[dict]:
             out = Path(args.runs) / column
             jobs.append({"column": column, "mode": "baseline", "seed": seed, "zoo": str(zoos[kind]),
                          "run": str(out / f"baseline-s{seed}.json")})
-            for mode in args.modes:
+            for mode in args.methods:
                 jobs.append({"column": column, "task": task, "zoo": str(zoos[kind]),
                              "mode": mode, "seed": seed, "run": str(out / f"{mode}-s{seed}"),
                              "epochs": args.epochs[column], "hidden": args.hidden,
@@ -154,7 +175,7 @@ def collect(args) -> list[dict]:
             b = out / f"baseline-s{seed}.json"
             if b.is_file():
                 results.append(json.loads(b.read_text()))
-            for mode in args.modes:
+            for mode in args.methods:
                 run = out / f"{mode}-s{seed}"
                 if (run / "eval-test.json").is_file() and (run / "summary.json").is_file():
                     results.append({"column": column, "mode": mode, "seed": seed,
@@ -163,36 +184,52 @@ def collect(args) -> list[dict]:
     return results
 
 
-def table(results: list[dict], args) -> str:
+def _cell(vals: list[float], metric: str) -> str:
     import numpy as np
 
-    header = ["method", "hetero Kendall tau", "cnn Kendall tau", "INR accuracy",
-              "INR-edit MSE"]
-    cols = ["gen-hetero", "gen-cnn", "inr-class", "inr-edit"]
+    if not vals:
+        return "—"
+    scale = 100 if metric == "accuracy" else 1
+    fmt = "{:.4f}" if metric == "mse" else ("{:.1f}" if scale == 100 else "{:.3f}")
+    m, s = np.mean(vals) * scale, np.std(vals) * scale
+    return f"{fmt.format(m)} ± {fmt.format(s)} (n={len(vals)})"
+
+
+HEADERS = {"gen-hetero": "hetero Kendall tau", "gen-cnn": "cnn Kendall tau",
+           "inr-class": "INR accuracy", "inr-edit": "INR-edit MSE"}
+
+
+def table(results: list[dict], args) -> str:
+    """The results table: a row per method (the baseline first), a column per task column and,
+    for generalisation, its R² beside the Kendall tau."""
+    import numpy as np
+
+    cols = [c for c in COLUMNS if c in args.columns]
+    header = ["method"]
+    for c in cols:
+        header.append(HEADERS[c])
+        if COLUMNS[c][0] == "generalization":
+            header.append(HEADERS[c].split()[0] + " R²")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    names = {"baseline": "statistics baseline (HGB)", "quasi": "quasi", "strict": "strict",
-             "perm": "perm"}
-    for mode in ["baseline", *MODES]:
-        cells = [names[mode]]
+    names = {"baseline": "statistics baseline (HGB)"}
+    for mode in ["baseline", *args.methods]:
+        cells = [names.get(mode, mode)]
         for c in cols:
+            mine = [r for r in results if r["column"] == c and r["mode"] == mode]
             metric = COLUMNS[c][2]
-            vals = [r["metrics"][metric] for r in results if r["column"] == c and r["mode"] == mode]
-            if not vals:
-                cells.append("—")
-                continue
-            scale = 100 if metric == "accuracy" else 1
-            fmt = "{:.4f}" if metric == "mse" else ("{:.1f}" if scale == 100 else "{:.3f}")
-            m, s = np.mean(vals) * scale, np.std(vals) * scale
-            cells.append(f"{fmt.format(m)} ± {fmt.format(s)} (n={len(vals)})")
+            cells.append(_cell([r["metrics"][metric] for r in mine], metric))
+            if COLUMNS[c][0] == "generalization":
+                cells.append(_cell([r["metrics"]["r2"] for r in mine], "r2"))
         lines.append("| " + " | ".join(cells) + " |")
     ident = [r["metrics"].get("identity_mse") for r in results
              if r["column"] == "inr-edit" and r["mode"] != "baseline"]
     ident = [v for v in ident if v is not None]
-    if ident:
-        lines.append(f"| no edit (SIREN as it is) | — | — | — | {ident[0]:.4f} |")
+    if ident and "inr-edit" in cols:
+        cells = ["no edit (SIREN as it is)"] + ["—"] * (len(header) - 2) + [f"{ident[0]:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     secs = []
     for c in cols:
-        for mode in ["baseline", *MODES]:
+        for mode in ["baseline", *args.methods]:
             v = [r["seconds"] for r in results if r["column"] == c and r["mode"] == mode]
             if v:
                 secs.append(f"{c}/{mode} {np.mean(v):.0f}s")

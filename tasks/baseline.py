@@ -2,8 +2,9 @@
 scikit-learn's histogram gradient boosting.
 
 Features. For every floating-point tensor of a network's state_dict (weights, biases, and the
-batch-norm scales, shifts and running statistics), in state_dict order (which is the forward
-order of the zoo architectures), seven statistics: mean, variance, and the 0/25/50/75/100%
+batch-norm scales, shifts and running statistics), in the architecture's state_dict order (the
+forward order of the zoo architectures; :meth:`Zoo.state_dict` restores it from the
+alphabetical order of the safetensors file), seven statistics: mean, variance, and the 0/25/50/75/100%
 quantiles. Then:
 
 * a zoo of one architecture (``cnn``, ``inr``) uses the statistics of every tensor, concatenated;

@@ -343,6 +343,6 @@ def param_digest(net: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in net.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
                  if t.numel() else b"")
     return h.hexdigest()

@@ -35,6 +35,7 @@ exist is skipped, so an interrupted ``zoo make`` continues where it stopped.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -572,11 +573,15 @@ class Zoo:
         return self.root / self.rows[i]["file"]
 
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
-        """Network ``i``'s checkpoint. Raises :class:`ZooError` if it is missing or corrupt."""
+        """Network ``i``'s checkpoint, its tensors in the architecture's own (forward) order, not
+        the file's alphabetical one. Raises :class:`ZooError` if it is missing or corrupt."""
         try:
-            return load_safetensors(self.path(i), f"zoo '{self.root}' checkpoint")
+            state = load_safetensors(self.path(i), f"zoo '{self.root}' checkpoint")
         except TaskError as err:
             raise ZooError(str(err)) from None
+        order = _key_order(self.rows[i]["spec"])
+        rank = {k: n for n, k in enumerate(order)}
+        return dict(sorted(state.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
     def model(self, i: int) -> nn.Module:
         """Network ``i`` rebuilt from its spec with its weights loaded, in eval mode."""
@@ -588,3 +593,13 @@ class Zoo:
             raise ZooError(f"zoo '{self.root}' checkpoint '{self.path(i)}' does not fit its "
                            f"spec {self.rows[i]['spec']}: {err}") from None
         return m.eval()
+
+
+@functools.lru_cache(maxsize=256)
+def _key_order_of(spec_json: str) -> tuple[str, ...]:
+    return tuple(build_model(json.loads(spec_json)).state_dict())
+
+
+def _key_order(spec: dict) -> tuple[str, ...]:
+    """The state_dict keys of the architecture ``spec`` in module (forward) order."""
+    return _key_order_of(json.dumps(spec, sort_keys=True))

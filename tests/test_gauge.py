@@ -83,6 +83,69 @@ def test_canonical_form_unit_norms_and_signs(zoo):
     assert (primary[st.sign] > 0).all()
 
 
+def _norms(st, edge, node):
+    """Incoming and outgoing squared norms per neuron, as balance_factors defines them."""
+    ss = scatter(edge.square(), st.value_edge, 0, dim_size=st.num_edges, reduce="sum")
+    ss = torch.where(st.weight, ss, torch.zeros_like(ss))
+    into_plain = torch.where(st.plain[st.dst], ss, torch.zeros_like(ss))
+    incoming = scatter(into_plain, st.dst, 0, dim_size=st.num_nodes, reduce="sum")
+    incoming = incoming + torch.where(st.plain, node[:, 0].square(),
+                                      node[:, 1].square() + node[:, 2].square())
+    outgoing = scatter(ss, st.src, 0, dim_size=st.num_nodes, reduce="sum")
+    return incoming, outgoing
+
+
+def test_balanced_section_is_invariant_functional_and_balances_norms(zoo):
+    names, modules, gs, batch = zoo
+    st = GraphStructure.of(batch)
+    bare = models.GaugeMap(learned=False, sweeps=200).double()
+    edge, node, _ = bare(st, batch.edge_value, batch.node_value, batch.node_mask)
+    moved = Batch.from_data_list(_moved(gs, 3, permutations=False))
+    edge2, node2, _ = bare(st, moved.edge_value, moved.node_value, moved.node_mask)
+    assert (edge - edge2).abs().max() <= 1e-10 * edge.abs().max()
+    assert (node - node2).abs().max() <= 1e-10 * node.abs().max()
+    # converged: every scalable neuron with weights on both sides has equal in and out norms
+    incoming, outgoing = _norms(st, edge, node)
+    both = st.scale & (incoming > 1e-9) & (outgoing > 1e-9)
+    assert both.sum() > 10
+    assert torch.allclose(incoming[both], outgoing[both], rtol=1e-6)
+    # ... which is the least total norm of the orbit: never above the unit-norm section's
+    unit = models.GaugeMap(learned=False, section="unit").double()
+    edge_u, node_u, _ = unit(st, batch.edge_value, batch.node_value, batch.node_mask)
+    for b in range(st.num_graphs):
+        on_edge = st.edge_graph[st.value_edge] == b
+        on_node = st.node_graph == b
+        balanced = edge[on_edge].square().sum() + node[on_node, :3].square().sum()
+        unit_norm = edge_u[on_edge].square().sum() + node_u[on_node, :3].square().sum()
+        assert balanced <= unit_norm * (1 + 1e-9)
+    gen = torch.Generator().manual_seed(4)
+    for name, module, g in zip(names, modules, batch.with_values(edge, node).to_data_list()):
+        x = random_input(name, 8, gen)
+        clone = paramgraph.load_into(copy.deepcopy(module), g)
+        with torch.no_grad():
+            assert torch.allclose(clone(x), module(x), rtol=1e-9, atol=1e-11), name
+
+
+def test_balancing_raw_weights_is_not_invariant_control(zoo):
+    """Control: the same sweeps from the raw (not canonical) network stop at a point that depends
+    on where in the orbit they started, which is why the section balances the canonical form."""
+    from paramgraph.models.gauge import balance_factors
+
+    _, _, gs, batch = zoo
+    st = GraphStructure.of(batch)
+    moved = Batch.from_data_list(_moved(gs, 3, permutations=False))
+
+    def raw_balanced(b):
+        edge_ss = scatter(b.edge_value.square(), st.value_edge, 0, dim_size=st.num_edges,
+                          reduce="sum")
+        node_ss = torch.where(st.plain, b.node_value[:, 0].square(),
+                              b.node_value[:, 1].square() + b.node_value[:, 2].square())
+        return apply_factors(st, balance_factors(st, edge_ss, node_ss, sweeps=2), b.edge_value,
+                             b.node_value)[0]
+
+    assert (raw_balanced(batch) - raw_balanced(moved)).abs().max() > 1e-3
+
+
 def test_gauge_handles_zero_norm_neurons():
     module, x = build("mlp_relu")
     with torch.no_grad():
@@ -112,7 +175,7 @@ def test_gauge_bound_limits_the_learned_factor(zoo):
     with torch.no_grad():
         for p in gauge.parameters():
             p.normal_(std=3.0)
-    f = canonical_factors(st, batch.edge_value, batch.node_value)
+    f, _ = gauge.section_factors(st, batch.edge_value, batch.node_value)
     _, _, alpha = gauge(st, batch.edge_value, batch.node_value, batch.node_mask)
     ratio = (alpha / f)[st.scale]
     assert (ratio.log().abs() <= 0.5 + 1e-12).all() and ratio.log().abs().max() > 0.1
