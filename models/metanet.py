@@ -18,15 +18,16 @@ comparison between modes measures the symmetry treatment, nothing else.
 Example::
 
     from torch_geometric.data import Batch
-    import paramgraph, models
+    import paramgraph
+    from paramgraph import models
 
     batch = Batch.from_data_list([paramgraph.from_module(m, x) for m, x in nets])
-    net = models.MetaNet(mode="quasi", task="invariant", out_dim=1, hidden=64, layers=4)
+    net = models.MetaNet(mode="quasi", task="invariant", out_dim=1)
     y = net(batch)                                   # [num_graphs, 1]
 
     y = net(*models.prepare(batch, "cuda"))          # structure read on the CPU, then moved
 
-    editor = models.MetaNet(mode="quasi", task="weights", hidden=64, layers=4)
+    editor = models.MetaNet(mode="quasi", task="weights")
     out = editor(batch)                              # a Batch in the same layout, new values
     state_dicts = [paramgraph.to_state_dict(g) for g in out.to_data_list()]
 """
@@ -41,11 +42,11 @@ from torch import nn
 from paramgraph.graph import FIELDS
 
 from .backbone import Backbone
+from .defaults import HIDDEN, LAYERS, MODES
 from .gauge import BALANCE_SWEEPS, GaugeMap, apply_factors
 from .statistics import LayerStatistics
 from .structure import GraphStructure
 
-MODES = ("perm", "strict", "quasi")
 TASKS = ("invariant", "weights")
 FRAMES = ("gauged", "input")
 
@@ -89,7 +90,7 @@ class MetaNet(nn.Module):
     """
 
     def __init__(self, mode: str = "quasi", task: str = "invariant", out_dim: int = 1,
-                 hidden: int = 64, layers: int = 4, *,
+                 hidden: int = HIDDEN, layers: int = LAYERS, *,
                  aggrs: Sequence[str] = ("sum", "mean", "max"), kernel_cap: int = 64,
                  channels: int | None = None, gauge_hidden: int = 16, gauge_bound: float = 2.0,
                  learn_gauge: bool = True, section: str = "balanced",

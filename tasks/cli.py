@@ -88,6 +88,8 @@ def add_task_commands(subparsers) -> None:
     them with :func:`paramgraph.cli.run_command`.
     """
     from .objectives import OBJECTIVES
+    from paramgraph.models.defaults import HIDDEN, LAYERS, MODES
+
     from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_STEPS, KINDS
 
     pos = pg_cli._positive_int
@@ -152,14 +154,16 @@ def add_task_commands(subparsers) -> None:
         "the best checkpoint by validation score. Metrics per epoch go to RUN/metrics.csv.")
     p.add_argument("--task", choices=tuple(OBJECTIVES), help="what to learn")
     p.add_argument("--zoo", metavar="DIR", help="zoo directory")
-    p.add_argument("--mode", choices=("quasi", "strict", "perm"), default="quasi",
+    p.add_argument("--mode", choices=MODES, default="quasi",
                    help="metanet symmetry mode (default quasi)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in RUN after an interruption (its config is reused)")
     p.add_argument("--epochs", type=pos, default=20)
-    p.add_argument("--hidden", type=pos, default=32, help="metanet width (default 32)")
-    p.add_argument("--layers", type=pos, default=3, help="message-passing rounds (default 3)")
+    p.add_argument("--hidden", type=pos, default=HIDDEN,
+                   help=f"metanet width (default {HIDDEN})")
+    p.add_argument("--layers", type=pos, default=LAYERS,
+                   help=f"message-passing rounds (default {LAYERS})")
     p.add_argument("--batch-size", type=pos, default=32)
     p.add_argument("--lr", type=_nonneg_float, default=2e-3)
     p.add_argument("--weight-decay", type=_nonneg_float, default=1e-2)
@@ -369,8 +373,10 @@ def cmd_train(args) -> int:
         return 0  # under torchrun: rank 0 reports
     state = "complete" if summary["complete"] else "stopped (continue with --resume)"
     best = ", ".join(f"{k} {v:.4f}" for k, v in (summary["best"] or {}).items())
+    speed = summary["graphs_per_s"]
+    speed = f"; {speed:.1f} training graphs/s" if speed else ""
     print(f"run {summary['run']}: {summary['epochs_done']} epochs, {state}; best epoch "
-          f"{summary['best_epoch']} (val {best}); {summary['seconds']:.1f} s")
+          f"{summary['best_epoch']} (val {best}); {summary['seconds']:.1f} s{speed}")
     return 0
 
 

@@ -41,6 +41,7 @@ import torch
 
 from paramgraph.atomic import atomic_path
 from paramgraph.models import prepare
+from paramgraph.models.defaults import HIDDEN, LAYERS
 
 from .errors import RunError, TaskError
 from .io import (atomic_save_safetensors, atomic_torch_save, atomic_write_json, atomic_write_text,
@@ -62,8 +63,8 @@ class TrainConfig:
     task: str
     zoo: str
     mode: str = "quasi"
-    hidden: int = 32
-    layers: int = 3
+    hidden: int = HIDDEN
+    layers: int = LAYERS
     epochs: int = 20
     batch_size: int = 32
     lr: float = 2e-3
@@ -308,7 +309,8 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
         t1 = time.time()
         sums = distributed.run_epoch(ctx, model, objective, opt, sched, loader, plan,
                                      data.hidden, cfg.clip, bar)
-        trained, train_seconds = trained + sums["count"], train_seconds + time.time() - t1
+        epoch_seconds = time.time() - t1
+        trained, train_seconds = trained + sums["count"], train_seconds + epoch_seconds
         loss_sum, count, skipped = sums["loss_sum"], sums["count"], sums["skipped"]
         if sums["bad_loss"]:
             raise TaskError(f"training diverged at epoch {epoch} (non-finite loss in "
@@ -319,7 +321,8 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
         if skipped == steps_per_epoch:
             raise TaskError(f"every step of epoch {epoch} had non-finite gradients; lower --lr")
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / count,
-               "skipped_steps": skipped, **{f"val_{k}": v for k, v in val.items()}}
+               "skipped_steps": skipped, "graphs_per_s": count / max(epoch_seconds, 1e-9),
+               **{f"val_{k}": v for k, v in val.items()}}
         if identity is not None:
             row["val_identity_mse"] = identity
         row["seconds"] = time.time() - t0

@@ -149,3 +149,18 @@ def test_readme_has_python_examples():
 def test_readme_python_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(_readme_python_blocks()[index], f"README.md python block {index}", "exec"), {})
+
+
+def test_command_line_and_python_defaults_agree():
+    import inspect
+
+    from paramgraph.models import MetaNet
+    from paramgraph.tasks.cli import build_parser
+    from paramgraph.tasks.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "--out", "r", "--task", "generalization",
+                                      "--zoo", "z"])
+    signature = inspect.signature(MetaNet).parameters
+    cfg = TrainConfig(task="generalization", zoo="z")
+    for name in ("hidden", "layers", "mode"):
+        assert getattr(args, name) == signature[name].default == getattr(cfg, name), name

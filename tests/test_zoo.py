@@ -287,3 +287,20 @@ def test_inr_zoo_initialisation(zoos, tmp_path):
         make_zoo(tmp_path / "bad", "inr", 3, inr_init="zeros", progress=False)
     with pytest.raises(ZooError, match="inr_init"):  # a zoo's settings cannot change on resume
         make_zoo(tmp_path / "ind", "inr", 3, seed=3, inr_steps=2, progress=False)
+
+
+def test_state_dict_is_in_forward_order_for_the_baseline(zoos):
+    from paramgraph.tasks.archs import build_model
+
+    for kind in ("hetero", "cnn"):
+        zoo = Zoo(zoos[kind].root) if not isinstance(zoos[kind], Zoo) else zoos[kind]
+        for i in range(len(zoo)):
+            keys = list(zoo.state_dict(i))
+            assert keys == list(build_model(zoo.rows[i]["spec"]).state_dict()), (kind, i)
+    # control: the file itself stores them alphabetically, which is not the forward order
+    from safetensors import safe_open
+
+    zoo = zoos["hetero"]
+    i = next(i for i in range(len(zoo)) if zoo.rows[i]["spec"]["family"] == "cnn")
+    with safe_open(str(zoo.path(i)), framework="pt") as f:
+        assert list(f.keys()) != list(zoo.state_dict(i))
