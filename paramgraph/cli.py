@@ -129,7 +129,7 @@ def add_subcommands(subparsers) -> None:
                    f"next to the source, suffix {GRAPH_SUFFIX}")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="convert even if weights are NaN or infinite")
-    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="worker processes for a directory (default 1)")
     p.set_defaults(func=cmd_convert)
 
@@ -168,21 +168,31 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("graph", metavar="GRAPH", help="graph file")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="output image (.png, .svg or .pdf)")
-    p.add_argument("--max-nodes", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--max-nodes", type=positive_int, default=None, metavar="N",
                    help="draw every neuron up to this many nodes (default 400)")
-    p.add_argument("--max-edges", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--max-edges", type=positive_int, default=None, metavar="N",
                    help="draw every edge up to this many edges (default 5000)")
     p.set_defaults(func=cmd_draw)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
+def _number_type(convert, valid, what: str, not_a_number: str):
+    """An argparse ``type``: ``convert(text)``, refused with "expected <what>" unless
+    ``valid``."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {not_a_number}, got '{text}'") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'")
+        return value
+
+    return parse
+
+
+# argparse types shared by every command of the command line
+positive_int = _number_type(int, lambda v: v >= 1, "a positive integer", "a positive integer")
+nonneg_float = _number_type(float, lambda v: not v < 0, "a non-negative number", "a number")
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:

@@ -15,9 +15,10 @@ quantiles. Then:
   together, plus log(number of parameters) and the number of tensors. No architecture labels
   are used: the baseline sees weights only, like the metanets.
 
-Models: ``HistGradientBoostingRegressor`` (generalisation: test accuracy; INR editing: one
-regressor per output pixel of the dilated image) and ``HistGradientBoostingClassifier`` (INR
-classification), with default settings and a fixed ``random_state``.
+Models (each task's :meth:`~paramgraph.tasks.objectives.Objective.fit_baseline`):
+``HistGradientBoostingRegressor`` (generalisation: test accuracy; INR editing: one regressor per
+output pixel of the dilated image) and ``HistGradientBoostingClassifier`` (INR classification),
+with default settings and a fixed ``random_state``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 
 from .errors import TaskError
-from .zoo import Zoo
+from .objectives import get_objective
+from .zoo import RECIPES, Zoo
 
 K_ENDS = 4
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -72,7 +74,7 @@ def features(state: dict[str, torch.Tensor], hetero: bool) -> np.ndarray:
 def zoo_features(zoo: Zoo, ids: list[int] | None = None) -> np.ndarray:
     """``[n, F]`` features of the networks ``ids`` (default all) of ``zoo``."""
     ids = list(range(len(zoo))) if ids is None else ids
-    hetero = zoo.kind == "hetero"
+    hetero = RECIPES[zoo.kind].heterogeneous
     return np.stack([features(zoo.state_dict(i), hetero) for i in ids])
 
 
@@ -81,35 +83,20 @@ def fit_predict(task: str, zoo: Zoo, split_train: str = "train", split_eval: str
     """Fit the baseline for ``task`` on one split and predict another.
 
     Returns ``{"pred": array, "true": array, "metrics": dict, "seconds": fit+predict time}``; the
-    metrics are those of :func:`paramgraph.tasks.metrics.task_metrics`. ``x_all`` may pass precomputed
+    model and the metrics are the task's (:meth:`Objective.fit_baseline
+    <paramgraph.tasks.objectives.Objective.fit_baseline>`, :meth:`Objective.metrics
+    <paramgraph.tasks.objectives.Objective.metrics>`). ``x_all`` may pass precomputed
     :func:`zoo_features` of the whole zoo. Raises :class:`TaskError` for an unknown task or a zoo
     of the wrong kind.
     """
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    import sklearn.ensemble  # noqa: F401  (imported before the clock starts)
 
-    from .data import targets
-    from .metrics import task_metrics
-
-    target = {"generalization": "test_acc", "inr-class": "label", "inr-edit": "dilate"}.get(task)
-    if target is None:
-        raise TaskError(f"unknown task '{task}' (known: generalization, inr-class, inr-edit)")
-    y_all = targets(zoo, target).numpy()
+    objective = get_objective(task)
+    y_all = objective.targets(zoo).numpy()
     tr, ev = zoo.split(split_train), zoo.split(split_eval)
     start = time.time()
     x_all = zoo_features(zoo) if x_all is None else x_all
-    x_tr, x_ev, y_tr, y_ev = x_all[tr], x_all[ev], y_all[tr], y_all[ev]
-    if task == "generalization":
-        model = HistGradientBoostingRegressor(random_state=seed).fit(x_tr, y_tr)
-        pred = model.predict(x_ev)
-    elif task == "inr-class":
-        model = HistGradientBoostingClassifier(random_state=seed).fit(x_tr, y_tr)
-        pred = model.predict_proba(x_ev)
-        full = np.zeros((len(ev), 10))
-        full[:, model.classes_] = pred
-        pred = full
-    else:
-        pred = np.stack([HistGradientBoostingRegressor(random_state=seed, max_iter=50)
-                         .fit(x_tr, y_tr[:, p]).predict(x_ev) for p in range(y_tr.shape[1])], 1)
+    pred = objective.fit_baseline(x_all[tr], y_all[tr], x_all[ev], seed)
     seconds = time.time() - start
-    return {"pred": pred, "true": y_ev, "metrics": task_metrics(task, pred, y_ev),
+    return {"pred": pred, "true": y_all[ev], "metrics": objective.metrics(pred, y_all[ev]),
             "seconds": seconds}

@@ -36,6 +36,7 @@ import sys
 
 from paramgraph import __version__
 from paramgraph import cli as pg_cli
+from paramgraph.cli import nonneg_float, positive_int
 from paramgraph.errors import ParamGraphError
 
 PROG = pg_cli.PROG
@@ -71,16 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- task commands --------------------------------------------------------------------------------
 
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got '{text}'")
-    return v
-
-
 def add_task_commands(subparsers) -> None:
     """Register ``zoo``, ``train``, ``eval``, ``plot``, ``baseline``, ``edit`` and ``demo``.
 
@@ -92,7 +83,7 @@ def add_task_commands(subparsers) -> None:
 
     from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_STEPS, KINDS
 
-    pos = pg_cli._positive_int
+    pos = positive_int
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks on errors")
@@ -165,11 +156,11 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--layers", type=pos, default=LAYERS,
                    help=f"message-passing rounds (default {LAYERS})")
     p.add_argument("--batch-size", type=pos, default=32)
-    p.add_argument("--lr", type=_nonneg_float, default=2e-3)
-    p.add_argument("--weight-decay", type=_nonneg_float, default=1e-2)
-    p.add_argument("--warmup", type=_nonneg_float, default=0.05,
+    p.add_argument("--lr", type=nonneg_float, default=2e-3)
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-2)
+    p.add_argument("--warmup", type=nonneg_float, default=0.05,
                    help="fraction of the steps spent warming up (default 0.05)")
-    p.add_argument("--clip", type=_nonneg_float, default=1.0,
+    p.add_argument("--clip", type=nonneg_float, default=1.0,
                    help="gradient-norm clip, 0 for none (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", choices=("id", "ood"), default="id",
@@ -244,9 +235,8 @@ def _usage(parser, message: str) -> int:
 
 def cmd_zoo_make(args) -> int:
     """Handler of ``paramgraph zoo make``."""
-    from .zoo import make_zoo
-
     from .sharding import parse_shard
+    from .zoo import make_zoo, zoo_summary_text
 
     hidden = _int_list(args.inr_hidden, "--inr-hidden")
     shard = parse_shard(args.shard) if args.shard is not None else None
@@ -258,15 +248,15 @@ def cmd_zoo_make(args) -> int:
         print(f"shard {shard[0]}/{shard[1]} of zoo {args.out} done; the last shard to finish "
               f"merges the zoo (or run 'paramgraph zoo merge {args.out}')")
         return 0
-    print(_zoo_summary_text(zoo))
+    print(zoo_summary_text(zoo))
     return 0
 
 
 def cmd_zoo_merge(args) -> int:
     """Handler of ``paramgraph zoo merge``."""
-    from .sharding import merge_zoo
+    from .zoo import merge_zoo, zoo_summary_text
 
-    print(_zoo_summary_text(merge_zoo(args.dir)))
+    print(zoo_summary_text(merge_zoo(args.dir)))
     return 0
 
 
@@ -304,50 +294,12 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-def zoo_summary(zoo) -> dict:
-    """Counts, families, splits and accuracy/fit statistics of a zoo, as a dict."""
-    from collections import Counter
-
-    import numpy as np
-
-    out = {"dir": str(zoo.root), "kind": zoo.kind, "size": len(zoo),
-           "seed": zoo.manifest.get("seed"),
-           "families": dict(Counter(r["family"] for r in zoo.rows)),
-           "splits": {k: len(v) for k, v in zoo.splits.items() if isinstance(v, list)}}
-    if zoo.kind == "inr":
-        fit = np.array([r["fit_mse"] for r in zoo.rows])
-        out["fit_mse"] = {"mean": float(fit.mean()), "max": float(fit.max())}
-    else:
-        acc = np.array([r["test_acc"] for r in zoo.rows])
-        out["test_acc"] = {"min": float(acc.min()), "mean": float(acc.mean()),
-                           "max": float(acc.max()),
-                           "quartiles": [float(q) for q in np.quantile(acc, [0.25, 0.5, 0.75])]}
-    if "seconds" in zoo.manifest:
-        out["seconds"] = zoo.manifest["seconds"]
-    return out
-
-
-def _zoo_summary_text(zoo) -> str:
-    s = zoo_summary(zoo)
-    lines = [f"zoo {s['dir']}: {s['size']} {s['kind']} networks (seed {s['seed']})",
-             "  families: " + ", ".join(f"{k} {v}" for k, v in s["families"].items()),
-             "  splits:   " + ", ".join(f"{k} {v}" for k, v in s["splits"].items())]
-    if "test_acc" in s:
-        a = s["test_acc"]
-        lines.append(f"  test accuracy: min {a['min']:.3f}, quartiles "
-                     f"{', '.join(f'{q:.3f}' for q in a['quartiles'])}, max {a['max']:.3f}")
-    if "fit_mse" in s:
-        lines.append(f"  SIREN fit MSE: mean {s['fit_mse']['mean']:.2e}, "
-                     f"max {s['fit_mse']['max']:.2e}")
-    return "\n".join(lines)
-
-
 def cmd_zoo_info(args) -> int:
     """Handler of ``paramgraph zoo info``."""
-    from .zoo import Zoo
+    from .zoo import Zoo, zoo_summary, zoo_summary_text
 
     zoo = Zoo(args.dir)
-    print(json.dumps(zoo_summary(zoo), indent=1) if args.json else _zoo_summary_text(zoo))
+    print(json.dumps(zoo_summary(zoo), indent=1) if args.json else zoo_summary_text(zoo))
     return 0
 
 

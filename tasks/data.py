@@ -41,11 +41,11 @@ from .archs import example_input
 from .errors import TaskError, ZooError
 from .threads import threads
 from .io import sha256_text
+from .objectives import objective_of_target
 from .zoo import Zoo
 
 CACHE_FORMAT = 2
 SHARD_SIZE = 1024
-TARGETS = ("test_acc", "label", "dilate")
 
 
 def cache_key(zoo: Zoo) -> str:
@@ -207,27 +207,14 @@ def repair_cache(zoo: Zoo | str | os.PathLike, progress: bool = True) -> list[Pa
 
 
 def targets(zoo: Zoo, target: str) -> Tensor:
-    """The per-network target of ``zoo`` for ``target``.
+    """The per-network target of ``zoo`` for ``target``, read by the task whose target it is
+    (:meth:`Objective.targets <paramgraph.tasks.objectives.Objective.targets>`).
 
     ``test_acc``: ``[n]`` float test accuracies (hetero/cnn zoos); ``label``: ``[n]`` long digit
     classes (inr zoos); ``dilate``: ``[n, 64]`` float dilated images (inr zoos). Raises
     :class:`TaskError` for an unknown target or one the zoo does not have.
     """
-    if target not in TARGETS:
-        raise TaskError(f"unknown target '{target}' (known: {', '.join(TARGETS)})")
-    need = "test_acc" if target == "test_acc" else "label"
-    if any(need not in r for r in zoo.rows):
-        raise TaskError(f"zoo '{zoo.root}' ({zoo.kind}) has no '{need}' for target '{target}'; "
-                        f"{'accuracy targets need a hetero or cnn zoo' if need == 'test_acc' else 'INR targets need an inr zoo'}")
-    if target == "test_acc":
-        return torch.tensor([float(r["test_acc"]) for r in zoo.rows], dtype=torch.float32)
-    if target == "label":
-        return torch.tensor([int(r["label"]) for r in zoo.rows], dtype=torch.long)
-    from .digits import images
-    from .inr import dilate
-
-    x, _ = images()
-    return dilate(x[[int(r["image_index"]) for r in zoo.rows]])
+    return objective_of_target(target).targets(zoo)
 
 
 class ZooDataset(Dataset):

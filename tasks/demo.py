@@ -120,9 +120,8 @@ def run_demo(size: int = DEMO_SIZE, epochs: int = DEMO_EPOCHS, out: str = "runs/
              zoo_dir: str | None = None, workers: int = 2, seed: int = DEMO_SEED) -> list[dict]:
     """Run the demo (see the module docstring); prints the table and returns its rows."""
     from .baseline import fit_predict
-    from .cli import _zoo_summary_text
     from .data import load_graphs
-    from .zoo import make_zoo
+    from .zoo import make_zoo, zoo_summary_text
 
     start = time.time()
     zoo_path = Path(zoo_dir or f".cache/demo/zoo-hetero-{size}-s{seed}")
@@ -133,7 +132,7 @@ def run_demo(size: int = DEMO_SIZE, epochs: int = DEMO_EPOCHS, out: str = "runs/
     t0 = time.time()
     zoo = make_zoo(zoo_path, "hetero", size, workers=workers, seed=seed)
     zoo_seconds = time.time() - t0
-    print(_zoo_summary_text(zoo), flush=True)
+    print(zoo_summary_text(zoo), flush=True)
     load_graphs(zoo)  # convert once here, so the training processes share the cache
 
     print("[2/4] statistics baseline (per-tensor weight statistics + gradient boosting)",

@@ -250,14 +250,36 @@ def rank_slice(edge_counts: Sequence[int], rank: int, world: int) -> range:
     return range(bounds[rank], bounds[rank + 1])
 
 
+def predict(net, objective, dataset, batch_size: int, hidden=None, device=None,
+            workers: int = 0):
+    """Predictions and targets of ``net`` on every graph of ``dataset`` (in order), no grad, in
+    this process.
+
+    ``device``: where batches run (default: where ``net`` is); ``workers``: DataLoader worker
+    processes. Returns ``(pred, y, net_ids)`` as stacked CPU tensors (one copy at the end).
+    """
+    from torch_geometric.loader import DataLoader
+
+    if device is None:
+        device = next(net.parameters()).device
+    preds, ys, ids = [], [], []
+    net.eval()
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                num_workers=workers):
+            batch, st = prepare(batch, device, non_blocking=True)
+            preds.append(objective.predict(net, batch, hidden, st).float())
+            ys.append(batch.y)
+            ids.append(batch.net_id)
+    return torch.cat(preds).cpu(), torch.cat(ys).cpu(), torch.cat(ids).cpu()
+
+
 def predict_all(ctx: Context, net, objective, dataset, batch_size: int, hidden=None,
                 edge_counts: Sequence[int] | None = None, workers: int = 0):
     """Predictions, targets and ids on every item of ``dataset`` in order, like
-    :func:`paramgraph.tasks.train.predict`, with the work split across the ranks and the results gathered
-    on every rank. Returns CPU tensors."""
+    :func:`predict`, with the work split across the ranks and the results gathered on every
+    rank. Returns CPU tensors."""
     from torch.utils.data import Subset
-
-    from .train import predict
 
     if not ctx.distributed:
         return predict(net, objective, dataset, batch_size, hidden, device=ctx.device,

@@ -1,4 +1,5 @@
-"""Metrics of the three tasks, on plain tensors or arrays."""
+"""Metrics of the tasks, on plain tensors or arrays (each task picks its own, see
+:mod:`paramgraph.tasks.objectives`)."""
 
 from __future__ import annotations
 
@@ -45,23 +46,16 @@ def mse(pred, true) -> float:
     return float(((_np(pred) - _np(true)) ** 2).mean())
 
 
-def task_metrics(task: str, pred, true) -> dict[str, float]:
-    """Every metric of ``task`` (generalization: kendall_tau, r2, mse; inr-class: accuracy;
-    inr-edit: mse), as a dict of floats."""
-    if task == "generalization":
-        return {"kendall_tau": kendall_tau(pred, true), "r2": r2(pred, true), "mse": mse(pred, true)}
-    if task == "inr-class":
-        return {"accuracy": accuracy(pred, true)}
-    if task == "inr-edit":
-        return {"mse": mse(pred, true)}
-    raise ValueError(f"unknown task '{task}'")
-
-
 def is_better(metric: str, new: float, best: float | None) -> bool:
     """Whether ``new`` beats ``best`` for ``metric`` (higher is better except for losses/mse)."""
+    return beats(new, best, higher=metric not in ("mse", "loss"))
+
+
+def beats(new: float, best: float | None, higher: bool) -> bool:
+    """Whether the score ``new`` beats ``best`` (``higher``: larger is better). A missing or NaN
+    ``new`` never does; anything beats a missing or NaN ``best``."""
     if new is None or (isinstance(new, float) and math.isnan(new)):
         return False
     if best is None or (isinstance(best, float) and math.isnan(best)):
         return True
-    lower = metric in ("mse", "loss")
-    return new < best if lower else new > best
+    return new > best if higher else new < best

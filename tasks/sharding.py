@@ -6,8 +6,11 @@ the shards together write exactly the networks that one unsharded ``zoo make`` w
 writes, byte for byte, and they never write the same file. They share the zoo directory (a shared
 file system across machines): each writes its networks and rows, then a marker
 ``shards/shard-I-of-N.json``. The shard that finds all N markers present merges the zoo (metadata
-table, CSV, splits, ``complete`` in the manifest); ``paramgraph zoo merge DIR`` does the same by
-hand and says which networks are still missing.
+table, CSV, splits, ``complete`` in the manifest: :func:`paramgraph.tasks.zoo.merge_zoo`);
+``paramgraph zoo merge DIR`` does the same by hand and says which networks are still missing.
+
+This module keeps the shards' bookkeeping; :mod:`paramgraph.tasks.zoo` makes and merges the zoo
+with it (and this module imports nothing of the zoo's).
 """
 
 from __future__ import annotations
@@ -58,41 +61,13 @@ def finish_shard(root: Path, shard: tuple[int, int], units: list, seconds: float
     return all(marker_path(root, (k, shard[1])).is_file() for k in range(shard[1]))
 
 
-def missing_networks(root: Path, size: int) -> list[int]:
-    """Ids of the networks whose row or checkpoint is not written yet."""
-    from .zoo import _net_path, _row_path
-
-    return [i for i in range(size) if not (_row_path(root, i).is_file()
-                                           and _net_path(root, i).is_file())]
+def shard_markers(root: Path) -> list[Path]:
+    """The markers of the shards of the zoo in ``root`` that have finished, by name."""
+    shards = Path(root) / "shards"
+    return sorted(shards.glob("shard-*.json")) if shards.is_dir() else []
 
 
-def merge_zoo(root: str | os.PathLike, progress: bool = True):
-    """Merge the rows written by the shards of the zoo in ``root`` into its metadata table and
-    splits, mark it complete and return the :class:`~paramgraph.tasks.zoo.Zoo`. Raises :class:`ZooError`
-    naming the missing networks (and the shards that have not reported) if any is missing."""
-    from .zoo import Zoo, _merge
-
-    root = Path(root)
-    path = root / "zoo.json"
-    if not path.is_file():
-        raise ZooError(f"'{root}' is not a zoo: it has no zoo.json (make it with "
-                       "'paramgraph zoo make ... --shard I/N')")
-    manifest = read_json(path, "zoo manifest")
-    size = int(manifest["size"])
-    missing = missing_networks(root, size)
-    if missing:
-        reported = sorted(p.name for p in (root / "shards").glob("shard-*.json")) \
-            if (root / "shards").is_dir() else []
-        shown = ", ".join(str(i) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise ZooError(f"zoo '{root}' cannot be merged: {len(missing)} of {size} networks are "
-                       f"missing (ids {shown}); finished shards: "
-                       f"{', '.join(reported) or 'none'}. Run the missing 'paramgraph zoo make "
-                       "... --shard I/N' commands first")
-    _merge(root, manifest["kind"], size, int(manifest["seed"]))
-    markers = list((root / "shards").glob("shard-*.json")) if (root / "shards").is_dir() else []
-    if markers:
-        manifest["seconds"] = round(sum(read_json(m, "shard marker").get("seconds", 0.0)
-                                        for m in markers), 2)
-    manifest["complete"] = True
-    atomic_write_json(path, manifest)
-    return Zoo(root)
+def shard_seconds(root: Path) -> float:
+    """The seconds the finished shards of the zoo in ``root`` took, summed."""
+    return round(sum(read_json(m, "shard marker").get("seconds", 0.0)
+                     for m in shard_markers(root)), 2)

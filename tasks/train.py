@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import time
@@ -40,15 +39,17 @@ import numpy as np
 import torch
 
 from paramgraph.atomic import atomic_path
-from paramgraph.models import prepare
 from paramgraph.models.defaults import HIDDEN, LAYERS
 
+from . import distributed
+from .data import ZooDataset, load_graphs
+from .distributed import predict
 from .errors import RunError, TaskError
 from .io import (atomic_save_safetensors, atomic_torch_save, atomic_write_json, atomic_write_text,
                  load_safetensors, read_json)
-from .metrics import is_better
-from .objectives import Objective, get_objective, identity_edit_mse, siren_hidden
+from .objectives import Objective, get_objective
 from .threads import threads as thread_count
+from .zoo import Zoo
 
 CONFIG = "config.json"
 RESUME = "resume.pt"
@@ -126,15 +127,11 @@ class _Data:
 
     def __init__(self, cfg: TrainConfig, objective: Objective, progress: bool, ctx=None,
                  rebuild_cache: bool = False):
-        from .data import ZooDataset, load_graphs
-        from .distributed import Context, rank0_first
-        from .zoo import Zoo
-
         self.zoo = Zoo(cfg.zoo)
         objective.check_zoo(self.zoo)
-        ctx = ctx or Context()
+        ctx = ctx or distributed.Context()
         # rank 0 builds (or repairs) the graph cache, then the other ranks open it
-        graphs = rank0_first(ctx, lambda: load_graphs(
+        graphs = distributed.rank0_first(ctx, lambda: load_graphs(
             self.zoo, progress and ctx.is_main, rebuild=rebuild_cache and ctx.is_main))
         self.sets = {}
         for which in ("train", "val", "test"):
@@ -146,30 +143,7 @@ class _Data:
         if cfg.max_train:
             ds = self.sets["train"]
             ds.ids = ds.ids[: cfg.max_train]
-        self.hidden = siren_hidden(self.zoo) if objective.name == "inr-edit" else None
-
-
-def predict(net, objective: Objective, dataset, batch_size: int, hidden=None, device=None,
-            workers: int = 0):
-    """Predictions and targets of ``net`` on every graph of ``dataset`` (in order), no grad.
-
-    ``device``: where batches run (default: where ``net`` is); ``workers``: DataLoader worker
-    processes. Returns ``(pred, y, net_ids)`` as stacked CPU tensors (one copy at the end).
-    """
-    from torch_geometric.loader import DataLoader
-
-    if device is None:
-        device = next(net.parameters()).device
-    preds, ys, ids = [], [], []
-    net.eval()
-    with torch.no_grad():
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                num_workers=workers):
-            batch, st = prepare(batch, device, non_blocking=True)
-            preds.append(objective.predict(net, batch, hidden, st).float())
-            ys.append(batch.y)
-            ids.append(batch.net_id)
-    return torch.cat(preds).cpu(), torch.cat(ys).cpu(), torch.cat(ids).cpu()
+        self.hidden = objective.hidden(self.zoo)
 
 
 def _write_metrics(run: Path, history: list[dict]) -> None:
@@ -227,8 +201,6 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         raise TaskError(f"unknown mode '{cfg.mode}' (known: {', '.join(MODES)})")
     if cfg.splits not in SPLIT_SETS:
         raise TaskError(f"unknown split set '{cfg.splits}' (known: {', '.join(SPLIT_SETS)})")
-    from . import distributed
-
     if workers < 0:
         raise TaskError(f"--workers must be at least 0, got {workers}")
     with thread_count(threads), distributed.session(device) as ctx:
@@ -236,125 +208,189 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
                       threads, ctx, workers, rebuild_cache)
 
 
+@dataclass
+class _State:
+    """What a run carries from epoch to epoch (and saves in ``resume.pt``)."""
+
+    net: torch.nn.Module  # the module itself (unwrapped): saved and evaluated
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    start_epoch: int = 1
+
+
 def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, progress: bool,
            stop_after: int | None, threads: int | None, ctx, workers: int,
            rebuild_cache: bool) -> dict:
     from tqdm import tqdm
 
-    from . import distributed
-
     # every rank has checked the run directory (in train) before rank 0, past this cache
     # barrier, writes into it
     data = _Data(cfg, objective, progress, ctx, rebuild_cache)
-    fingerprint = data.zoo.fingerprint()
+    state = _fresh_state(cfg, objective, data, ctx)
+    if resume:
+        _load_resume_state(run, cfg, data, state, ctx)
+    elif ctx.is_main:
+        _write_config(run, cfg, objective, data, state.net, threads)
+    reference = _reference_scores(objective, state.history, data)
+    last = cfg.epochs if stop_after is None else min(cfg.epochs,
+                                                     state.start_epoch - 1 + stop_after)
+    model = distributed.wrap_model(ctx, state.net)
+    train_edges, val_edges = data.sets["train"].edge_counts(), data.sets["val"].edge_counts()
+    trained, train_seconds = 0, 0.0
+    bar = tqdm(total=(last - state.start_epoch + 1) * state.steps_per_epoch, unit="step",
+               desc=f"{cfg.task}/{cfg.mode}", disable=not progress)
+    for epoch in range(state.start_epoch, last + 1):
+        t0 = time.time()
+        sums, seconds = _train_epoch(cfg, objective, data, state, model, ctx, epoch, train_edges,
+                                     workers, bar)
+        trained, train_seconds = trained + sums["count"], train_seconds + seconds
+        val = _validate(cfg, objective, data, state, ctx, val_edges, workers)
+        row = _epoch_row(epoch, state, sums, seconds, val, reference)
+        row["seconds"] = time.time() - t0
+        _keep_epoch(run, objective, state, row, val, ctx)
+        bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
+                        **{f"val_{objective.select}": f"{val[objective.select]:.4f}"})
+    bar.close()
+    distributed.barrier(ctx)  # rank 0's files are complete when any rank returns
+    return _summary(run, cfg, state, ctx, trained, train_seconds)
+
+
+def _fresh_state(cfg: TrainConfig, objective: Objective, data: _Data, ctx) -> _State:
+    """A newly initialised metanet (from ``cfg.seed``) with its optimiser and schedule."""
     torch.manual_seed(cfg.seed)
     net = build_metanet(cfg, objective).to(ctx.device)
     # fused: skips a step with a non-finite gradient on the device (found_inf), no host sync
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=True)
-    train_set = data.sets["train"]
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(data.sets["train"]) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, cfg.warmup, cfg.min_lr))
-    history: list[dict] = []
-    best: dict | None = None
-    start_epoch = 1
-    if resume:
-        saved = read_json(run / CONFIG, "run config")
-        if saved.get("zoo_fingerprint") != fingerprint:
-            raise RunError(f"cannot resume '{run}': zoo '{cfg.zoo}' has changed since the run "
-                           "started")
-        if (run / RESUME).is_file():
-            try:
-                state = torch.load(run / RESUME, weights_only=True, map_location=ctx.device)
-                net.load_state_dict(state["model"])
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-            except Exception as err:
-                raise RunError(f"cannot resume '{run}': {run / RESUME} is unreadable ({err})") \
-                    from None
-            history, best = state["history"], state["best"]
-            start_epoch = int(state["epoch"]) + 1
-    elif ctx.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run / CONFIG, {
-            "config": asdict(cfg), "zoo_fingerprint": fingerprint, "zoo_kind": data.zoo.kind,
-            "objective": objective.name, "siren_hidden": data.hidden,
-            "metanet_parameters": sum(p.numel() for p in net.parameters()),
-            "train_size": len(train_set), "val_size": len(data.sets["val"]),
-            "test_size": len(data.sets["test"]), "threads": threads,
-        })
-    identity = None  # inr-edit: the validation error of leaving the SIRENs unedited
-    if objective.name == "inr-edit":
-        identity = (history[0]["val_identity_mse"] if history
-                    else identity_edit_mse(data.sets["val"], data.hidden))
+    return _State(net, opt, sched, steps_per_epoch)
 
-    last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch - 1 + stop_after)
-    model = distributed.wrap_model(ctx, net)  # net: the module itself, saved and evaluated
-    train_edges, val_edges = train_set.edge_counts(), data.sets["val"].edge_counts()
-    trained, train_seconds = 0, 0.0
-    bar = tqdm(total=(last - start_epoch + 1) * steps_per_epoch, unit="step",
-               desc=f"{cfg.task}/{cfg.mode}", disable=not progress)
-    for epoch in range(start_epoch, last + 1):
-        t0 = time.time()
-        torch.manual_seed(_seed(cfg.seed, epoch, 1))
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(
-            _seed(cfg.seed, epoch, 2)))
-        model.train()
-        # this rank's part of every global batch (balanced by edges), one sync per epoch; a
-        # step whose gradient is not finite is skipped (not applied) and counted
-        loader, plan = distributed.epoch_loader(ctx, train_set, order.tolist(), cfg.batch_size,
-                                                train_edges, workers)
-        t1 = time.time()
-        sums = distributed.run_epoch(ctx, model, objective, opt, sched, loader, plan,
-                                     data.hidden, cfg.clip, bar)
-        epoch_seconds = time.time() - t1
-        trained, train_seconds = trained + sums["count"], train_seconds + epoch_seconds
-        loss_sum, count, skipped = sums["loss_sum"], sums["count"], sums["skipped"]
-        if sums["bad_loss"]:
-            raise TaskError(f"training diverged at epoch {epoch} (non-finite loss in "
-                            f"{sums['bad_loss']} batches); lower --lr")
-        pred, y, _ = distributed.predict_all(ctx, net, objective, data.sets["val"],
-                                             cfg.eval_batch_size, data.hidden, val_edges, workers)
-        val = objective.metrics(pred, y)
-        if skipped == steps_per_epoch:
-            raise TaskError(f"every step of epoch {epoch} had non-finite gradients; lower --lr")
-        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / count,
-               "skipped_steps": skipped, "graphs_per_s": count / max(epoch_seconds, 1e-9),
-               **{f"val_{k}": v for k, v in val.items()}}
-        if identity is not None:
-            row["val_identity_mse"] = identity
-        row["seconds"] = time.time() - t0
-        history.append(row)
-        score = val[objective.select]
-        improved = best is None or _improves(objective, score, best["val"][objective.select])
-        if improved:
-            best = {"epoch": epoch, "val": val}
-        if ctx.is_main:  # every rank holds the same history, weights and best; rank 0 writes
-            if improved:
-                atomic_save_safetensors(run / BEST, net.state_dict(),
-                                        metadata={"epoch": str(epoch)})
-                atomic_write_json(run / "best.json", best)
-            _write_metrics(run, history)
-            atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict(), "epoch": epoch,
-                                "history": history, "best": best}, run / RESUME)
-        bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
-                        **{f"val_{objective.select}": f"{score:.4f}"})
-    bar.close()
-    distributed.barrier(ctx)  # rank 0's files are complete when any rank returns
+
+def _load_resume_state(run: Path, cfg: TrainConfig, data: _Data, state: _State, ctx) -> None:
+    """Continue ``state`` from the run's ``resume.pt`` (if an epoch has finished); raises
+    :class:`RunError` if the zoo has changed or the file is unreadable."""
+    saved = read_json(run / CONFIG, "run config")
+    if saved.get("zoo_fingerprint") != data.zoo.fingerprint():
+        raise RunError(f"cannot resume '{run}': zoo '{cfg.zoo}' has changed since the run "
+                       "started")
+    if not (run / RESUME).is_file():
+        return
+    try:
+        saved = torch.load(run / RESUME, weights_only=True, map_location=ctx.device)
+        state.net.load_state_dict(saved["model"])
+        state.opt.load_state_dict(saved["optimizer"])
+        state.sched.load_state_dict(saved["scheduler"])
+    except Exception as err:
+        raise RunError(f"cannot resume '{run}': {run / RESUME} is unreadable ({err})") from None
+    state.history, state.best = saved["history"], saved["best"]
+    state.start_epoch = int(saved["epoch"]) + 1
+
+
+def _write_config(run: Path, cfg: TrainConfig, objective: Objective, data: _Data, net,
+                  threads: int | None) -> None:
+    """Write the new run's ``config.json`` (the config, the zoo's fingerprint, sizes)."""
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run / CONFIG, {
+        "config": asdict(cfg), "zoo_fingerprint": data.zoo.fingerprint(),
+        "zoo_kind": data.zoo.kind, "objective": objective.name, "siren_hidden": data.hidden,
+        "metanet_parameters": sum(p.numel() for p in net.parameters()),
+        "train_size": len(data.sets["train"]), "val_size": len(data.sets["val"]),
+        "test_size": len(data.sets["test"]), "threads": threads,
+    })
+
+
+def _reference_scores(objective: Objective, history: list[dict], data: _Data) -> dict:
+    """The objective's reference scores on the validation set (inr-edit: the error of leaving
+    the SIRENs unedited) as ``val_*`` columns: computed once per run, then read back from the
+    first epoch's row when the run resumes."""
+    if history:
+        return {f"val_{k}": history[0][f"val_{k}"] for k in objective.references}
+    scores = objective.reference_scores(data.sets["val"], data.hidden)
+    return {f"val_{k}": v for k, v in scores.items()}
+
+
+def _train_epoch(cfg: TrainConfig, objective: Objective, data: _Data, state: _State, model, ctx,
+                 epoch: int, edges: list[int], workers: int, bar) -> tuple[dict, float]:
+    """Train one epoch (seeded from ``(seed, epoch)``); returns the sums of
+    :func:`~paramgraph.tasks.distributed.run_epoch` and the seconds the steps took. Raises
+    :class:`TaskError` if a loss was not finite."""
+    train_set = data.sets["train"]
+    torch.manual_seed(_seed(cfg.seed, epoch, 1))
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(
+        _seed(cfg.seed, epoch, 2)))
+    model.train()
+    # this rank's part of every global batch (balanced by edges), one sync per epoch; a
+    # step whose gradient is not finite is skipped (not applied) and counted
+    loader, plan = distributed.epoch_loader(ctx, train_set, order.tolist(), cfg.batch_size,
+                                            edges, workers)
+    t1 = time.time()
+    sums = distributed.run_epoch(ctx, model, objective, state.opt, state.sched, loader, plan,
+                                 data.hidden, cfg.clip, bar)
+    seconds = time.time() - t1
+    if sums["bad_loss"]:
+        raise TaskError(f"training diverged at epoch {epoch} (non-finite loss in "
+                        f"{sums['bad_loss']} batches); lower --lr")
+    return sums, seconds
+
+
+def _validate(cfg: TrainConfig, objective: Objective, data: _Data, state: _State, ctx,
+              edges: list[int], workers: int) -> dict[str, float]:
+    """The metanet's validation scores, on the predictions of every rank gathered."""
+    pred, y, _ = distributed.predict_all(ctx, state.net, objective, data.sets["val"],
+                                         cfg.eval_batch_size, data.hidden, edges, workers)
+    return objective.metrics(pred, y)
+
+
+def _epoch_row(epoch: int, state: _State, sums: dict, seconds: float, val: dict,
+               reference: dict) -> dict:
+    """The epoch's row of ``metrics.csv`` (without ``seconds``); raises :class:`TaskError` if
+    every step was skipped."""
+    if sums["skipped"] == state.steps_per_epoch:
+        raise TaskError(f"every step of epoch {epoch} had non-finite gradients; lower --lr")
+    return {"epoch": epoch, "lr": state.opt.param_groups[0]["lr"],
+            "train_loss": sums["loss_sum"] / sums["count"], "skipped_steps": sums["skipped"],
+            "graphs_per_s": sums["count"] / max(seconds, 1e-9),
+            **{f"val_{k}": v for k, v in val.items()}, **reference}
+
+
+def _keep_epoch(run: Path, objective: Objective, state: _State, row: dict, val: dict,
+                ctx) -> None:
+    """Add the epoch to the history, keep it as the best if it is, and (rank 0) write the
+    metrics, the best checkpoint and ``resume.pt``."""
+    state.history.append(row)
+    epoch, select = row["epoch"], objective.select
+    improved = state.best is None or objective.improves(val[select], state.best["val"][select])
+    if improved:
+        state.best = {"epoch": epoch, "val": val}
+    if not ctx.is_main:  # every rank holds the same history, weights and best; rank 0 writes
+        return
+    if improved:
+        atomic_save_safetensors(run / BEST, state.net.state_dict(),
+                                metadata={"epoch": str(epoch)})
+        atomic_write_json(run / "best.json", state.best)
+    _write_metrics(run, state.history)
+    atomic_torch_save({"model": state.net.state_dict(), "optimizer": state.opt.state_dict(),
+                       "scheduler": state.sched.state_dict(), "epoch": epoch,
+                       "history": state.history, "best": state.best}, run / RESUME)
+
+
+def _summary(run: Path, cfg: TrainConfig, state: _State, ctx, trained: int,
+             train_seconds: float) -> dict:
+    """The summary dict that :func:`train` returns."""
+    history, best = state.history, state.best
     done = history[-1]["epoch"] if history else 0
     return {"run": str(run), "epochs_done": done, "complete": done >= cfg.epochs,
             "best_epoch": best["epoch"] if best else None, "best": best["val"] if best else None,
             "world_size": ctx.world_size, "device": str(ctx.device),
             "graphs_per_s": trained / train_seconds if train_seconds else None,
-            "param_sha256": distributed.param_digest(net),
+            "param_sha256": distributed.param_digest(state.net),
             "seconds": sum(h["seconds"] for h in history)}
-
-
-def _improves(objective: Objective, new: float, old: float) -> bool:
-    return is_better("mse" if not objective.higher else objective.select, new, old)
 
 
 # -- loading, evaluating, plotting ----------------------------------------------------------------
@@ -390,9 +426,9 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
     """Score a run's best metanet on ``split`` (train/val/test of the run's split set).
 
     Writes ``RUN/eval-<split>.json`` (scores, predictions, targets, network ids) and returns
-    ``{"split", "zoo_split", "metrics", "n", "seconds"}``. For inr-edit the scores include
-    ``identity_mse``, the error of leaving the SIREN unedited. Raises :class:`RunError`/
-    :class:`TaskError` for a bad run or split.
+    ``{"split", "zoo_split", "metrics", "n", "seconds"}``. The scores include the objective's
+    reference scores (inr-edit: ``identity_mse``, the error of leaving the SIREN unedited).
+    Raises :class:`RunError`/:class:`TaskError` for a bad run or split.
     """
     if split not in ("train", "val", "test"):
         raise TaskError(f"unknown split '{split}' (use train, val or test)")
@@ -402,8 +438,7 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
         t0 = time.time()
         pred, y, ids = predict(net, objective, data.sets[split], cfg.eval_batch_size, data.hidden)
         metrics = objective.metrics(pred, y)
-        if objective.name == "inr-edit":
-            metrics["identity_mse"] = identity_edit_mse(data.sets[split], data.hidden)
+        metrics.update(objective.reference_scores(data.sets[split], data.hidden))
         seconds = time.time() - t0
     result = {"split": split, "zoo_split": cfg.split(split), "metrics": metrics,
               "n": int(len(y)), "seconds": seconds}
@@ -413,9 +448,10 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
 
 
 def plot_run(run: str | os.PathLike, split: str = "test") -> list[Path]:
-    """Draw the run's learning curves (``curves.png``) and, for generalisation, predicted
-    against true accuracy on ``split`` (``scatter-<split>.png``, evaluated first if needed).
-    Returns the written paths. Raises :class:`RunError` if the run has no metrics yet."""
+    """Draw the run's learning curves (``curves.png``) and, for a task with a
+    ``scatter_label`` (generalisation), predicted against true accuracy on ``split``
+    (``scatter-<split>.png``, evaluated first if needed). Returns the written paths. Raises
+    :class:`RunError` if the run has no metrics yet."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -443,7 +479,8 @@ def plot_run(run: str | os.PathLike, split: str = "test") -> list[Path]:
     out = [run / "curves.png"]
     save_figure(fig, out[0])
     plt.close(fig)
-    if task == "generalization":
+    objective = get_objective(task)
+    if objective.scatter_label is not None:
         path = run / f"eval-{split}.json"
         if not path.is_file():
             evaluate_run(run, split)
@@ -452,8 +489,8 @@ def plot_run(run: str | os.PathLike, split: str = "test") -> list[Path]:
         ax.scatter(ev["true"], ev["pred"], s=8, alpha=0.6)
         ax.plot([0, 1], [0, 1], color="grey", lw=1)
         m = ev["metrics"]
-        ax.set(xlabel="true test accuracy", ylabel="predicted", xlim=(0, 1.02), ylim=(0, 1.02),
-               title=f"{info['config']['mode']}: tau {m['kendall_tau']:.3f}, R2 {m['r2']:.3f}")
+        ax.set(xlabel=objective.scatter_label, ylabel="predicted", xlim=(0, 1.02),
+               ylim=(0, 1.02), title=f"{info['config']['mode']}: {objective.headline(m)}")
         fig.tight_layout()
         out.append(run / f"scatter-{split}.png")
         save_figure(fig, out[-1])

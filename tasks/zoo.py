@@ -10,11 +10,15 @@ Three kinds (``paramgraph zoo make --kind ...``):
             the activation (ReLU/tanh) and the training hyperparameters drawn at random.
 ``inr``     one SIREN per digit image (see :mod:`paramgraph.tasks.inr`), fitted in batches. By default every
             SIREN of the zoo starts from one shared initialisation drawn from the zoo seed
-            (``inr_init="shared"``); ``"independent"`` draws one per image. Measured on 640
-            digits: with independent initialisations a fitted SIREN is its random start moved
-            by 5-35%, and neither weight statistics + gradient boosting (9% accuracy) nor
-            logistic regression on the raw weights (10%) classifies them above chance; from a
-            shared start they reach 66% and 84%.
+            (``inr_init="shared"``); ``"independent"`` draws one per image. A fitted SIREN
+            stays close to its random start, so SIRENs fitted from independent starts differ
+            mostly by their starts, and classifiers of their weights (weight statistics +
+            gradient boosting, or logistic regression on the raw weights) stay near chance;
+            from a shared start the differences between SIRENs are the images' own.
+
+Each kind is one recipe (:class:`ZooKind`: how a unit of work samples and trains or fits its
+networks, its settings, its splits and summary) in :data:`RECIPES`; adding a kind means a recipe
+there and its name in :mod:`paramgraph.tasks.zoo_kinds` (the command line's choices).
 
 A zoo directory holds::
 
@@ -51,8 +55,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .archs import build_model, describe, example_input  # noqa: F401  (re-exported)
+from .digits import NUM_IMAGES, classification_split, images
 from .errors import TaskError, ZooError
-from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_STEPS, KINDS
+from .inr import fit_sirens, unstack
 from .io import (
     atomic_save_safetensors,
     atomic_write_json,
@@ -61,6 +66,9 @@ from .io import (
     read_json,
     sha256_file,
 )
+from .sharding import check_shard, finish_shard, select_units, shard_markers, shard_seconds
+from .threads import threads
+from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_STEPS, KINDS
 
 FORMAT_VERSION = 1
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -177,8 +185,6 @@ def train_run(spec: dict, hp: dict, seed: int, ckpts: int):
     non-finite: the weights were rolled back to the last finite epoch and training stopped, so
     later checkpoints repeat them).
     """
-    from .digits import classification_split
-
     torch.manual_seed(seed)
     model = build_model(spec)
     with torch.no_grad():
@@ -262,67 +268,149 @@ def _write_network(root: Path, i: int, state: dict, row: dict) -> None:
 
 def _do_unit(unit: _Unit) -> int:
     """Make every network of ``unit`` (in a worker: one thread). Returns how many it wrote."""
-    from .threads import threads
-
     with threads(1):
-        if unit.kind == "inr":
-            return _do_inr_chunk(unit)
-        return _do_run(unit)
+        return RECIPES[unit.kind].make_unit(unit)
 
 
-def _do_run(unit: _Unit) -> int:
-    root = Path(unit.root)
-    seed = run_seed(unit.seed, unit.index)
-    rng = np.random.default_rng(seed)
-    spec = sample_hetero_spec(rng) if unit.kind == "hetero" else sample_cnn_spec(rng)
-    hp = sample_hparams(rng)
-    spec = _with_dropout(spec, hp["dropout"])
-    written = 0
-    for k, (epoch, state, metrics) in enumerate(train_run(spec, hp, seed, unit.ckpts)):
-        if k >= len(unit.ids):
-            break
-        i = unit.ids[k]
-        row = {"id": i, "run": unit.index, "ckpt": k, "epoch": epoch, "family": spec["family"],
-               "arch": describe(spec), "spec": spec, "hparams": hp, "seed": seed, **metrics}
-        _write_network(root, i, state, row)
-        written += 1
-    return written
-
-
-def _do_inr_chunk(unit: _Unit) -> int:
-    from .digits import images
-    from .inr import fit_sirens, unstack
-
-    root = Path(unit.root)
-    x, y = images()
-    ids = list(unit.ids)
-    if unit.inr_init == "shared":
-        seeds = [shared_init_seed(unit.seed)] * len(ids)
-    else:
-        seeds = [run_seed(unit.seed, i) for i in ids]
-    hidden = list(unit.inr_hidden)
-    params, err = fit_sirens(x[ids], hidden, seeds, steps=unit.inr_steps)
-    spec = {"family": "siren", "hidden": hidden, "w0": 30.0}
-    for j, i in enumerate(ids):
-        row = {"id": i, "run": i, "ckpt": 0, "family": "siren", "arch": describe(spec),
-               "spec": spec, "label": int(y[i]), "image_index": i, "fit_mse": float(err[j]),
-               "fit_steps": unit.inr_steps, "init": unit.inr_init, "seed": seeds[j]}
-        _write_network(root, i, unstack(params, hidden, j), row)
-    return len(ids)
-
-
-def _units(root: Path, kind: str, size: int, seed: int, ckpts: int, inr_steps: int,
-           inr_hidden: list[int], inr_init: str = "shared") -> list[_Unit]:
-    if kind == "inr":
-        groups = [tuple(range(s, min(s + INR_CHUNK, size))) for s in range(0, size, INR_CHUNK)]
-    else:
-        groups = [tuple(range(s, min(s + ckpts, size))) for s in range(0, size, ckpts)]
-    return [_Unit(str(root), kind, seed, (g[0] // (INR_CHUNK if kind == "inr" else ckpts)), g,
-                  ckpts, inr_steps, tuple(inr_hidden), inr_init) for g in groups]
+def work_units(root: Path, kind: str, size: int, seed: int, ckpts: int, inr_steps: int,
+               inr_hidden: list[int], inr_init: str = "shared") -> list[_Unit]:
+    """The work units of a zoo of ``size`` networks, in index order: consecutive ids, as many
+    per unit as the kind's :meth:`ZooKind.unit_size`."""
+    per = RECIPES[kind].unit_size(ckpts)
+    return [_Unit(str(root), kind, seed, s // per, tuple(range(s, min(s + per, size))), ckpts,
+                  inr_steps, tuple(inr_hidden), inr_init) for s in range(0, size, per)]
 
 
 def _unit_done(root: Path, unit: _Unit) -> bool:
-    return all(_row_path(root, i).is_file() and _net_path(root, i).is_file() for i in unit.ids)
+    return not missing_networks(root, unit.ids)
+
+
+def missing_networks(root: Path, ids) -> list[int]:
+    """The ids among ``ids`` whose row or checkpoint is not written yet."""
+    return [i for i in ids if not (_row_path(root, i).is_file() and _net_path(root, i).is_file())]
+
+
+# -- zoo kinds ------------------------------------------------------------------------------------
+
+class ZooKind:
+    """How one kind of zoo is made: a recipe, registered in :data:`RECIPES` under its name
+    (:data:`paramgraph.tasks.zoo_kinds.KINDS` lists the names for the command line).
+
+    ``heterogeneous``: its networks differ in architecture (the statistics baseline then uses
+    fixed-length features); ``ood_family``: the family that its ``ood_*`` splits hold out
+    (``None``: no ood splits).
+    """
+
+    name: str
+    heterogeneous: bool = False
+    ood_family: str | None = None
+
+    def check_size(self, size: int) -> None:
+        """Raise :class:`ZooError` if a zoo of this kind cannot have ``size`` networks."""
+
+    def settings(self, ckpts: int, inr_steps: int, inr_hidden: list[int], inr_init: str) -> dict:
+        """The generation settings recorded in the manifest (resuming must ask for the same)."""
+        raise NotImplementedError
+
+    def unit_size(self, ckpts: int) -> int:
+        """How many networks one work unit makes."""
+        raise NotImplementedError
+
+    def make_unit(self, unit: _Unit) -> int:
+        """Make and write every network of ``unit``; returns how many it wrote."""
+        raise NotImplementedError
+
+    def summary(self, rows: list[dict]) -> dict:
+        """Statistics of the networks' metadata rows for ``paramgraph zoo info``."""
+        raise NotImplementedError
+
+
+class TrainedRuns(ZooKind):
+    """Digit classifiers: each run trains an architecture drawn by ``sample_spec`` with drawn
+    hyperparameters (:func:`sample_hparams`) and keeps ``ckpts`` checkpoints; one run per unit."""
+
+    def __init__(self, name: str, sample_spec, heterogeneous: bool = False,
+                 ood_family: str | None = None):
+        self.name, self.sample_spec = name, sample_spec
+        self.heterogeneous, self.ood_family = heterogeneous, ood_family
+
+    def settings(self, ckpts, inr_steps, inr_hidden, inr_init):
+        return {"ckpts": int(ckpts)}
+
+    def unit_size(self, ckpts):
+        return ckpts
+
+    def make_unit(self, unit):
+        root = Path(unit.root)
+        seed = run_seed(unit.seed, unit.index)
+        rng = np.random.default_rng(seed)
+        spec = self.sample_spec(rng)
+        hp = sample_hparams(rng)
+        spec = _with_dropout(spec, hp["dropout"])
+        written = 0
+        for k, (epoch, state, metrics) in enumerate(train_run(spec, hp, seed, unit.ckpts)):
+            if k >= len(unit.ids):
+                break
+            i = unit.ids[k]
+            row = {"id": i, "run": unit.index, "ckpt": k, "epoch": epoch,
+                   "family": spec["family"], "arch": describe(spec), "spec": spec, "hparams": hp,
+                   "seed": seed, **metrics}
+            _write_network(root, i, state, row)
+            written += 1
+        return written
+
+    def summary(self, rows):
+        acc = np.array([r["test_acc"] for r in rows])
+        return {"test_acc": {"min": float(acc.min()), "mean": float(acc.mean()),
+                             "max": float(acc.max()),
+                             "quartiles": [float(q) for q in np.quantile(acc, [0.25, 0.5, 0.75])]}}
+
+
+class FittedSirens(ZooKind):
+    """One SIREN per digit image (see the module docstring), ``INR_CHUNK`` fitted per unit."""
+
+    name = "inr"
+
+    def check_size(self, size):
+        if size > NUM_IMAGES:
+            raise ZooError(f"an inr zoo has at most one SIREN per digit image ({NUM_IMAGES}), "
+                           f"got {size}")
+
+    def settings(self, ckpts, inr_steps, inr_hidden, inr_init):
+        return {"ckpts": 1, "inr_steps": int(inr_steps), "inr_hidden": inr_hidden,
+                "inr_init": inr_init}
+
+    def unit_size(self, ckpts):
+        return INR_CHUNK
+
+    def make_unit(self, unit):
+        root = Path(unit.root)
+        x, y = images()
+        ids = list(unit.ids)
+        if unit.inr_init == "shared":
+            seeds = [shared_init_seed(unit.seed)] * len(ids)
+        else:
+            seeds = [run_seed(unit.seed, i) for i in ids]
+        hidden = list(unit.inr_hidden)
+        params, err = fit_sirens(x[ids], hidden, seeds, steps=unit.inr_steps)
+        spec = {"family": "siren", "hidden": hidden, "w0": 30.0}
+        for j, i in enumerate(ids):
+            row = {"id": i, "run": i, "ckpt": 0, "family": "siren", "arch": describe(spec),
+                   "spec": spec, "label": int(y[i]), "image_index": i, "fit_mse": float(err[j]),
+                   "fit_steps": unit.inr_steps, "init": unit.inr_init, "seed": seeds[j]}
+            _write_network(root, i, unstack(params, hidden, j), row)
+        return len(ids)
+
+    def summary(self, rows):
+        fit = np.array([r["fit_mse"] for r in rows])
+        return {"fit_mse": {"mean": float(fit.mean()), "max": float(fit.max())}}
+
+
+RECIPES: dict[str, ZooKind] = {
+    "hetero": TrainedRuns("hetero", sample_hetero_spec, heterogeneous=True, ood_family=OOD_FAMILY),
+    "cnn": TrainedRuns("cnn", sample_cnn_spec),
+    "inr": FittedSirens(),
+}
 
 
 # -- making a zoo ---------------------------------------------------------------------------------
@@ -342,26 +430,43 @@ def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, 
     :class:`~paramgraph.tasks.errors.ZooError` for a bad kind, size or shard, or when ``out`` holds a zoo
     made with a different kind, seed or settings (or, for a shard, size).
     """
-    if kind not in KINDS:
+    recipe = RECIPES.get(kind)
+    if recipe is None:
         raise ZooError(f"unknown zoo kind '{kind}' (known: {', '.join(KINDS)})")
     if size < 1:
         raise ZooError(f"zoo size must be at least 1, got {size}")
-    if kind == "inr" and size > 1797:
-        raise ZooError(f"an inr zoo has at most one SIREN per digit image (1797), got {size}")
+    recipe.check_size(size)
     if workers < 1:
         raise ZooError(f"--workers must be at least 1, got {workers}")
     if inr_init not in INR_INITS:
         raise ZooError(f"unknown SIREN initialisation '{inr_init}' (known: {', '.join(INR_INITS)})")
-    from .sharding import check_shard, finish_shard, merge_zoo, select_units
-
     if shard is not None:
         check_shard(shard)
     t_start = time.time()
     root = Path(out)
     inr_hidden = list(inr_hidden or INR_HIDDEN)
-    settings = {"kind": kind, "seed": int(seed), "ckpts": int(ckpts) if kind != "inr" else 1}
-    if kind == "inr":
-        settings.update(inr_steps=int(inr_steps), inr_hidden=inr_hidden, inr_init=inr_init)
+    settings = {"kind": kind, "seed": int(seed),
+                **recipe.settings(ckpts, inr_steps, inr_hidden, inr_init)}
+    manifest = _start_manifest(root, settings, size, shard)
+    units = work_units(root, kind, size, seed, settings["ckpts"], inr_steps, inr_hidden, inr_init)
+    units = select_units(units, shard)
+    todo = [u for u in units if not _unit_done(root, u)]
+    if todo:
+        start = time.time()
+        _run_units(todo, workers, f"zoo {kind} -> {root}", progress)
+        manifest["seconds"] = round(time.time() - start, 2)
+    if shard is not None:  # the last shard to finish merges
+        return merge_zoo(root) if finish_shard(root, shard, units, time.time() - t_start) \
+            else None
+    _merge(root, kind, size, seed)
+    manifest["complete"] = True
+    atomic_write_json(root / "zoo.json", manifest)
+    return Zoo(root)
+
+
+def _start_manifest(root: Path, settings: dict, size: int, shard) -> dict:
+    """Check that ``root`` is empty or holds a zoo made with ``settings``, write its (unfinished)
+    manifest and the directories of networks and rows; returns the manifest."""
     manifest_path = root / "zoo.json"
     if manifest_path.exists():
         old = read_json(manifest_path, "zoo manifest")
@@ -380,45 +485,62 @@ def make_zoo(out: str | os.PathLike, kind: str, size: int, *, workers: int = 1, 
     atomic_write_json(manifest_path, manifest)
     (root / "nets").mkdir(exist_ok=True)
     (root / "rows").mkdir(exist_ok=True)
+    return manifest
 
-    units = _units(root, kind, size, seed, settings["ckpts"], inr_steps, inr_hidden, inr_init)
-    units = select_units(units, shard)
-    todo = [u for u in units if not _unit_done(root, u)]
-    if todo:
-        from tqdm import tqdm
 
-        total = sum(len(u.ids) for u in todo)
-        bar = tqdm(total=total, desc=f"zoo {kind} -> {root}", unit="net", disable=not progress,
-                   initial=0)
-        start = time.time()
-        from .digits import classification_split
+def _run_units(todo: list[_Unit], workers: int, desc: str, progress: bool) -> None:
+    """Make the units ``todo`` in this process or in ``workers`` forked ones, with a progress
+    bar."""
+    from tqdm import tqdm
 
-        classification_split()  # load once here: forked workers inherit it
-        if workers == 1 or len(todo) == 1:
-            for u in todo:
-                bar.update(_do_unit(u))
-        else:
-            # fork is fast (no re-import per worker); each unit runs on one thread, like
-            # DataLoader workers, which is what makes forking a torch process safe.
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(min(workers, len(todo))) as pool:
-                for n in pool.imap_unordered(_do_unit, todo):
-                    bar.update(n)
-        bar.close()
-        manifest["seconds"] = round(time.time() - start, 2)
-    if shard is not None:  # the last shard to finish merges
-        return merge_zoo(root) if finish_shard(root, shard, units, time.time() - t_start) \
-            else None
-    _merge(root, kind, size, seed)
-    manifest["complete"] = True
-    atomic_write_json(manifest_path, manifest)
-    return Zoo(root)
+    bar = tqdm(total=sum(len(u.ids) for u in todo), desc=desc, unit="net", disable=not progress,
+               initial=0)
+    classification_split()  # load once here: forked workers inherit it
+    if workers == 1 or len(todo) == 1:
+        for u in todo:
+            bar.update(_do_unit(u))
+    else:
+        # fork is fast (no re-import per worker); each unit runs on one thread, like
+        # DataLoader workers, which is what makes forking a torch process safe.
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(min(workers, len(todo))) as pool:
+            for n in pool.imap_unordered(_do_unit, todo):
+                bar.update(n)
+    bar.close()
 
 
 def _version() -> str:
     import paramgraph
 
     return paramgraph.__version__
+
+
+def merge_zoo(root: str | os.PathLike, progress: bool = True) -> "Zoo":
+    """Merge the rows written by the shards of the zoo in ``root`` into its metadata table and
+    splits, mark it complete and return the :class:`Zoo` (see :mod:`paramgraph.tasks.sharding`).
+    Raises :class:`ZooError` naming the missing networks (and the shards that have reported) if
+    any is missing."""
+    root = Path(root)
+    path = root / "zoo.json"
+    if not path.is_file():
+        raise ZooError(f"'{root}' is not a zoo: it has no zoo.json (make it with "
+                       "'paramgraph zoo make ... --shard I/N')")
+    manifest = read_json(path, "zoo manifest")
+    size = int(manifest["size"])
+    missing = missing_networks(root, range(size))
+    markers = shard_markers(root)
+    if missing:
+        shown = ", ".join(str(i) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise ZooError(f"zoo '{root}' cannot be merged: {len(missing)} of {size} networks are "
+                       f"missing (ids {shown}); finished shards: "
+                       f"{', '.join(m.name for m in markers) or 'none'}. Run the missing "
+                       "'paramgraph zoo make ... --shard I/N' commands first")
+    _merge(root, manifest["kind"], size, int(manifest["seed"]))
+    if markers:
+        manifest["seconds"] = shard_seconds(root)
+    manifest["complete"] = True
+    atomic_write_json(path, manifest)
+    return Zoo(root)
 
 
 def _merge(root: Path, kind: str, size: int, seed: int) -> None:
@@ -459,8 +581,9 @@ def make_splits(rows: list[dict], seed: int, kind: str) -> dict[str, list[int]]:
     """Train/val/test network ids, split by run (70/15/15 of the runs, shuffled with ``seed``),
     so that the checkpoints of one run are always in the same split.
 
-    For a hetero zoo there are also ``ood_train``/``ood_val``/``ood_test``: the same split with
-    every network of the held-out family (``vit``) moved to ``ood_test``. Returns the dict.
+    For a kind with an ``ood_family`` (hetero: ``vit``) there are also
+    ``ood_train``/``ood_val``/``ood_test``: the same split with every network of that family moved
+    to ``ood_test``. Returns the dict.
     """
     runs = sorted({r["run"] for r in rows})
     rng = np.random.default_rng([int(seed), 271828])
@@ -476,12 +599,13 @@ def make_splits(rows: list[dict], seed: int, kind: str) -> dict[str, list[int]]:
     splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for r in rows:
         splits[part[r["run"]]].append(r["id"])
-    if kind == "hetero":
-        held = {r["id"] for r in rows if r["family"] == OOD_FAMILY}
+    family = RECIPES[kind].ood_family
+    if family is not None:
+        held = {r["id"] for r in rows if r["family"] == family}
         for name in ("train", "val"):
             splits[f"ood_{name}"] = [i for i in splits[name] if i not in held]
         splits["ood_test"] = sorted(held)
-        splits["ood_family"] = OOD_FAMILY  # type: ignore[assignment]
+        splits["ood_family"] = family  # type: ignore[assignment]
     return splits
 
 
@@ -603,3 +727,35 @@ def _key_order_of(spec_json: str) -> tuple[str, ...]:
 def _key_order(spec: dict) -> tuple[str, ...]:
     """The state_dict keys of the architecture ``spec`` in module (forward) order."""
     return _key_order_of(json.dumps(spec, sort_keys=True))
+
+
+# -- summaries ------------------------------------------------------------------------------------
+
+def zoo_summary(zoo: Zoo) -> dict:
+    """Counts, families, splits and accuracy/fit statistics of a zoo, as a dict."""
+    from collections import Counter
+
+    out = {"dir": str(zoo.root), "kind": zoo.kind, "size": len(zoo),
+           "seed": zoo.manifest.get("seed"),
+           "families": dict(Counter(r["family"] for r in zoo.rows)),
+           "splits": {k: len(v) for k, v in zoo.splits.items() if isinstance(v, list)}}
+    out.update(RECIPES[zoo.kind].summary(zoo.rows))
+    if "seconds" in zoo.manifest:
+        out["seconds"] = zoo.manifest["seconds"]
+    return out
+
+
+def zoo_summary_text(zoo: Zoo) -> str:
+    """:func:`zoo_summary` as the lines ``paramgraph zoo info`` prints."""
+    s = zoo_summary(zoo)
+    lines = [f"zoo {s['dir']}: {s['size']} {s['kind']} networks (seed {s['seed']})",
+             "  families: " + ", ".join(f"{k} {v}" for k, v in s["families"].items()),
+             "  splits:   " + ", ".join(f"{k} {v}" for k, v in s["splits"].items())]
+    if "test_acc" in s:
+        a = s["test_acc"]
+        lines.append(f"  test accuracy: min {a['min']:.3f}, quartiles "
+                     f"{', '.join(f'{q:.3f}' for q in a['quartiles'])}, max {a['max']:.3f}")
+    if "fit_mse" in s:
+        lines.append(f"  SIREN fit MSE: mean {s['fit_mse']['mean']:.2e}, "
+                     f"max {s['fit_mse']['max']:.2e}")
+    return "\n".join(lines)

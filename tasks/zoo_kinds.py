@@ -1,5 +1,6 @@
-"""The zoo kinds ``paramgraph zoo make`` draws and their generation defaults (see
-:mod:`paramgraph.tasks.zoo`). No torch import: the command line's choices and help read them."""
+"""The zoo kinds ``paramgraph zoo make`` draws and their generation defaults. No torch import: the
+command line's choices and help read them. Each kind's recipe (how its networks are made) is
+registered under the same name in :data:`paramgraph.tasks.zoo.RECIPES`."""
 
 KINDS = ("hetero", "cnn", "inr")
 DEFAULT_CKPTS = 4  # checkpoints kept per training run (hetero, cnn)

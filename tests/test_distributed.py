@@ -131,7 +131,7 @@ def test_two_processes_equal_one_and_resume(zoo, tmp_path):
     assert [r["epoch"] for r in two] == [1, 2]
     for a, b in zip(one, two):
         for key in a:
-            if key != "seconds":
+            if key not in ("seconds", "graphs_per_s"):  # wall-clock timings
                 assert _close(a[key], b[key]), (key, a[key], b[key])
     # the same final weights (to float tolerance: the batch is summed in another order)
     w1 = torch.load(tmp_path / "one" / "resume.pt", weights_only=True)["model"]

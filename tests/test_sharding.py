@@ -7,8 +7,8 @@ import pytest
 
 from paramgraph.tasks.cli import main
 from paramgraph.tasks.errors import ZooError
-from paramgraph.tasks.sharding import merge_zoo, parse_shard, select_units
-from paramgraph.tasks.zoo import Zoo, make_zoo
+from paramgraph.tasks.sharding import parse_shard, select_units
+from paramgraph.tasks.zoo import Zoo, make_zoo, merge_zoo
 
 
 def _files(root):
@@ -41,9 +41,9 @@ def test_two_shards_merged_equal_one_unsharded_zoo(tmp_path, capsys):
 
 
 def test_shards_partition_the_units():
-    from paramgraph.tasks.zoo import _units
+    from paramgraph.tasks.zoo import work_units
 
-    units = _units(None, "cnn", 40, 0, 4, 10, [8])
+    units = work_units(None, "cnn", 40, 0, 4, 10, [8])
     parts = [select_units(units, (i, 3)) for i in range(3)]
     ids = sorted(i for part in parts for u in part for i in u.ids)
     assert ids == list(range(40))

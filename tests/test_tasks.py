@@ -160,6 +160,17 @@ def test_metrics():
     assert not is_better("kendall_tau", float("nan"), 0.2)
 
 
+def test_objectives_are_registered_by_name_and_target():
+    from paramgraph.tasks.objectives import OBJECTIVES, objective_of_target
+    from paramgraph.tasks.zoo_kinds import KINDS
+
+    assert all(o.name == name for name, o in OBJECTIVES.items())
+    assert all(objective_of_target(o.target) is o for o in OBJECTIVES.values())
+    assert all(set(o.zoo_kinds) <= set(KINDS) for o in OBJECTIVES.values())
+    with pytest.raises(TaskError, match="unknown target 'x' \\(known: test_acc, label, dilate\\)"):
+        objective_of_target("x")
+
+
 def test_objectives_check_their_zoo(hetero_zoo, inr_zoo):
     with pytest.raises(TaskError, match="unknown task"):
         get_objective("regression")

@@ -77,6 +77,14 @@ def test_every_zoo_architecture_converts_and_round_trips(spec):
         assert torch.allclose(model(xin), other(xin), atol=1e-4, rtol=1e-3)
 
 
+def test_every_zoo_kind_has_one_recipe():
+    from paramgraph.tasks.zoo import RECIPES
+    from paramgraph.tasks.zoo_kinds import KINDS
+
+    assert tuple(RECIPES) == KINDS
+    assert all(recipe.name == kind for kind, recipe in RECIPES.items())
+
+
 def test_siren_is_the_documented_convention():
     m = Siren([32, 32])
     assert [type(l).__name__ for l in m.net] == ["Linear", "Sine", "Linear", "Sine", "Linear"]
