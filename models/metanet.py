@@ -43,7 +43,7 @@ from paramgraph.graph import FIELDS
 
 from .backbone import Backbone
 from .defaults import HIDDEN, LAYERS, MODES
-from .gauge import BALANCE_SWEEPS, GaugeMap, apply_factors
+from .gauge import BALANCE_SWEEPS, GaugeMap, apply_factors, sign_confidence, soften_signs
 from .statistics import LayerStatistics
 from .structure import GraphStructure
 
@@ -73,6 +73,9 @@ class MetaNet(nn.Module):
             rebalancing sweeps from the unit-norm form; ``"unit"``: unit-norm incoming weights);
             see :mod:`paramgraph.models.gauge`.
         compress: read value channels through ``symlog`` (default: in ``perm`` mode only).
+        soft_signs: ``quasi`` invariant head: fade out the gauged values of neurons near the
+            jump of the sign canonicaliser (:func:`~paramgraph.models.gauge.sign_confidence`),
+            which makes the invariant features continuous in the weights.
         statistics: add the per-layer statistics pathway (:mod:`paramgraph.models.statistics`)
             to the invariant head; computed on the gauged values (``quasi``), the exact section
             (``strict``) or the raw values (``perm``).
@@ -95,7 +98,8 @@ class MetaNet(nn.Module):
                  channels: int | None = None, gauge_hidden: int = 16, gauge_bound: float = 2.0,
                  learn_gauge: bool = True, section: str = "balanced",
                  sweeps: int = BALANCE_SWEEPS, compress: bool | None = None,
-                 statistics: bool = True, frame: str = "gauged", checkpoint: bool = False):
+                 statistics: bool = True, soft_signs: bool = True, frame: str = "gauged",
+                 checkpoint: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
@@ -113,6 +117,8 @@ class MetaNet(nn.Module):
                         if mode == "strict" and statistics and task == "invariant" else None)
         self.statistics = (LayerStatistics(hidden) if statistics and task == "invariant"
                            else None)
+        # only the invariant head: the weight head must start from the gauged network itself
+        self.soft_signs = soft_signs and mode == "quasi" and task == "invariant"
         compress = mode == "perm" if compress is None else compress
         self.backbone = Backbone(task, out_dim, hidden, layers, channels, aggrs, kernel_cap,
                                  constrained=mode == "strict", compress=compress,
@@ -144,6 +150,10 @@ class MetaNet(nn.Module):
         alpha = None
         if self.gauge is not None:
             edge_value, node_value, alpha = self.gauge(st, edge_value, node_value, node_mask)
+            if self.soft_signs:
+                # a weighting, not a path for gradients (its sqrt has none at zero weights)
+                conf = sign_confidence(st, edge_value.detach(), node_value.detach())
+                edge_value, node_value = soften_signs(st, conf, edge_value, node_value)
         graph_feats = None
         if self.statistics is not None:
             stat_values = (edge_value, node_value)

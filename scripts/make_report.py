@@ -55,6 +55,11 @@ METHODS = {
     "quasi-unit": {"mode": "quasi", "model": {"section": "unit"}},
     "quasi-fixed": {"mode": "quasi", "model": {"learn_gauge": False}},
     "quasi-symlog": {"mode": "quasi", "model": {"compress": True}},
+    "quasi-raw": {"mode": "quasi", "model": {"compress": False}},
+    "quasi-hardsigns": {"mode": "quasi", "model": {"soft_signs": False}},
+    "quasi-symlog-hard": {"mode": "quasi", "model": {"compress": True, "soft_signs": False}},
+    "quasi-symlog-soft-nostats": {"mode": "quasi", "model": {"compress": True,
+                                                             "statistics": False}},
 }
 MODES = ("quasi", "strict", "perm")
 ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 1797}
