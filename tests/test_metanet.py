@@ -381,3 +381,28 @@ def test_forward_backward_on_64_zoo_graphs(zoo64, mode):
                for o, g in zip(out.to_data_list(), gs))
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
+
+
+def _tanh_net_with_bias(bias: float):
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        net[0].bias[2] = bias
+    return paramgraph.from_module(net.double(), torch.randn(2, 6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("soft", [True, False])
+def test_soft_signs_make_quasi_continuous_where_a_bias_crosses_zero(soft):
+    """A tanh neuron whose bias goes from +eps to -eps is flipped by the sign canonicaliser.
+    With soft signs the prediction's jump shrinks with eps (continuity); with hard signs (the
+    control) it stays the same size however small eps is."""
+    net = _net("quasi", out_dim=2, soft_signs=soft)
+    _randomize_(net, std=0.3)
+
+    def jump(eps):
+        return float((net(_tanh_net_with_bias(eps)) - net(_tanh_net_with_bias(-eps))).abs().max())
+
+    if soft:
+        assert jump(1e-9) < 1e-5 and jump(1e-9) < jump(1e-6) / 100
+    else:
+        assert jump(1e-9) > 1e-3 and jump(1e-9) > jump(1e-6) / 2
