@@ -72,11 +72,13 @@ class MetaNet(nn.Module):
             (``"balanced"``: the minimum-norm point of the orbit, approached by ``sweeps``
             rebalancing sweeps from the unit-norm form; ``"unit"``: unit-norm incoming weights);
             see :mod:`paramgraph.models.gauge`.
-        compress: read value channels through ``symlog`` (default: in ``perm`` mode only).
+        compress: ``perm``/``quasi``: read value channels through ``symlog`` (``strict`` reads
+            them canonicalised whatever this says).
         soft_signs: ``quasi`` invariant head: fade out the gauged values of neurons near the
             jump of the sign canonicaliser (:func:`~paramgraph.models.gauge.sign_confidence`),
             which makes the invariant features continuous in the weights.
-        statistics: add the per-layer statistics pathway (:mod:`paramgraph.models.statistics`)
+        statistics: add the per-layer statistics pathway (off by default: it did not help
+            ``quasi`` on the cnn zoo's validation split, see the README) (:mod:`paramgraph.models.statistics`)
             to the invariant head; computed on the gauged values (``quasi``), the exact section
             (``strict``) or the raw values (``perm``).
         frame: ``quasi`` weight head only. ``"gauged"`` (default): values are returned in gauged
@@ -97,8 +99,8 @@ class MetaNet(nn.Module):
                  aggrs: Sequence[str] = ("sum", "mean", "max"), kernel_cap: int = 64,
                  channels: int | None = None, gauge_hidden: int = 16, gauge_bound: float = 2.0,
                  learn_gauge: bool = True, section: str = "balanced",
-                 sweeps: int = BALANCE_SWEEPS, compress: bool | None = None,
-                 statistics: bool = True, soft_signs: bool = True, frame: str = "gauged",
+                 sweeps: int = BALANCE_SWEEPS, compress: bool = True,
+                 statistics: bool = False, soft_signs: bool = True, frame: str = "gauged",
                  checkpoint: bool = False):
         super().__init__()
         if mode not in MODES:
@@ -119,7 +121,6 @@ class MetaNet(nn.Module):
                            else None)
         # only the invariant head: the weight head must start from the gauged network itself
         self.soft_signs = soft_signs and mode == "quasi" and task == "invariant"
-        compress = mode == "perm" if compress is None else compress
         self.backbone = Backbone(task, out_dim, hidden, layers, channels, aggrs, kernel_cap,
                                  constrained=mode == "strict", compress=compress,
                                  checkpoint=checkpoint,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,20 +45,23 @@ METHODS = {
     "quasi": {"mode": "quasi"},
     "strict": {"mode": "strict"},
     "perm": {"mode": "perm"},
-    # the metanets as they were before the balanced section and the statistics pathway
-    "quasi-unit-nostats": {"mode": "quasi", "model": {"section": "unit", "statistics": False}},
-    "strict-nostats": {"mode": "strict", "model": {"statistics": False}},
-    "perm-nostats": {"mode": "perm", "model": {"statistics": False}},
-    # one change at a time from quasi
-    "quasi-nostats": {"mode": "quasi", "model": {"statistics": False}},
-    "quasi-unit": {"mode": "quasi", "model": {"section": "unit"}},
-    "quasi-fixed": {"mode": "quasi", "model": {"learn_gauge": False}},
-    "quasi-symlog": {"mode": "quasi", "model": {"compress": True}},
+    # ablations, one change from the default each (README, "What makes the gauge pay")
+    "perm-stats": {"mode": "perm", "model": {"statistics": True}},
+    "quasi-stats": {"mode": "quasi", "model": {"statistics": True}},
     "quasi-raw": {"mode": "quasi", "model": {"compress": False}},
     "quasi-hardsigns": {"mode": "quasi", "model": {"soft_signs": False}},
-    "quasi-symlog-hard": {"mode": "quasi", "model": {"compress": True, "soft_signs": False}},
-    "quasi-symlog-soft-nostats": {"mode": "quasi", "model": {"compress": True,
-                                                             "statistics": False}},
+    "quasi-unit": {"mode": "quasi", "model": {"section": "unit"}},
+    "quasi-fixed": {"mode": "quasi", "model": {"learn_gauge": False}},
+    # the quasi metanet before this work: unit-norm section, raw reads, hard signs
+    "quasi-before": {"mode": "quasi", "model": {"section": "unit", "compress": False,
+                                                "soft_signs": False}},
+    # the single-seed probes that led to the default (README)
+    "quasi-stats-hardsigns": {"mode": "quasi", "model": {"statistics": True,
+                                                         "soft_signs": False}},
+    "quasi-raw-hardsigns": {"mode": "quasi", "model": {"compress": False, "soft_signs": False}},
+    "quasi-raw-stats-hardsigns": {"mode": "quasi", "model": {"compress": False,
+                                                             "statistics": True,
+                                                             "soft_signs": False}},
 }
 MODES = ("quasi", "strict", "perm")
 ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 1797}
