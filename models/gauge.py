@@ -28,6 +28,20 @@ neuron) is applied to the values before any message passing:
    :math:`c(\\theta') = c(\\theta) g^{-1}` (by induction over the levels), so the canonical network
    :math:`c(\\theta)\\theta` is exactly invariant (to float rounding, ~1e-13 in float64).
 
+   **Balanced section** (:func:`balance_factors`, the default): the unit-norm form puts each
+   network's whole scale into its last layer (output weights in the hundreds). From the
+   canonical network, red-black sweeps move every scalable neuron towards equal incoming and
+   outgoing norms, the minimum-norm point of the scaling orbit. The sweeps start from an
+   invariant network, so their result is exactly invariant however many are run.
+
+   **Soft signs** (:func:`sign_confidence`, :func:`soften_signs`; invariant head only): the sign
+   choice jumps when a bias crosses zero; the gauged values of each sign-symmetric neuron are
+   faded by ``tanh(r / 0.1)`` of its relative bias, which makes the invariant features
+   continuous there.
+
+   The section is computed in float64 (cheap, per-neuron work), so that the rounding of a
+   float32 input is not amplified by the canonicaliser's divisions.
+
 2. **Learned factor** :math:`\\kappa` (:class:`GaugeMap`): a permutation-equivariant network that
    reads only quantities of the *canonical* network (per-neuron statistics of its canonical
    incoming and outgoing weights, bias, norm parameters and running statistics, plus embeddings of
@@ -199,8 +213,8 @@ def sign_confidence(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
     The sign canonicaliser flips a neuron when its bias changes sign, so two nearly identical
     networks on either side of ``b = 0`` get canonical forms that differ by a flipped channel.
     Multiplying the canonical values by these confidences (:func:`soften_signs`) makes the
-    invariant features continuous there: the flipped channel is faded out on both sides.
-    Measured on the cnn zoo's tanh networks: 5% of their neurons have ``r < 0.05``.
+    invariant features continuous there: the flipped channel is faded out on both sides. (How
+    many neurons of a zoo sit near the jump: README, "What makes the gauge pay".)
     """
     ss, _ = _edge_sums(st, edge_value)
     ss = torch.where(st.weight, ss, torch.zeros_like(ss))

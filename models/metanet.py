@@ -1,6 +1,6 @@
 """``MetaNet``: a GNN that reads any parameter graph and is exactly as symmetric as the networks.
 
-Three modes share one code path (DESIGN.md section 5):
+Three modes share one code path (ARCHITECTURE.md):
 
 * ``"quasi"``: the learned gauge map of :mod:`paramgraph.models.gauge` (exact canonicaliser composed with a
   learned, invariantly computed scale), then the unconstrained permutation-equivariant backbone

@@ -11,7 +11,7 @@ The metanet lives in :mod:`paramgraph.models`, zoos, tasks, training and the com
 
 from __future__ import annotations
 
-import importlib
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -29,19 +29,4 @@ _EXPORTS = {
     "trace": ("SUPPORTED", "from_module"),
     "types": ("NODE_SLOTS", "Activation", "EdgeType", "HeadRole", "NodeType", "NormKind"),
 }
-_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str):
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module 'paramgraph' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOME))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _EXPORTS)
