@@ -67,7 +67,7 @@ def _train_all(zoo_dir: Path, out: Path, epochs: int, seed: int, workers: int) -
             shutil.rmtree(run)  # the demo's own output from an earlier demo
         jobs.append((mode, str(zoo_dir), str(run), epochs, seed))
         runs.append(run)
-    bar = tqdm(total=epochs * len(jobs), desc="train quasi/strict/perm", unit="epoch")
+    bar = tqdm(total=epochs * len(jobs), desc="train " + "/".join(MODES), unit="epoch")
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(min(workers, len(jobs))) as pool:
         pending = pool.map_async(_train_job, jobs)
