@@ -53,6 +53,8 @@ METHODS = {
     "quasi-unit": {"mode": "quasi", "model": {"section": "unit"}},
     "quasi-fixed": {"mode": "quasi", "model": {"learn_gauge": False}},
     "quasi-wd0.1": {"mode": "quasi", "train": {"weight_decay": 0.1}},
+    "perm-wd0.1": {"mode": "perm", "train": {"weight_decay": 0.1}},
+    "strict-wd0.1": {"mode": "strict", "train": {"weight_decay": 0.1}},
     # the quasi metanet before this work: unit-norm section, raw reads, hard signs
     "quasi-before": {"mode": "quasi", "model": {"section": "unit", "compress": False,
                                                 "soft_signs": False}},
