@@ -42,7 +42,7 @@ class Backbone(nn.Module):
     """Encoders, :class:`~paramgraph.models.layers.ValueLayer` rounds and the head of one MetaNet.
 
     ``constrained=True`` is ``strict`` mode (needs ``channels >= 1``); otherwise ``compress``
-    picks ``symlog`` reads of the value channels (``perm``) or raw ones (``quasi``).
+    picks ``symlog`` reads of the value channels (the default) or raw ones.
     ``graph_dim``: width of the per-graph features the invariant head also reads.
     ``checkpoint`` recomputes each round in the backward pass instead of storing its
     activations (about a third more time, a fraction of the memory on large graphs).

@@ -285,10 +285,10 @@ class GaugeMap(nn.Module):
         if self.section == "balanced":
             mult = _edge_multipliers(st, f)
             canon_ss = sums[0] * mult.square()
-            a = torch.where(st.plain, f, torch.ones_like(f))
-            node_ss = torch.where(st.plain, (node_value[:, 0] * a).square(),
-                                  (node_value[:, 1].square() + node_value[:, 2].square())
-                                  * f.square())
+            # a plain neuron's bias and a normalised one's affine pair both scale by f
+            node_ss = torch.where(st.plain, node_value[:, 0].square(),
+                                  node_value[:, 1].square() + node_value[:, 2].square())
+            node_ss = node_ss * f.square()
             f = f * balance_factors(st, canon_ss, node_ss, self.sweeps)
         return f, sums
 

@@ -77,10 +77,10 @@ class MetaNet(nn.Module):
         soft_signs: ``quasi`` invariant head: fade out the gauged values of neurons near the
             jump of the sign canonicaliser (:func:`~paramgraph.models.gauge.sign_confidence`),
             which makes the invariant features continuous in the weights.
-        statistics: add the per-layer statistics pathway (off by default: it did not help
-            ``quasi`` on the cnn zoo's validation split, see the README) (:mod:`paramgraph.models.statistics`)
-            to the invariant head; computed on the gauged values (``quasi``), the exact section
-            (``strict``) or the raw values (``perm``).
+        statistics: add the per-layer statistics pathway (:mod:`paramgraph.models.statistics`)
+            to the invariant head, computed on the gauged values (``quasi``), the exact section
+            (``strict``) or the raw values (``perm``). Off by default: it did not help ``quasi``
+            on the cnn zoo's validation split (README).
         frame: ``quasi`` weight head only. ``"gauged"`` (default): values are returned in gauged
             coordinates, so ``theta`` and ``g theta`` (g a scaling/sign flip) give the *same*
             output values (quasi-equivariance with ``g' = 1``; with permutations, the same
@@ -186,8 +186,6 @@ def prepare(batch, device=None, non_blocking: bool = False):
     if device is None:
         return batch, st
     return batch.to(device, non_blocking=non_blocking), st.to(device, non_blocking=non_blocking)
-
-
 
 
 def _check_input(batch) -> None:

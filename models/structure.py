@@ -174,7 +174,7 @@ class WeightLayers:
       edge reaches (inputs);
     * ``graph`` [L], ``rank`` [L], ``rank_from_end`` [L]: each layer's graph and its position
       counted from the first and from the last layer of that graph;
-    * ``count`` [L]: values per layer; ``graph_count`` [B]: weight values per graph;
+    * ``count`` [L]: values per layer;
     * ``num_layers``: ``L``; ``layers_per_graph`` [B].
     """
 
@@ -184,7 +184,6 @@ class WeightLayers:
     rank: Tensor
     rank_from_end: Tensor
     count: Tensor
-    graph_count: Tensor
     layers_per_graph: Tensor
     num_layers: int
 
@@ -212,10 +211,7 @@ class WeightLayers:
         count = torch.bincount(counted, minlength=num_layers)
         return cls(value_layer=value_layer, node_layer_id=node_layer_id,
                    graph=graph, rank=rank, rank_from_end=per_graph[graph] - 1 - rank,
-                   count=count,
-                   graph_count=torch.zeros(num_graphs, dtype=torch.long, device=device)
-                   .index_add(0, graph, count),
-                   layers_per_graph=per_graph, num_layers=num_layers)
+                   count=count, layers_per_graph=per_graph, num_layers=num_layers)
 
     def to(self, device, non_blocking: bool = False) -> "WeightLayers":
         """A copy with every tensor on ``device``."""

@@ -87,9 +87,8 @@ def _paths(x0, y0, x1, y1, points: int = 16) -> torch.Tensor:
 def _edge_means(graph: ParamGraph) -> torch.Tensor:
     """[E] float64: each edge's value (a kernel's mean)."""
     size = graph.edge_size.long()
-    owner = torch.repeat_interleave(torch.arange(size.numel()), size)
     sums = torch.zeros(size.numel(), dtype=torch.float64).index_add_(
-        0, owner, graph.edge_value.double())
+        0, graph.value_edges(), graph.edge_value.double())
     return sums / size.clamp(min=1)
 
 

@@ -236,6 +236,11 @@ class ParamGraph(Data):
         size = self.edge_size.long()
         return torch.cumsum(size, 0) - size
 
+    def value_edges(self) -> Tensor:
+        """[V] long: the edge each entry of ``edge_value`` belongs to."""
+        size = self.edge_size.long()
+        return torch.repeat_interleave(torch.arange(size.numel(), device=size.device), size)
+
     def weight_edge_mask(self) -> Tensor:
         """[E] bool: which edges carry learned weights (the others are fixed wiring of value 1)."""
         return is_weight_type(self.edge_type)

@@ -260,9 +260,8 @@ def _permute_values(graph: ParamGraph, new_of: Tensor) -> tuple[Tensor, Tensor]:
     if bool((new_of == torch.arange(graph.num_nodes)).all()):
         return graph.edge_value.clone(), node_value
     dest = edge_destinations(graph, new_of)
-    size = graph.edge_size.long()
-    offsets = torch.cumsum(size, 0) - size
-    edge_of_value = torch.repeat_interleave(torch.arange(size.numel()), size)
+    offsets = graph.edge_offsets()
+    edge_of_value = graph.value_edges()
     within = torch.arange(graph.edge_value.numel()) - offsets[edge_of_value]
     edge_value = torch.empty_like(graph.edge_value)
     edge_value[offsets[dest][edge_of_value] + within] = graph.edge_value

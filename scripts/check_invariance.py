@@ -28,9 +28,7 @@ def collapsed(graph, threshold: float = 1e-6) -> bool:
 
     from paramgraph.types import NodeType
 
-    st_value_edge = torch.repeat_interleave(torch.arange(graph.edge_index.shape[1]),
-                                            graph.edge_size.long())
-    ss = scatter(graph.edge_value.double().square(), st_value_edge, 0,
+    ss = scatter(graph.edge_value.double().square(), graph.value_edges(), 0,
                  dim_size=graph.edge_index.shape[1], reduce="sum")
     weight = graph.weight_edge_mask()
     incoming = scatter(torch.where(weight, ss, torch.zeros_like(ss)), graph.edge_index[1], 0,
@@ -48,10 +46,10 @@ def check_run(run: str, split: str, draws: int, scale_range: tuple[float, float]
 
     import paramgraph
     from paramgraph.models import prepare
-    from paramgraph.tasks.train import _Data, load_run
+    from paramgraph.tasks.train import RunData, load_run
 
     cfg, objective, net, _ = load_run(run)
-    data = _Data(cfg, objective, progress=False)
+    data = RunData(cfg, objective, progress=False)
     dataset = data.sets[split]
     graphs = [dataset[k] for k in range(len(dataset))]
     gen = torch.Generator().manual_seed(0)

@@ -122,7 +122,7 @@ def lr_factor(step: int, total: int, warmup: float, min_lr: float) -> float:
     return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-class _Data:
+class RunData:
     """The zoo, its graphs and the three split data sets of a run."""
 
     def __init__(self, cfg: TrainConfig, objective: Objective, progress: bool, ctx=None,
@@ -228,7 +228,7 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
 
     # every rank has checked the run directory (in train) before rank 0, past this cache
     # barrier, writes into it
-    data = _Data(cfg, objective, progress, ctx, rebuild_cache)
+    data = RunData(cfg, objective, progress, ctx, rebuild_cache)
     state = _fresh_state(cfg, objective, data, ctx)
     if resume:
         _load_resume_state(run, cfg, data, state, ctx)
@@ -258,7 +258,7 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
     return _summary(run, cfg, state, ctx, trained, train_seconds)
 
 
-def _fresh_state(cfg: TrainConfig, objective: Objective, data: _Data, ctx) -> _State:
+def _fresh_state(cfg: TrainConfig, objective: Objective, data: RunData, ctx) -> _State:
     """A newly initialised metanet (from ``cfg.seed``) with its optimiser and schedule."""
     torch.manual_seed(cfg.seed)
     net = build_metanet(cfg, objective).to(ctx.device)
@@ -272,7 +272,7 @@ def _fresh_state(cfg: TrainConfig, objective: Objective, data: _Data, ctx) -> _S
     return _State(net, opt, sched, steps_per_epoch)
 
 
-def _load_resume_state(run: Path, cfg: TrainConfig, data: _Data, state: _State, ctx) -> None:
+def _load_resume_state(run: Path, cfg: TrainConfig, data: RunData, state: _State, ctx) -> None:
     """Continue ``state`` from the run's ``resume.pt`` (if an epoch has finished); raises
     :class:`RunError` if the zoo has changed or the file is unreadable."""
     saved = read_json(run / CONFIG, "run config")
@@ -292,7 +292,7 @@ def _load_resume_state(run: Path, cfg: TrainConfig, data: _Data, state: _State, 
     state.start_epoch = int(saved["epoch"]) + 1
 
 
-def _write_config(run: Path, cfg: TrainConfig, objective: Objective, data: _Data, net,
+def _write_config(run: Path, cfg: TrainConfig, objective: Objective, data: RunData, net,
                   threads: int | None) -> None:
     """Write the new run's ``config.json`` (the config, the zoo's fingerprint, sizes)."""
     run.mkdir(parents=True, exist_ok=True)
@@ -305,7 +305,7 @@ def _write_config(run: Path, cfg: TrainConfig, objective: Objective, data: _Data
     })
 
 
-def _reference_scores(objective: Objective, history: list[dict], data: _Data) -> dict:
+def _reference_scores(objective: Objective, history: list[dict], data: RunData) -> dict:
     """The objective's reference scores on the validation set (inr-edit: the error of leaving
     the SIRENs unedited) as ``val_*`` columns: computed once per run, then read back from the
     first epoch's row when the run resumes."""
@@ -315,7 +315,7 @@ def _reference_scores(objective: Objective, history: list[dict], data: _Data) ->
     return {f"val_{k}": v for k, v in scores.items()}
 
 
-def _train_epoch(cfg: TrainConfig, objective: Objective, data: _Data, state: _State, model, ctx,
+def _train_epoch(cfg: TrainConfig, objective: Objective, data: RunData, state: _State, model, ctx,
                  epoch: int, edges: list[int], workers: int, bar) -> tuple[dict, float]:
     """Train one epoch (seeded from ``(seed, epoch)``); returns the sums of
     :func:`~paramgraph.tasks.distributed.run_epoch` and the seconds the steps took. Raises
@@ -339,7 +339,7 @@ def _train_epoch(cfg: TrainConfig, objective: Objective, data: _Data, state: _St
     return sums, seconds
 
 
-def _validate(cfg: TrainConfig, objective: Objective, data: _Data, state: _State, ctx,
+def _validate(cfg: TrainConfig, objective: Objective, data: RunData, state: _State, ctx,
               edges: list[int], workers: int) -> dict[str, float]:
     """The metanet's validation scores, on the predictions of every rank gathered."""
     pred, y, _ = distributed.predict_all(ctx, state.net, objective, data.sets["val"],
@@ -434,7 +434,7 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
         raise TaskError(f"unknown split '{split}' (use train, val or test)")
     cfg, objective, net, _ = load_run(run)
     with thread_count(threads):
-        data = _Data(cfg, objective, progress)
+        data = RunData(cfg, objective, progress)
         t0 = time.time()
         pred, y, ids = predict(net, objective, data.sets[split], cfg.eval_batch_size, data.hidden)
         metrics = objective.metrics(pred, y)

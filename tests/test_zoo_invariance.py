@@ -44,8 +44,7 @@ def _collapse(graph, norm: float, seed: int):
     if hidden.numel() == 0:
         return None
     chosen = hidden[torch.randperm(hidden.numel(), generator=gen)[:3]]
-    value_edge = torch.repeat_interleave(torch.arange(graph.edge_index.shape[1]),
-                                         graph.edge_size.long())
+    value_edge = graph.value_edges()
     into = torch.isin(graph.edge_index[1], chosen) & graph.weight_edge_mask()
     edge_value, node_value = graph.edge_value.clone(), graph.node_value.clone()
     on = into[value_edge]
