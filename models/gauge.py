@@ -74,11 +74,19 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from paramgraph.canonical import (  # the exact section: one home, shared with paramgraph
+    BALANCE_SWEEPS,
+    SECTIONS,
+    balance_factors,
+    canonical_factors,
+    section_factors,
+)
+from paramgraph.canonical import edge_multipliers as _edge_multipliers
+from paramgraph.canonical import edge_value_sums as _edge_sums
 from paramgraph.types import Activation, NodeType, NormKind
 
 from .structure import GraphStructure, symlog
 
-BALANCE_SWEEPS = 12  # sweeps of balance_factors (exact invariance does not depend on it)
 SOFT_SIGN_WIDTH = 0.1  # sign_confidence: a neuron's sign counts as sure from |r| >~ 0.2
 
 
@@ -101,106 +109,6 @@ def apply_factors(st: GraphStructure, factor: Tensor, edge_value: Tensor,
         node_value[:, 3], node_value[:, 4],
     ], dim=1)
     return edge_value, node_value
-
-
-def _edge_sums(st: GraphStructure, edge_value: Tensor) -> tuple[Tensor, Tensor]:
-    """Per edge: sum of squares and sum of its values."""
-    ss = scatter(edge_value.square(), st.value_edge, 0, dim_size=st.num_edges, reduce="sum")
-    sv = scatter(edge_value, st.value_edge, 0, dim_size=st.num_edges, reduce="sum")
-    return ss, sv
-
-
-def _edge_multipliers(st: GraphStructure, f: Tensor) -> Tensor:
-    """``[E]``: what factors ``f`` multiply each weight edge by (``a_v / f_u``); 0 for fixed
-    edges, which the group never changes."""
-    a = torch.where(st.plain, f, torch.ones_like(f))
-    return torch.where(st.weight, a[st.dst] / f[st.src], torch.zeros_like(a[st.dst]))
-
-
-def canonical_factors(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
-                      edge_sums: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """The canonicaliser's factor per neuron, ``[N]`` (1 where the neuron has no symmetry).
-
-    See the module docstring for the construction. ``apply_factors(st, f, ...)`` of the result
-    gives the canonical network, which is invariant under the group's scales and signs.
-    Differentiable (out-of-place), one vectorised step per depth level.
-    """
-    n = st.num_nodes
-    dtype = edge_value.dtype
-    ss, sv = edge_sums if edge_sums is not None else _edge_sums(st, edge_value)
-    f = torch.ones(n, dtype=dtype, device=edge_value.device)
-    sym = st.scale | st.sign
-    if not st.canon_levels:
-        return f
-    bias, nw, nb = node_value[:, 0], node_value[:, 1], node_value[:, 2]
-    # Normalised neurons depend on their own norm parameters only.
-    normed_n2 = nw.square() + nb.square()
-    zeros = torch.zeros(n, dtype=dtype, device=f.device)
-    # A squared norm below sqrt(tiny) counts as zero: its rsqrt (and the gradient) would overflow.
-    tiny = torch.finfo(dtype).tiny ** 0.5
-    for level, start, stop in st.canon_levels:
-        ids = st.canon_into[start:stop]
-        at_level = sym & (st.node_layer == level)
-        src, dst = st.src[ids], st.dst[ids]
-        inv = 1.0 / f[src]
-        n2 = zeros.index_add(0, dst, ss[ids] * inv.square())
-        wsum = zeros.index_add(0, dst, sv[ids] * inv)
-        n2 = torch.where(st.plain, n2 + bias.square(), normed_n2)
-        primary = torch.where(st.plain, bias, nw)
-        tie = torch.where(st.plain, wsum, nb)
-        stat = torch.where(primary != 0, primary, tie)
-        sgn = torch.where(stat < 0, -torch.ones_like(stat), torch.ones_like(stat))
-        scale = torch.where(n2 > tiny, n2, torch.ones_like(n2)).rsqrt()
-        level_f = torch.where(st.scale, scale, torch.ones_like(scale))
-        level_f = torch.where(st.sign, level_f * sgn, level_f)
-        f = torch.where(at_level, level_f, f)
-    return f
-
-
-SECTIONS = ("balanced", "unit")
-
-
-def balance_factors(st: GraphStructure, edge_ss: Tensor, node_ss: Tensor,
-                    sweeps: int = BALANCE_SWEEPS) -> Tensor:
-    """Positive per-neuron factors ``[N]`` that move a network towards the minimum-norm
-    representative of its scaling orbit (1 where a neuron has no scale symmetry).
-
-    ``edge_ss`` [E]: each edge's sum of squared values; ``node_ss`` [N]: a plain neuron's squared
-    bias, a normalised neuron's ``gamma^2 + beta^2``. Under factors ``b`` a scalable neuron ``n``
-    has incoming squared norm :math:`i_n = \\sum_{u \\to n} \\|w_{un}\\|^2 b_n^2 / b_u^2
-    + \\beta_n b_n^2` (a normalised neuron: its affine parameters only) and outgoing
-    :math:`o_n = \\sum_{n \\to v} \\|w_{nv}\\|^2 a_v^2 / b_n^2`; the total squared norm is
-    minimal over ``b_n`` (the others fixed) when :math:`i_n = o_n`, i.e. after
-    :math:`b_n \\leftarrow b_n (o_n / i_n)^{1/4}`. A sweep applies that update to the scalable
-    neurons of even depth, then of odd depth (neurons of one parity are not joined by weight
-    edges in the networks the converter sees, so each half-sweep is an exact coordinate step).
-    Neurons with a squared norm below ``sqrt(tiny)`` on either side are left as they are.
-
-    Run on the *canonical* network (:func:`canonical_factors`), a fixed number of sweeps is a
-    deterministic function of an invariant input, so the result stays exactly invariant however
-    far from convergence it stops; sweeps only decide how balanced the section is.
-    """
-    dtype = edge_ss.dtype
-    b = torch.ones(st.num_nodes, dtype=dtype, device=edge_ss.device)
-    if not st.has_scale or sweeps <= 0:
-        return b
-    w = st.weight_ids
-    src, dst, ss = st.src[w], st.dst[w], edge_ss[w]
-    into_plain = st.plain[dst]
-    tiny = torch.finfo(dtype).tiny ** 0.5
-    even = st.node_layer % 2 == 0
-    zeros = torch.zeros_like(b)
-    for _ in range(sweeps):
-        for parity in (even, ~even):
-            a = torch.where(st.plain, b, torch.ones_like(b))
-            term = ss * (a[dst] / b[src]).square()
-            in2 = zeros.index_add(0, dst, torch.where(into_plain, term, torch.zeros_like(term)))
-            in2 = in2 + node_ss * b.square()
-            out2 = zeros.index_add(0, src, term)
-            move = st.scale & parity & (in2 > tiny) & (out2 > tiny)
-            ratio = (out2 / torch.where(move, in2, torch.ones_like(in2))).clamp(1e-12, 1e12)
-            b = torch.where(move, b * ratio.sqrt().sqrt(), b)
-    return b
 
 
 def sign_confidence(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
@@ -280,17 +188,7 @@ class GaugeMap(nn.Module):
                         node_value: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """The exact (unlearned) section's factor ``[N]`` and the edges' ``(sum of squares, sum)``
         of the input values, both in the dtype of ``edge_value``."""
-        sums = _edge_sums(st, edge_value)
-        f = canonical_factors(st, edge_value, node_value, sums)
-        if self.section == "balanced":
-            mult = _edge_multipliers(st, f)
-            canon_ss = sums[0] * mult.square()
-            # a plain neuron's bias and a normalised one's affine pair both scale by f
-            node_ss = torch.where(st.plain, node_value[:, 0].square(),
-                                  node_value[:, 1].square() + node_value[:, 2].square())
-            node_ss = node_ss * f.square()
-            f = f * balance_factors(st, canon_ss, node_ss, self.sweeps)
-        return f, sums
+        return section_factors(st, edge_value, node_value, self.section, self.sweeps)
 
     def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
                 node_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
+from paramgraph.canonical import canonical_levels as _canonical_levels
 from paramgraph.types import WEIGHT_EDGE_TYPES, NormKind
 
 
@@ -226,19 +227,6 @@ def _moved(obj, device, non_blocking: bool):
         moved[f.name] = (v.to(device, non_blocking=non_blocking) if isinstance(v, (Tensor,
                          WeightLayers)) else v)
     return type(obj)(**moved)
-
-
-def _canonical_levels(src: Tensor, dst: Tensor, weight: Tensor, layer: Tensor, plain: Tensor,
-                      sym: Tensor) -> tuple[Tensor, list[tuple[int, int, int]]]:
-    """The canonicaliser's schedule: weight edges into plain symmetric neurons sorted by the
-    target's depth, and per depth with symmetric neurons the slice of those edges."""
-    into = (weight & sym[dst] & plain[dst]).nonzero().squeeze(1)
-    into_level = layer[dst[into]]
-    order = torch.argsort(into_level, stable=True)
-    into, into_level = into[order], into_level[order]
-    levels = torch.unique(layer[sym])
-    bounds = torch.searchsorted(into_level, torch.stack([levels, levels + 1])).tolist()
-    return into, [(lv, lo, hi) for lv, lo, hi in zip(levels.tolist(), *bounds, strict=True)]
 
 
 def _sorting(index: Tensor) -> Tensor | None:
