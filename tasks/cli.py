@@ -79,7 +79,7 @@ def add_task_commands(subparsers) -> None:
     them with :func:`paramgraph.cli.run_command`.
     """
     from .objectives import OBJECTIVES
-    from paramgraph.models.defaults import HIDDEN, LAYERS, MODES
+    from paramgraph.models.defaults import HIDDEN, LAYERS, MODES, WEIGHT_DECAY
 
     from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_STEPS, KINDS
 
@@ -157,7 +157,8 @@ def add_task_commands(subparsers) -> None:
                    help=f"message-passing rounds (default {LAYERS})")
     p.add_argument("--batch-size", type=pos, default=32)
     p.add_argument("--lr", type=nonneg_float, default=2e-3)
-    p.add_argument("--weight-decay", type=nonneg_float, default=1e-2)
+    p.add_argument("--weight-decay", type=nonneg_float, default=WEIGHT_DECAY,
+                   help=f"AdamW weight decay (default {WEIGHT_DECAY})")
     p.add_argument("--warmup", type=nonneg_float, default=0.05,
                    help="fraction of the steps spent warming up (default 0.05)")
     p.add_argument("--clip", type=nonneg_float, default=1.0,

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from paramgraph.atomic import atomic_path
-from paramgraph.models.defaults import HIDDEN, LAYERS
+from paramgraph.models.defaults import HIDDEN, LAYERS, WEIGHT_DECAY
 
 from . import distributed
 from .data import ZooDataset, load_graphs
@@ -64,12 +64,13 @@ class TrainConfig:
     task: str
     zoo: str
     mode: str = "quasi"
+    target: str | None = None  # the zoo column a regression/classification task predicts
     hidden: int = HIDDEN
     layers: int = LAYERS
     epochs: int = 20
     batch_size: int = 32
     lr: float = 2e-3
-    weight_decay: float = 1e-2
+    weight_decay: float = WEIGHT_DECAY
     warmup: float = 0.05  # fraction of all steps spent warming up linearly
     min_lr: float = 0.01  # cosine decays to this fraction of lr
     clip: float = 1.0
@@ -123,23 +124,26 @@ def lr_factor(step: int, total: int, warmup: float, min_lr: float) -> float:
 
 
 class RunData:
-    """The zoo, its graphs and the three split data sets of a run."""
+    """The zoo, its graphs and the three split data sets of a run. ``objective``: the run's task
+    as it has learnt from the zoo's training targets (:meth:`Objective.fitted`: classes, target
+    scale); a run read back passes its saved, already fitted task."""
 
     def __init__(self, cfg: TrainConfig, objective: Objective, progress: bool, ctx=None,
                  rebuild_cache: bool = False):
         self.zoo = Zoo(cfg.zoo)
         objective.check_zoo(self.zoo)
+        objective = objective.fitted(self.zoo, self.zoo.split(cfg.split("train")))
+        self.objective = objective
         ctx = ctx or distributed.Context()
         # rank 0 builds (or repairs) the graph cache, then the other ranks open it
         graphs = distributed.rank0_first(ctx, lambda: load_graphs(
             self.zoo, progress and ctx.is_main, rebuild=rebuild_cache and ctx.is_main))
         self.sets = {}
         for which in ("train", "val", "test"):
-            self.sets[which] = ZooDataset(self.zoo, cfg.split(which), objective.target,
-                                          graphs=graphs)
+            self.sets[which] = ZooDataset(self.zoo, cfg.split(which), objective, graphs=graphs)
             if len(self.sets[which]) == 0:
                 raise TaskError(f"zoo '{self.zoo.root}' split '{cfg.split(which)}' is empty; "
-                                "make a larger zoo")
+                                "make (or import) a larger zoo")
         if cfg.max_train:
             ds = self.sets["train"]
             ds.ids = ds.ids[: cfg.max_train]
@@ -194,7 +198,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         if (run / CONFIG).exists():
             raise RunError(f"'{run}' already holds a run; pass --resume to continue it or "
                            "choose another --out")
-    objective = get_objective(cfg.task)
+    objective = get_objective(cfg.task, cfg.target)
     from paramgraph.models import MODES
 
     if cfg.mode not in MODES:
@@ -229,6 +233,7 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
     # every rank has checked the run directory (in train) before rank 0, past this cache
     # barrier, writes into it
     data = RunData(cfg, objective, progress, ctx, rebuild_cache)
+    objective = data.objective  # with what it learnt from the zoo (classes, target scale)
     state = _fresh_state(cfg, objective, data, ctx)
     if resume:
         _load_resume_state(run, cfg, data, state, ctx)
@@ -299,6 +304,7 @@ def _write_config(run: Path, cfg: TrainConfig, objective: Objective, data: RunDa
     atomic_write_json(run / CONFIG, {
         "config": asdict(cfg), "zoo_fingerprint": data.zoo.fingerprint(),
         "zoo_kind": data.zoo.kind, "objective": objective.name, "siren_hidden": data.hidden,
+        "objective_state": objective.state(),
         "metanet_parameters": sum(p.numel() for p in net.parameters()),
         "train_size": len(data.sets["train"]), "val_size": len(data.sets["val"]),
         "test_size": len(data.sets["test"]), "threads": threads,
@@ -407,7 +413,7 @@ def load_run(run: str | os.PathLike):
     except TaskError as err:
         raise RunError(str(err)) from None
     cfg = TrainConfig.from_dict(info["config"])
-    objective = get_objective(cfg.task)
+    objective = run_objective(cfg, info)
     net = build_metanet(cfg, objective)
     try:
         state = load_safetensors(run / BEST, "metanet checkpoint")
@@ -419,6 +425,12 @@ def load_run(run: str | os.PathLike):
         raise RunError(f"metanet checkpoint '{run / BEST}' does not fit the run's config: "
                        f"{str(err).splitlines()[0]}") from None
     return cfg, objective, net.eval(), info
+
+
+def run_objective(cfg: TrainConfig, info: dict) -> Objective:
+    """The task of a run as it was trained (configured with its column, restored with what it
+    learnt from the zoo), from the run's config alone."""
+    return get_objective(cfg.task, cfg.target).restored(info.get("objective_state") or {})
 
 
 def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | None = None,
@@ -463,7 +475,8 @@ def plot_run(run: str | os.PathLike, split: str = "test") -> list[Path]:
     except TaskError as err:
         raise RunError(f"{err} (has the run finished an epoch?)") from None
     info = read_json(run / CONFIG, "run config")
-    task = info["config"]["task"]
+    cfg = TrainConfig.from_dict(info["config"])
+    task = cfg.task if cfg.target is None else f"{cfg.task} of {cfg.target}"
     epochs = [h["epoch"] for h in history]
     val_keys = [k for k in history[0] if k.startswith("val_")]
     fig, axes = plt.subplots(1, 1 + len(val_keys), figsize=(4 * (1 + len(val_keys)), 3.2))
@@ -479,7 +492,7 @@ def plot_run(run: str | os.PathLike, split: str = "test") -> list[Path]:
     out = [run / "curves.png"]
     save_figure(fig, out[0])
     plt.close(fig)
-    objective = get_objective(task)
+    objective = run_objective(cfg, info)
     if objective.scatter_label is not None:
         path = run / f"eval-{split}.json"
         if not path.is_file():
@@ -487,15 +500,27 @@ def plot_run(run: str | os.PathLike, split: str = "test") -> list[Path]:
         ev = read_json(path, "evaluation")
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.scatter(ev["true"], ev["pred"], s=8, alpha=0.6)
-        ax.plot([0, 1], [0, 1], color="grey", lw=1)
+        lo, hi = _scatter_range(objective, ev)
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1)
         m = ev["metrics"]
-        ax.set(xlabel=objective.scatter_label, ylabel="predicted", xlim=(0, 1.02),
-               ylim=(0, 1.02), title=f"{info['config']['mode']}: {objective.headline(m)}")
+        ax.set(xlabel=objective.scatter_label, ylabel="predicted", xlim=(lo, hi),
+               ylim=(lo, hi), title=f"{info['config']['mode']}: {objective.headline(m)}")
         fig.tight_layout()
         out.append(run / f"scatter-{split}.png")
         save_figure(fig, out[-1])
         plt.close(fig)
     return out
+
+
+def _scatter_range(objective: Objective, ev: dict) -> tuple[float, float]:
+    """The axes' range of a predicted-against-true plot: [0, 1] for accuracies, else the data's
+    range with a margin."""
+    if objective.name == "generalization":
+        return 0.0, 1.02
+    values = [float(v) for v in ev["true"] + ev["pred"]]
+    lo, hi = min(values), max(values)
+    pad = 0.04 * (hi - lo) or 1.0
+    return lo - pad, hi + pad
 
 
 def save_figure(fig, path: Path) -> None:
