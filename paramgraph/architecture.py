@@ -24,6 +24,21 @@ def build_architecture(spec: str, kwargs: dict | None = None) -> nn.Module:
     anything inside a checkpoint. Raises :class:`~paramgraph.ParamGraphError` with one line
     saying what failed (bad spec, import error, missing attribute, failing call, wrong type).
     """
+    obj, attr = resolve_callable(spec)
+    try:
+        net = obj(**(kwargs or {}))
+    except Exception as err:
+        raise ParamGraphError(f"--arch '{spec}': calling {attr}(**{kwargs or {}}) failed "
+                              f"({type(err).__name__}: {one_line(err)})") from err
+    if not isinstance(net, nn.Module):
+        raise ParamGraphError(f"--arch '{spec}': {attr}() returned a {type(net).__name__}, not "
+                              "an nn.Module")
+    return net
+
+
+def resolve_callable(spec: str):
+    """``(callable, attribute name)`` named by ``spec`` (see :func:`build_architecture`), imported
+    but not called; raises :class:`~paramgraph.ParamGraphError` as that function does."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ParamGraphError(f"--arch '{spec}' must look like 'package.module:callable' or "
@@ -51,15 +66,7 @@ def build_architecture(spec: str, kwargs: dict | None = None) -> nn.Module:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ParamGraphError(f"--arch '{spec}': '{attr}' is not callable")
-    try:
-        net = obj(**(kwargs or {}))
-    except Exception as err:
-        raise ParamGraphError(f"--arch '{spec}': calling {attr}(**{kwargs or {}}) failed "
-                              f"({type(err).__name__}: {one_line(err)})") from err
-    if not isinstance(net, nn.Module):
-        raise ParamGraphError(f"--arch '{spec}': {attr}() returned a {type(net).__name__}, not "
-                              "an nn.Module")
-    return net
+    return obj, attr
 
 
 def fit_state_dict(module: nn.Module, state: dict[str, Tensor], source: str | os.PathLike,
