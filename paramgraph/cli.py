@@ -10,6 +10,7 @@ Commands (``paramgraph COMMAND --help`` for details)::
     paramgraph restore GRAPH -o OUT.safetensors
     paramgraph export GRAPH --format graphml|json -o OUT
     paramgraph draw GRAPH -o OUT.png
+    paramgraph align | merge | canonicalize | prune ...   (paramgraph/cli_edit.py)
 
 Other front ends build on this module: :func:`add_subcommands` registers the commands on an
 ``argparse`` sub-parser set (each with ``func`` set to its handler) and :func:`run_command` runs a
@@ -173,6 +174,10 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--max-edges", type=positive_int, default=None, metavar="N",
                    help="draw every edge up to this many edges (default 5000)")
     p.set_defaults(func=cmd_draw)
+
+    from .cli_edit import add_edit_commands  # align, merge, canonicalize, prune
+
+    add_edit_commands(subparsers, source, debug)
 
 
 def _number_type(convert, valid, what: str, not_a_number: str):

@@ -49,3 +49,14 @@ def classification_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     train, test = split_indices()
     x = x.view(-1, 1, 8, 8)
     return x[train], y[train], x[test], y[test]
+
+
+def dataset(split: str) -> tuple[Tensor, Tensor]:
+    """``(x [n, 1, 8, 8], y [n])`` of the fixed ``"train"`` or ``"test"`` split (the edit
+    commands' ``--eval digits`` / ``--data digits``). Raises ValueError for another split."""
+    x_train, y_train, x_test, y_test = classification_split()
+    if split == "train":
+        return x_train, y_train
+    if split == "test":
+        return x_test, y_test
+    raise ValueError(f"unknown digits split '{split}'; use 'train' or 'test'")
