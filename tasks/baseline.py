@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from .errors import TaskError
-from .objectives import get_objective
-from .zoo import RECIPES, Zoo
+from .objectives import Objective, get_objective
+from .zoo import Zoo
 
 K_ENDS = 4
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -74,11 +74,11 @@ def features(state: dict[str, torch.Tensor], hetero: bool) -> np.ndarray:
 def zoo_features(zoo: Zoo, ids: list[int] | None = None) -> np.ndarray:
     """``[n, F]`` features of the networks ``ids`` (default all) of ``zoo``."""
     ids = list(range(len(zoo))) if ids is None else ids
-    hetero = RECIPES[zoo.kind].heterogeneous
+    hetero = zoo.heterogeneous
     return np.stack([features(zoo.state_dict(i), hetero) for i in ids])
 
 
-def fit_predict(task: str, zoo: Zoo, split_train: str = "train", split_eval: str = "test",
+def fit_predict(task: str | Objective, zoo: Zoo, split_train: str = "train", split_eval: str = "test",
                 seed: int = 0, x_all: np.ndarray | None = None) -> dict:
     """Fit the baseline for ``task`` on one split and predict another.
 
@@ -86,14 +86,16 @@ def fit_predict(task: str, zoo: Zoo, split_train: str = "train", split_eval: str
     model and the metrics are the task's (:meth:`Objective.fit_baseline
     <paramgraph.tasks.objectives.Objective.fit_baseline>`, :meth:`Objective.metrics
     <paramgraph.tasks.objectives.Objective.metrics>`). ``x_all`` may pass precomputed
-    :func:`zoo_features` of the whole zoo. Raises :class:`TaskError` for an unknown task or a zoo
-    of the wrong kind.
+    :func:`zoo_features` of the whole zoo. ``task``: a task name, or a task configured with its
+    column (``get_objective("regression", "test_loss")``). Raises :class:`TaskError` for an
+    unknown task or a zoo of the wrong kind.
     """
     import sklearn.ensemble  # noqa: F401  (imported before the clock starts)
 
-    objective = get_objective(task)
-    y_all = objective.targets(zoo).numpy()
+    objective = task if isinstance(task, Objective) else get_objective(task)
     tr, ev = zoo.split(split_train), zoo.split(split_eval)
+    objective = objective.fitted(zoo, tr)
+    y_all = objective.targets(zoo).numpy()
     start = time.time()
     x_all = zoo_features(zoo) if x_all is None else x_all
     pred = objective.fit_baseline(x_all[tr], y_all[tr], x_all[ev], seed)

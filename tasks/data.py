@@ -41,7 +41,7 @@ from .archs import example_input
 from .errors import TaskError, ZooError
 from .threads import threads
 from .io import sha256_text
-from .objectives import objective_of_target
+from .objectives import Objective, objective_of_target
 from .zoo import Zoo
 
 CACHE_FORMAT = 2
@@ -59,8 +59,11 @@ def convert_network(zoo: Zoo, i: int, templates: dict | None = None) -> ParamGra
     With ``templates`` (a dict kept between calls), each distinct architecture is traced once and
     later networks of the same spec are filled into its graph (``paramgraph.from_state_dict``),
     which gives the same graph much faster. Raises :class:`ZooError` naming the network if its
-    checkpoint is missing/corrupt or cannot be converted.
+    checkpoint is missing/corrupt or cannot be converted. An imported zoo's networks are graph
+    files already (converted by ``paramgraph zoo import``): they are read as they are.
     """
+    if zoo.imported:
+        return zoo.graph_file(i).graph
     spec = zoo.rows[i]["spec"]
     key = json.dumps(spec, sort_keys=True)
     try:
@@ -206,14 +209,17 @@ def repair_cache(zoo: Zoo | str | os.PathLike, progress: bool = True) -> list[Pa
     return bad
 
 
-def targets(zoo: Zoo, target: str) -> Tensor:
+def targets(zoo: Zoo, target: "str | Objective") -> Tensor:
     """The per-network target of ``zoo`` for ``target``, read by the task whose target it is
-    (:meth:`Objective.targets <paramgraph.tasks.objectives.Objective.targets>`).
+    (:meth:`Objective.targets <paramgraph.tasks.objectives.Objective.targets>`), or by the
+    (configured, fitted) task ``target`` itself.
 
     ``test_acc``: ``[n]`` float test accuracies (hetero/cnn zoos); ``label``: ``[n]`` long digit
     classes (inr zoos); ``dilate``: ``[n, 64]`` float dilated images (inr zoos). Raises
     :class:`TaskError` for an unknown target or one the zoo does not have.
     """
+    if isinstance(target, Objective):
+        return target.targets(zoo)
     return objective_of_target(target).targets(zoo)
 
 
@@ -221,14 +227,15 @@ class ZooDataset(Dataset):
     """The graphs of one split of a zoo, each with its target ``y`` and id ``net_id``.
 
     ``zoo``: a :class:`~paramgraph.tasks.zoo.Zoo` or its directory. ``split``: a split name of the zoo
-    (``None``: every network). ``target``: see :func:`targets` (``None``: no ``y``). ``graphs``:
+    (``None``: every network). ``target``: a target name or a task, see :func:`targets` (``None``:
+    no ``y``). ``graphs``:
     already loaded graphs of the whole zoo (to share them between splits). ``y`` of one graph has
     shape ``[1]`` (accuracy, label) or ``[1, 64]`` (dilated image), so a batch's ``y`` is ``[B]``
     or ``[B, 64]``. Raises :class:`ZooError`/:class:`TaskError` for a bad zoo, split or target.
     """
 
     def __init__(self, zoo: Zoo | str | os.PathLike, split: str | None = None,
-                 target: str | None = None, graphs: list[ParamGraph] | None = None,
+                 target: "str | Objective | None" = None, graphs: list[ParamGraph] | None = None,
                  progress: bool = True):
         self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
         self.ids = list(range(len(self.zoo))) if split is None else list(self.zoo.split(split))

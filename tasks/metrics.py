@@ -59,3 +59,8 @@ def beats(new: float, best: float | None, higher: bool) -> bool:
     if best is None or (isinstance(best, float) and math.isnan(best)):
         return True
     return new > best if higher else new < best
+
+
+def mae(pred, true) -> float:
+    """Mean absolute error over every entry."""
+    return float(np.abs(_np(pred) - _np(true)).mean())

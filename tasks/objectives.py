@@ -15,6 +15,20 @@ line's ``--task`` choices all look tasks up there.
                     8x8 pixel grid straight from the head's output values
                     (:func:`paramgraph.tasks.inr.siren_forward_from_batch`, differentiable), and loss and
                     score are the mean squared error to the dilated image, in function space.
+``regression``      any zoo; ``--target COLUMN`` names a numeric column of its metadata (an
+                    imported zoo's ``labels.csv``, or a made zoo's ``train_loss`` ...). The targets
+                    are standardised with the training split's mean and standard deviation, so
+                    the loss and the learning rate do not depend on the column's units; the
+                    prediction is ``mean + std * output``. Scores: Kendall tau, R² (model
+                    selection), MSE, MAE.
+``classification``  any zoo; ``--target COLUMN`` names a categorical column; the classes are the
+                    column's distinct values over the whole zoo, sorted. Loss: cross-entropy;
+                    score: accuracy.
+
+The two column tasks are *configured* per run (:meth:`Objective.configure` with the column,
+:meth:`Objective.fitted` on the zoo); what they learn from the zoo (classes, mean and standard
+deviation) is their :meth:`Objective.state`, saved in the run's ``config.json`` so that ``paramgraph
+predict`` needs the run only, not the zoo.
 
 Adding a task: subclass :class:`Objective` here and register an instance in :data:`OBJECTIVES`.
 
@@ -64,6 +78,36 @@ class Objective:
                             f"'{zoo.root}' is a {zoo.kind} zoo")
         self.hidden(zoo)
 
+    def configure(self, target: str | None) -> "Objective":
+        """This task for the column ``target`` (``--target``). A task with a fixed target accepts
+        only its own (or ``None``); the column tasks return a configured copy."""
+        if target is None or target == self.target:
+            return self
+        raise TaskError(f"task '{self.name}' always predicts '{self.target}'; to predict "
+                        f"'{target}' use --task regression (a numeric column) or --task "
+                        "classification (a categorical one)")
+
+    def fitted(self, zoo, train_ids: list[int]) -> "Objective":
+        """This task with what it learns from the zoo's targets (the column tasks: classes, the
+        training split's mean and standard deviation); called once when a run starts."""
+        return self
+
+    def state(self) -> dict:
+        """What :meth:`fitted` learnt, as JSON (saved in the run's ``config.json``)."""
+        return {}
+
+    def restored(self, state: dict) -> "Objective":
+        """This task with a saved :meth:`state` (a run's, read back without its zoo)."""
+        return self
+
+    def prediction_columns(self, pred) -> dict[str, list]:
+        """The columns ``paramgraph predict`` writes for the predictions ``pred`` of
+        :meth:`predict` (one row per network): the value for regression, the class and its
+        probabilities for classification."""
+        raise TaskError(f"task '{self.name}' does not predict a value per network; "
+                        + ("edit checkpoints with 'paramgraph edit'" if self.head == "weights"
+                           else "it cannot be used with 'paramgraph predict'"))
+
     def hidden(self, zoo) -> list[int] | None:
         """What :meth:`predict` needs besides the metanet (its ``hidden`` argument): the SIREN
         hidden widths for a task that runs edited SIRENs, else ``None``."""
@@ -76,10 +120,11 @@ class Objective:
     def _column(self, zoo, key: str, hint: str) -> list:
         """Column ``key`` of the zoo's metadata table; :class:`TaskError` with ``hint`` if a row
         lacks it."""
-        if any(key not in r for r in zoo.rows):
+        values = zoo.column(key)
+        if any(v is None for v in values):
             raise TaskError(f"zoo '{zoo.root}' ({zoo.kind}) has no '{key}' for target "
                             f"'{self.target}'; {hint}")
-        return [r[key] for r in zoo.rows]
+        return values
 
     def predict(self, net, batch, hidden: list[int] | None = None, structure=None) -> Tensor:
         """The metanet's prediction for ``batch``: ``[B]`` accuracies, ``[B, 10]`` logits or
@@ -125,7 +170,7 @@ class Objective:
 class Generalization(Objective):
     name = "generalization"
     target = "test_acc"
-    zoo_kinds = ("hetero", "cnn")
+    zoo_kinds = ("hetero", "cnn", "imported")
     out_dim = 1
     select = "kendall_tau"
     higher = True
@@ -134,8 +179,8 @@ class Generalization(Objective):
     def targets(self, zoo) -> Tensor:
         import torch
 
-        acc = self._column(zoo, "test_acc", "accuracy targets need a hetero or cnn zoo")
-        return torch.tensor([float(a) for a in acc], dtype=torch.float32)
+        acc = numeric_column(zoo, "test_acc", self.name)
+        return torch.tensor(acc, dtype=torch.float32)
 
     def from_output(self, out, hidden):
         import torch
@@ -155,6 +200,9 @@ class Generalization(Objective):
 
     def headline(self, metrics):
         return f"tau {metrics['kendall_tau']:.3f}, R2 {metrics['r2']:.3f}"
+
+    def prediction_columns(self, pred):
+        return {self.target: [float(v) for v in pred]}
 
 
 class InrClass(Objective):
@@ -185,13 +233,10 @@ class InrClass(Objective):
         return {"accuracy": accuracy(pred, y)}
 
     def fit_baseline(self, x_train, y_train, x_eval, seed):
-        import numpy as np
-        from sklearn.ensemble import HistGradientBoostingClassifier
+        return fit_classifier(x_train, y_train, x_eval, seed, self.out_dim)
 
-        model = HistGradientBoostingClassifier(random_state=seed).fit(x_train, y_train)
-        full = np.zeros((len(x_eval), self.out_dim))  # classes absent from training score 0
-        full[:, model.classes_] = model.predict_proba(x_eval)
-        return full
+    def prediction_columns(self, pred):
+        return class_columns(self.target, list(range(self.out_dim)), pred)
 
 
 class InrEdit(Objective):
@@ -238,25 +283,274 @@ class InrEdit(Objective):
                          for p in range(y_train.shape[1])], 1)
 
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (Generalization(), InrClass(), InrEdit())}
+ANY_ZOO = ("hetero", "cnn", "inr", "imported")
 
 
-def get_objective(name: str) -> Objective:
-    """The :class:`Objective` called ``name``; raises :class:`TaskError` for an unknown task."""
+class ColumnObjective(Objective):
+    """A task on a column the user names with ``--target`` (see the module docstring): one
+    registered instance without a column, configured per run by :meth:`configure`."""
+
+    target: str | None = None
+    zoo_kinds = ANY_ZOO
+
+    def configure(self, target):
+        if not target:
+            raise TaskError(f"task '{self.name}' needs --target COLUMN: the zoo column to "
+                            "predict (see 'paramgraph zoo info ZOO' for its columns)")
+        if target == self.target:
+            return self
+        import copy
+
+        new = copy.copy(self)
+        new.target = target
+        return new
+
+    def check_zoo(self, zoo):
+        super().check_zoo(zoo)
+        columns = zoo.columns()
+        if self.target not in columns:
+            raise TaskError(f"zoo '{zoo.root}' has no column '{self.target}' (its columns: "
+                            f"{', '.join(columns) or 'none'})")
+
+
+class Regression(ColumnObjective):
+    name = "regression"
+    out_dim = 1
+    select = "r2"
+    higher = True
+    mean: float = 0.0
+    std: float = 1.0
+    fit_done: bool = False
+
+    @property
+    def scatter_label(self):
+        return f"true {self.target}"
+
+    def fitted(self, zoo, train_ids):
+        import copy
+        import statistics
+
+        values = numeric_column(zoo, self.target, self.name)
+        if self.fit_done:  # a trained run's scale stays what its metanet learnt with
+            return self
+        train = [values[i] for i in train_ids] or values
+        new = copy.copy(self)
+        new.fit_done = True
+        new.mean = float(statistics.fmean(train))
+        std = statistics.pstdev(train) if len(train) > 1 else 0.0
+        new.std = float(std) if std > 0 else 1.0  # a constant column: unit scale
+        return new
+
+    def state(self):
+        return {"mean": self.mean, "std": self.std}
+
+    def restored(self, state):
+        import copy
+
+        if not state:
+            return self
+        new = copy.copy(self)
+        new.mean, new.std = float(state["mean"]), float(state["std"])
+        new.fit_done = True
+        return new
+
+    def targets(self, zoo):
+        import torch
+
+        return torch.tensor(numeric_column(zoo, self.target, self.name), dtype=torch.float32)
+
+    def from_output(self, out, hidden):
+        return self.mean + self.std * out[:, 0]
+
+    def loss(self, pred, y):
+        import torch.nn.functional as F
+
+        # in standard deviations of the training targets: the same loss for any unit
+        return F.mse_loss(pred, y.to(pred.dtype)) / (self.std * self.std)
+
+    def metrics(self, pred, y):
+        from .metrics import kendall_tau, mae, mse, r2
+
+        return {"kendall_tau": kendall_tau(pred, y), "r2": r2(pred, y), "mse": mse(pred, y),
+                "mae": mae(pred, y)}
+
+    def fit_baseline(self, x_train, y_train, x_eval, seed):
+        return Generalization.fit_baseline(self, x_train, y_train, x_eval, seed)
+
+    def headline(self, metrics):
+        return f"tau {metrics['kendall_tau']:.3f}, R2 {metrics['r2']:.3f}"
+
+    def prediction_columns(self, pred):
+        return {self.target: [float(v) for v in pred]}
+
+
+class Classification(ColumnObjective):
+    name = "classification"
+    select = "accuracy"
+    higher = True
+    classes: tuple = ()
+
+    @property
+    def out_dim(self) -> int:  # type: ignore[override]
+        return len(self.classes)
+
+    def fitted(self, zoo, train_ids):
+        import copy
+
+        values = categorical_column(zoo, self.target)
+        classes = tuple(sorted(set(values), key=_class_order))
+        if len(classes) < 2:
+            raise TaskError(f"column '{self.target}' of zoo '{zoo.root}' has one value only "
+                            f"({classes[0]!r}); classification needs at least two classes")
+        if self.classes:  # a run's saved classes: the zoo may not add new ones
+            unknown = [c for c in classes if c not in self.classes]
+            if unknown:
+                raise TaskError(f"zoo '{zoo.root}' has classes the run was not trained on in "
+                                f"column '{self.target}': {', '.join(map(str, unknown[:5]))}")
+            return self
+        new = copy.copy(self)
+        new.classes = classes
+        return new
+
+    def state(self):
+        return {"classes": list(self.classes)}
+
+    def restored(self, state):
+        import copy
+
+        if not state:
+            return self
+        new = copy.copy(self)
+        new.classes = tuple(state["classes"])
+        return new
+
+    def targets(self, zoo):
+        import torch
+
+        index = {c: k for k, c in enumerate(self.classes)}
+        return torch.tensor([index[v] for v in categorical_column(zoo, self.target)],
+                            dtype=torch.long)
+
+    def from_output(self, out, hidden):
+        return out
+
+    def loss(self, pred, y):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(pred, y)
+
+    def metrics(self, pred, y):
+        from .metrics import accuracy
+
+        return {"accuracy": accuracy(pred, y)}
+
+    def fit_baseline(self, x_train, y_train, x_eval, seed):
+        return fit_classifier(x_train, y_train, x_eval, seed, self.out_dim)
+
+    def prediction_columns(self, pred):
+        return class_columns(self.target, list(self.classes), pred)
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (Generalization(), InrClass(), InrEdit(),
+                                                        Regression(), Classification())}
+
+
+def get_objective(name: str, target: str | None = None) -> Objective:
+    """The :class:`Objective` called ``name`` for the column ``target`` (``--target``; ``None``:
+    the task's own target); raises :class:`TaskError` for an unknown task or a target it cannot
+    have."""
     try:
-        return OBJECTIVES[name]
+        objective = OBJECTIVES[name]
     except KeyError:
         raise TaskError(f"unknown task '{name}' (known: {', '.join(OBJECTIVES)})") from None
+    return objective.configure(target)
 
 
 def objective_of_target(target: str) -> Objective:
-    """The :class:`Objective` whose target is called ``target``; raises :class:`TaskError` for
-    an unknown target."""
+    """The :class:`Objective` whose fixed target is called ``target``; raises :class:`TaskError`
+    for an unknown target (a column task is reached through :func:`get_objective`)."""
     for objective in OBJECTIVES.values():
-        if objective.target == target:
+        if objective.target is not None and objective.target == target:
             return objective
-    known = ", ".join(o.target for o in OBJECTIVES.values())
-    raise TaskError(f"unknown target '{target}' (known: {known})")
+    known = ", ".join(o.target for o in OBJECTIVES.values() if o.target is not None)
+    raise TaskError(f"unknown target '{target}' (known: {known}; any other column: "
+                    "--task regression or classification with --target)")
+
+
+def _row_name(zoo, i: int) -> str:
+    """How an error names network ``i``: its labels.csv line and file for an imported zoo."""
+    row = zoo.rows[i]
+    if "labels_line" in row:
+        return f"{row.get('labels_file', 'labels.csv')} line {row['labels_line']} " \
+               f"({row.get('source', '')})"
+    return f"network {i}"
+
+
+def numeric_column(zoo, column: str, task: str) -> list[float]:
+    """The numbers in ``column`` for every network of ``zoo``; :class:`TaskError` naming the
+    first row whose value is missing, not a number or not finite."""
+    import math
+
+    out = []
+    for i, v in enumerate(zoo.column(column)):
+        if v is None or isinstance(v, bool):
+            raise TaskError(f"zoo '{zoo.root}': {_row_name(zoo, i)} has no value in column "
+                            f"'{column}'; fill it in and import again")
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise TaskError(f"zoo '{zoo.root}': {_row_name(zoo, i)} has {v!r} in column "
+                            f"'{column}', not a number; task '{task}' needs a numeric column "
+                            "(--task classification predicts categories)") from None
+        if not math.isfinite(x):
+            raise TaskError(f"zoo '{zoo.root}': {_row_name(zoo, i)} has {v!r} in column "
+                            f"'{column}', not a finite number")
+        out.append(x)
+    return out
+
+
+def categorical_column(zoo, column: str) -> list:
+    """The values in ``column`` for every network of ``zoo`` (classes); :class:`TaskError`
+    naming the first row without one, or for a column of fractional numbers (a regression
+    target)."""
+    values = zoo.column(column)
+    for i, v in enumerate(values):
+        if v is None:
+            raise TaskError(f"zoo '{zoo.root}': {_row_name(zoo, i)} has no value in column "
+                            f"'{column}'; fill it in and import again")
+    if any(isinstance(v, float) and not float(v).is_integer() for v in values):
+        raise TaskError(f"column '{column}' of zoo '{zoo.root}' holds fractional numbers, not "
+                        "categories; use --task regression for it")
+    return values
+
+
+def _class_order(c):
+    """Numbers first in numeric order, then text in alphabetical order."""
+    return (0, c, "") if isinstance(c, (int, float)) and not isinstance(c, bool) else (1, 0, str(c))
+
+
+def fit_classifier(x_train, y_train, x_eval, seed: int, classes: int):
+    """The statistics baseline of a classification: ``[n, classes]`` probabilities of gradient
+    boosting (a class absent from the training split scores 0)."""
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    model = HistGradientBoostingClassifier(random_state=seed).fit(x_train, y_train)
+    full = np.zeros((len(x_eval), classes))
+    full[:, model.classes_] = model.predict_proba(x_eval)
+    return full
+
+
+def class_columns(target: str, classes: list, logits) -> dict[str, list]:
+    """``paramgraph predict``'s columns of a classification: the most probable class, then one
+    probability column ``p_<class>`` per class."""
+    import torch
+
+    probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1)
+    out: dict[str, list] = {target: [classes[int(k)] for k in probs.argmax(1)]}
+    for k, c in enumerate(classes):
+        out[f"p_{c}"] = [float(p) for p in probs[:, k]]
+    return out
 
 
 def siren_hidden(zoo) -> list[int]:

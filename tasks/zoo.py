@@ -30,6 +30,10 @@ A zoo directory holds::
     splits.json          train/val/test network ids, split by run (and ood_* splits for hetero)
     cache/               converted parameter graphs (see :mod:`paramgraph.tasks.data`)
 
+A zoo made by ``paramgraph zoo import`` (kind ``imported``, see :mod:`paramgraph.tasks.importer`)
+has the same manifest, table and splits, but one graph file per network (``graphs/*.pgraph``)
+instead of a checkpoint and a spec, and its rows keep the user's labels under ``labels``.
+
 Determinism: run ``r`` of a zoo with seed ``s`` draws everything from the seed
 :func:`run_seed` ``(s, r)`` and trains on one thread, so its checkpoints do not depend on the number
 of workers or on the order in which runs finish. Resuming: a run whose rows and checkpoints all
@@ -54,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paramgraph.errors import ParamGraphError
+
 from .archs import build_model, describe, example_input  # noqa: F401  (re-exported)
 from .digits import NUM_IMAGES, classification_split, images
 from .errors import TaskError, ZooError
@@ -68,7 +74,7 @@ from .io import (
 )
 from .sharding import check_shard, finish_shard, select_units, shard_markers, shard_seconds
 from .threads import threads
-from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_STEPS, KINDS
+from .zoo_kinds import DEFAULT_CKPTS, IMPORTED, INR_INITS, INR_STEPS, KINDS
 
 FORMAT_VERSION = 1
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -360,6 +366,8 @@ class TrainedRuns(ZooKind):
         return written
 
     def summary(self, rows):
+        if any(not isinstance(r.get("test_acc"), (int, float)) for r in rows):
+            return {}  # a hand-written table without accuracies
         acc = np.array([r["test_acc"] for r in rows])
         return {"test_acc": {"min": float(acc.min()), "mean": float(acc.mean()),
                              "max": float(acc.max()),
@@ -402,6 +410,8 @@ class FittedSirens(ZooKind):
         return len(ids)
 
     def summary(self, rows):
+        if any(not isinstance(r.get("fit_mse"), (int, float)) for r in rows):
+            return {}
         fit = np.array([r["fit_mse"] for r in rows])
         return {"fit_mse": {"mean": float(fit.mean()), "max": float(fit.max())}}
 
@@ -599,7 +609,7 @@ def make_splits(rows: list[dict], seed: int, kind: str) -> dict[str, list[int]]:
     splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for r in rows:
         splits[part[r["run"]]].append(r["id"])
-    family = RECIPES[kind].ood_family
+    family = RECIPES[kind].ood_family if kind in RECIPES else None  # imported: no ood splits
     if family is not None:
         held = {r["id"] for r in rows if r["family"] == family}
         for name in ("train", "val"):
@@ -622,19 +632,21 @@ class Zoo:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ZooError(f"zoo directory '{self.root}' does not exist (make one with "
-                           "'paramgraph zoo make')")
+                           "'paramgraph zoo make' or 'paramgraph zoo import')")
         if not (self.root / "zoo.json").is_file():
             raise ZooError(f"'{self.root}' is not a zoo: it has no zoo.json")
         try:
             self.manifest = read_json(self.root / "zoo.json", "zoo manifest")
         except TaskError as err:
             raise ZooError(str(err)) from None
-        if not isinstance(self.manifest, dict) or self.manifest.get("kind") not in KINDS:
+        if not isinstance(self.manifest, dict) or \
+                self.manifest.get("kind") not in (*KINDS, IMPORTED):
             raise ZooError(f"zoo manifest '{self.root / 'zoo.json'}' is corrupt (no valid 'kind')")
-        if not self.manifest.get("complete"):
-            raise ZooError(f"zoo '{self.root}' is unfinished; run the same 'paramgraph zoo make' "
-                           "again to complete it")
         self.kind: str = self.manifest["kind"]
+        if not self.manifest.get("complete"):
+            how = "import" if self.imported else "make"
+            raise ZooError(f"zoo '{self.root}' is unfinished; run the same 'paramgraph zoo {how}' "
+                           "again to complete it")
         self.rows = self._read_rows()
         if len(self.rows) != self.manifest.get("size"):
             raise ZooError(f"zoo '{self.root}': metadata.jsonl has {len(self.rows)} rows, the "
@@ -655,7 +667,7 @@ class Zoo:
         if not path.is_file():
             raise ZooError(f"zoo '{self.root}' has no metadata table (metadata.jsonl)")
         rows = []
-        required = ("id", "run", "spec", "file")
+        required = ("id", "run", "file") if self.imported else ("id", "run", "spec", "file")
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 try:
@@ -673,6 +685,36 @@ class Zoo:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def imported(self) -> bool:
+        """Whether this zoo was made by ``paramgraph zoo import`` (graph files, user labels)."""
+        return self.kind == IMPORTED
+
+    @property
+    def heterogeneous(self) -> bool:
+        """Whether its networks differ in architecture (the statistics baseline then uses
+        fixed-length features)."""
+        if self.imported:
+            return bool(self.manifest.get("heterogeneous", True))
+        return RECIPES[self.kind].heterogeneous
+
+    def columns(self) -> list[str]:
+        """The names of the per-network values a task can predict (``--target``): an imported
+        zoo's label columns, or a made zoo's scalar metadata (test_acc, train_loss, ...)."""
+        if self.imported:
+            return list(self.manifest.get("columns", {}))
+        names: dict[str, None] = {}
+        for r in self.rows:
+            names.update((k, None) for k, v in r.items() if k not in _NOT_COLUMNS
+                         and (v is None or isinstance(v, (int, float, str))))
+        return list(names)
+
+    def column(self, name: str) -> list:
+        """Column ``name`` for every network, in id order (``None`` where a row has no value)."""
+        if self.imported:
+            return [r.get("labels", {}).get(name) for r in self.rows]
+        return [r.get(name) for r in self.rows]
 
     def split(self, name: str) -> list[int]:
         """The network ids of split ``name`` (train, val, test; ood_* for hetero zoos)."""
@@ -699,6 +741,11 @@ class Zoo:
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
         """Network ``i``'s checkpoint, its tensors in the architecture's own (forward) order, not
         the file's alphabetical one. Raises :class:`ZooError` if it is missing or corrupt."""
+        if self.imported:
+            import paramgraph
+
+            gf = self.graph_file(i)
+            return {**paramgraph.to_state_dict(gf.graph), **gf.extra}  # graph order = forward
         try:
             state = load_safetensors(self.path(i), f"zoo '{self.root}' checkpoint")
         except TaskError as err:
@@ -707,8 +754,22 @@ class Zoo:
         rank = {k: n for n, k in enumerate(order)}
         return dict(sorted(state.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
+    def graph_file(self, i: int):
+        """Network ``i`` of an imported zoo: its :class:`~paramgraph.graphfile.GraphFile` (graph,
+        extra state entries, metadata). Raises :class:`ZooError` if it is missing or corrupt."""
+        from paramgraph.graphfile import read_graph_file
+
+        try:
+            return read_graph_file(self.path(i))
+        except (ParamGraphError, OSError) as err:
+            raise ZooError(f"zoo '{self.root}' network {i}: {err}; import the zoo again to "
+                           "repair it") from None
+
     def model(self, i: int) -> nn.Module:
         """Network ``i`` rebuilt from its spec with its weights loaded, in eval mode."""
+        if self.imported:
+            raise ZooError(f"zoo '{self.root}' is imported: it holds parameter graphs, not "
+                           "architecture specs to rebuild modules from")
         m = build_model(self.rows[i]["spec"])
         state = self.state_dict(i)
         try:
@@ -717,6 +778,9 @@ class Zoo:
             raise ZooError(f"zoo '{self.root}' checkpoint '{self.path(i)}' does not fit its "
                            f"spec {self.rows[i]['spec']}: {err}") from None
         return m.eval()
+
+
+_NOT_COLUMNS = ("id", "run", "file", "sha256", "spec", "hparams", "seed", "ckpt", "image_index")
 
 
 @functools.lru_cache(maxsize=256)
@@ -737,12 +801,24 @@ def zoo_summary(zoo: Zoo) -> dict:
 
     out = {"dir": str(zoo.root), "kind": zoo.kind, "size": len(zoo),
            "seed": zoo.manifest.get("seed"),
-           "families": dict(Counter(r["family"] for r in zoo.rows)),
+           "families": dict(Counter(_family(r) for r in zoo.rows)),
            "splits": {k: len(v) for k, v in zoo.splits.items() if isinstance(v, list)}}
-    out.update(RECIPES[zoo.kind].summary(zoo.rows))
+    if zoo.imported:
+        from .importer import import_summary
+
+        out.update(import_summary(zoo))
+    else:
+        out.update(RECIPES[zoo.kind].summary(zoo.rows))
     if "seconds" in zoo.manifest:
         out["seconds"] = zoo.manifest["seconds"]
     return out
+
+
+def _family(row: dict) -> str:
+    """A network's architecture family (a hand-written table may lack the field)."""
+    spec = row.get("spec")
+    return str(row.get("family") or (spec.get("family") if isinstance(spec, dict) else None)
+               or row.get("arch") or "unknown")
 
 
 def zoo_summary_text(zoo: Zoo) -> str:
@@ -751,6 +827,10 @@ def zoo_summary_text(zoo: Zoo) -> str:
     lines = [f"zoo {s['dir']}: {s['size']} {s['kind']} networks (seed {s['seed']})",
              "  families: " + ", ".join(f"{k} {v}" for k, v in s["families"].items()),
              "  splits:   " + ", ".join(f"{k} {v}" for k, v in s["splits"].items())]
+    if zoo.imported:
+        from .importer import import_summary_lines
+
+        return "\n".join(lines + import_summary_lines(s))
     if "test_acc" in s:
         a = s["test_acc"]
         lines.append(f"  test accuracy: min {a['min']:.3f}, quartiles "
