@@ -13,13 +13,18 @@ for every option)::
     paramgraph zoo merge DIR
     paramgraph zoo cache DIR [--verify] [--rebuild]
     paramgraph zoo info DIR
+    paramgraph zoo import SRC --out DIR [--format checkpoints|pgraph|small-cnn-zoo]
+                          [--labels CSV] [--arch M:C --arch-kwargs JSON --input-shape S]
+                          [--group-column C] [--split-column C] [--workers W] [--skip-bad]
     paramgraph train --task generalization|inr-class|inr-edit --zoo DIR --mode quasi|strict|perm
                      --out RUN [--epochs E --hidden H --layers L --lr LR --seed S --threads T ...]
+    paramgraph train --task regression|classification --target COLUMN --zoo DIR --out RUN ...
     paramgraph train --resume --out RUN
     torchrun --nproc_per_node=N [--nnodes ...] -m paramgraph train ...   (data-parallel)
     paramgraph eval RUN [--split test]
     paramgraph plot RUN
-    paramgraph baseline --task generalization --zoo DIR
+    paramgraph baseline --task generalization --zoo DIR   (or --task regression --target COLUMN)
+    paramgraph predict RUN CKPT... [-o OUT.csv] [--json] [--arch M:C --input-shape S]
     paramgraph edit --metanet RUN --input CKPT -o OUT.safetensors [--arch M:C --input-shape S]
     paramgraph demo
 
@@ -136,14 +141,18 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_zoo_info)
+    _add_zoo_import(zsub, debug, quiet)
     zoo.set_defaults(func=lambda args: _usage(zoo, "name a zoo command (make, merge, cache, "
-                                                  "info)"))
+                                                  "info, import)"))
 
     p = subparsers.add_parser(
         "train", parents=[debug, quiet, threads], help="train a metanet on a zoo",
         description="Train a metanet (AdamW, warm-up + cosine decay, gradient clipping) and keep "
         "the best checkpoint by validation score. Metrics per epoch go to RUN/metrics.csv.")
     p.add_argument("--task", choices=tuple(OBJECTIVES), help="what to learn")
+    p.add_argument("--target", metavar="COLUMN", default=None,
+                   help="the zoo column to predict, for --task regression (a numeric column) "
+                   "or classification (a categorical one); 'paramgraph zoo info' lists them")
     p.add_argument("--zoo", metavar="DIR", help="zoo directory")
     p.add_argument("--mode", choices=MODES, default="quasi",
                    help="metanet symmetry mode (default quasi)")
@@ -194,11 +203,15 @@ def add_task_commands(subparsers) -> None:
     p = subparsers.add_parser("baseline", parents=[debug],
                               help="score the weight-statistics baseline on a zoo")
     p.add_argument("--task", choices=tuple(OBJECTIVES), required=True)
+    p.add_argument("--target", metavar="COLUMN", default=None,
+                   help="the zoo column to predict (regression, classification)")
     p.add_argument("--zoo", metavar="DIR", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", choices=("id", "ood"), default="id")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_baseline)
+
+    _add_predict(subparsers, debug, threads)
 
     p = subparsers.add_parser(
         "edit", parents=[debug, threads], help="edit checkpoints with a trained weight-head metanet",
@@ -226,6 +239,76 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="runs directory (default runs/demo)")
     p.add_argument("--zoo", default=None, metavar="DIR", help="zoo directory (default .cache/...)")
     p.set_defaults(func=cmd_demo)
+
+
+def _add_zoo_import(zsub, debug, quiet) -> None:
+    """Register ``paramgraph zoo import``."""
+    from .zoo_kinds import IMPORT_FORMATS
+
+    p = zsub.add_parser(
+        "import", parents=[debug, quiet], help="make a zoo of your own checkpoints and labels",
+        description="Import a folder of checkpoints with a labels.csv (a 'file' column relative "
+        "to SRC, any label columns; optional per-row 'arch', 'arch_kwargs', 'input_shape'), a "
+        "folder of graph files (--format pgraph), or the published Small CNN Zoo layout "
+        "(--format small-cnn-zoo: weights.npy, layout.csv, metrics.csv(.gz)). Every network is "
+        "converted once into DIR; running the same command again converts only new or changed "
+        "files. Then: paramgraph train --task regression --target COLUMN --zoo DIR ...")
+    p.add_argument("src", metavar="SRC", help="source directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="zoo directory to write")
+    p.add_argument("--format", choices=IMPORT_FORMATS, default=IMPORT_FORMATS[0],
+                   help="what SRC holds (default checkpoints)")
+    p.add_argument("--labels", metavar="CSV", default=None,
+                   help="the labels table (default SRC/labels.csv)")
+    p.add_argument("--arch", metavar="MODULE:CALLABLE", default=None,
+                   help="callable that builds the checkpoints' architecture, e.g. "
+                   "mynets.py:SmallCNN (not needed for .pt2 programs and graph files)")
+    p.add_argument("--arch-kwargs", metavar="JSON", default=None,
+                   help="keyword arguments for --arch, e.g. '{\"width\": 16}'")
+    p.add_argument("--input-shape", metavar="SHAPE", default=None,
+                   help="example input shape for tracing, e.g. 1,1,8,8")
+    p.add_argument("--group-column", metavar="COLUMN", default=None,
+                   help="labels column naming each checkpoint's group (e.g. its training run); "
+                   "a group's checkpoints always share a split")
+    p.add_argument("--split-column", metavar="COLUMN", default=None,
+                   help="labels column with train/val/test per row (default: random 70/15/15 "
+                   "by group)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the random splits (default 0)")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="W",
+                   help="conversion processes (default 1)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out checkpoints that fail (listed in the zoo) instead of "
+                   "stopping with exit status 2")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow checkpoints that pickle more than tensors (can run code)")
+    p.add_argument("--steps", default="final", metavar="final|all|N,N",
+                   help="small-cnn-zoo: which checkpoints of each run (default final)")
+    p.set_defaults(func=cmd_zoo_import)
+
+
+def _add_predict(subparsers, debug, threads) -> None:
+    """Register ``paramgraph predict``."""
+    p = subparsers.add_parser(
+        "predict", parents=[debug, threads], help="apply a trained metanet to new checkpoints",
+        description="Predict with a run's best metanet for each checkpoint (or graph file, or "
+        "directory of them): CSV with a 'file' column and one column per output (the value for "
+        "regression; the class and one probability per class for classification). State_dict "
+        "checkpoints need --arch and --input-shape, as for 'paramgraph convert'. Files that "
+        "cannot be converted are named; the rest are still predicted (exit status 2).")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("inputs", nargs="+", metavar="CKPT", help="checkpoints, graph files, folders")
+    p.add_argument("-o", "--output", metavar="OUT", default=None,
+                   help="output file (default: standard output)")
+    p.add_argument("--json", action="store_true", help="write JSON instead of CSV")
+    p.add_argument("--arch", metavar="MODULE:CALLABLE", default=None)
+    p.add_argument("--arch-kwargs", metavar="JSON", default=None)
+    p.add_argument("--input-shape", metavar="SHAPE", default=None)
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow checkpoints that pickle more than tensors (can run code)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.set_defaults(func=cmd_predict)
 
 
 def _usage(parser, message: str) -> int:
@@ -295,6 +378,59 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def cmd_zoo_import(args) -> int:
+    """Handler of ``paramgraph zoo import``."""
+    from .importer import import_zoo
+    from .zoo import zoo_summary_text
+
+    result = import_zoo(
+        args.src, args.out, fmt=args.format, labels=args.labels, arch=args.arch,
+        arch_kwargs=pg_cli.parse_arch_kwargs(args.arch_kwargs),
+        input_shape=pg_cli.parse_input_shape(args.input_shape),
+        group_column=args.group_column, split_column=args.split_column, seed=args.seed,
+        workers=args.workers, skip_bad=args.skip_bad, trust_pickle=args.trust_pickle,
+        steps=args.steps, progress=not args.no_progress)
+    for line in result.warnings:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+    for line in result.failures:
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+    done = f"{result.converted} converted, {result.reused} reused"
+    if result.zoo is None:
+        print(f"import into {args.out} unfinished: {len(result.failures)} network(s) failed "
+              f"({done}); fix or remove them and run the same command again, or pass "
+              "--skip-bad to leave them out", file=sys.stderr)
+        return 2
+    skipped = f", {len(result.failures)} left out" if result.failures else ""
+    print(f"imported {len(result.zoo)} networks ({done}{skipped}) in "
+          f"{result.seconds:.1f} s")
+    print(zoo_summary_text(result.zoo))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Handler of ``paramgraph predict``."""
+    from .io import atomic_write_text
+    from .predict import predict_files, to_csv, to_json
+    from .threads import threads
+
+    with threads(args.threads):
+        columns, failures = predict_files(
+            args.run, args.inputs, arch=args.arch,
+            arch_kwargs=pg_cli.parse_arch_kwargs(args.arch_kwargs),
+            input_shape=pg_cli.parse_input_shape(args.input_shape),
+            trust_pickle=args.trust_pickle, batch_size=args.batch_size, device=args.device)
+    for line in failures:
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+    text = (to_json if args.json else to_csv)(columns)
+    if args.output is None:
+        sys.stdout.write(text)
+    elif columns["file"]:
+        atomic_write_text(args.output, text)
+        print(f"{len(columns['file'])} prediction(s) -> {args.output}"
+              + (f"; {len(failures)} file(s) failed" if failures else ""), file=sys.stderr)
+    return 2 if failures else 0
+
+
 def cmd_zoo_info(args) -> int:
     """Handler of ``paramgraph zoo info``."""
     from .zoo import Zoo, zoo_summary, zoo_summary_text
@@ -314,7 +450,8 @@ def cmd_train(args) -> int:
         missing = [f"--{k}" for k in ("task", "zoo") if getattr(args, k) is None]
         if missing:
             raise ParamGraphError(f"train needs {' and '.join(missing)} (or --resume)")
-        cfg = TrainConfig(task=args.task, zoo=args.zoo, mode=args.mode, hidden=args.hidden,
+        cfg = TrainConfig(task=args.task, zoo=args.zoo, mode=args.mode, target=args.target,
+                          hidden=args.hidden,
                           layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
                           clip=args.clip, seed=args.seed, splits=args.splits,
@@ -363,14 +500,16 @@ def cmd_baseline(args) -> int:
     from .zoo import Zoo
 
     zoo = Zoo(args.zoo)
-    get_objective(args.task).check_zoo(zoo)
+    objective = get_objective(args.task, args.target)
+    objective.check_zoo(zoo)
     pre = "" if args.splits == "id" else "ood_"
-    result = fit_predict(args.task, zoo, f"{pre}train", f"{pre}test", seed=args.seed)
+    result = fit_predict(objective, zoo, f"{pre}train", f"{pre}test", seed=args.seed)
     if args.json:
         print(json.dumps({"metrics": result["metrics"], "seconds": result["seconds"]}, indent=1))
     else:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-        print(f"statistics baseline, {args.task} on {zoo.root} ({pre}test): {metrics} "
+        task = args.task if args.target is None else f"{args.task} of {args.target}"
+        print(f"statistics baseline, {task} on {zoo.root} ({pre}test): {metrics} "
               f"({result['seconds']:.1f} s)")
     return 0
 
