@@ -273,6 +273,7 @@ def align(a: ParamGraph, b: ParamGraph, *, scales: bool = True, match: str = "we
     a64 = a.with_values(a.edge_value.double(), a.node_value.double())
     b64 = b.with_values(b.edge_value.double(), b.node_value.double())
     f_a = torch.ones(a.num_nodes, dtype=torch.float64)
+    f_b = f_a
     if scales and bool((a.node_scale | a.node_sign).any()):
         from .canonical import ScaleStructure, section_factors
 
@@ -294,7 +295,10 @@ def align(a: ParamGraph, b: ParamGraph, *, scales: bool = True, match: str = "we
     if match == "activations":
         if activations is None:
             raise ParamGraphError("activation matching needs example inputs (--data)")
-        by_activation = _activation_sets(sets, *activations)
+        acts_a, acts_b = activations  # a flipped neuron's values flip with it
+        acts_a = {n: v * float(torch.sign(f_a[n])) for n, v in acts_a.items()}
+        acts_b = {n: v * float(torch.sign(f_b[n])) for n, v in acts_b.items()}
+        by_activation = _activation_sets(sets, acts_a, acts_b)
     order = list(range(len(sets)))
     seen = a.perm_group < 0  # nodes whose order is settled (the first pass goes forward)
     while passes < max_passes and sets:

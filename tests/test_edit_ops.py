@@ -13,7 +13,7 @@ from torch import nn
 import paramgraph as pg
 from paramgraph.align import align
 from paramgraph.canonicalize import canonicalize
-from paramgraph.merge import interpolation_curve, loss_barrier, merge
+from paramgraph.merge import evaluate, interpolation_curve, loss_barrier, merge
 from paramgraph.prune import prune
 from paramgraph.tasks.cli import main
 from tests.catalogue import get, randomize
@@ -127,9 +127,11 @@ def test_merge_is_a_weighted_average_and_curve_ends_at_the_networks():
     y = torch.randint(0, net(x).size(1), (x.size(0),))
     curve = interpolation_curve(copy.deepcopy(net), ga, gb, x, y, points=3)
     assert [p["alpha"] for p in curve] == [0.0, 0.5, 1.0]
-    ends = [pg.merge.evaluate(pg.load_into(copy.deepcopy(net), g), x, y)["loss"]
-            for g in (ga, gb)] if hasattr(pg, "merge") else None
-    assert loss_barrier(curve) >= 0 or ends is None
+    for point, g in ((curve[0], ga), (curve[-1], gb)):
+        assert point == {"alpha": point["alpha"],
+                         **evaluate(pg.load_into(copy.deepcopy(net), g), x, y)}
+    line = [{"alpha": a, "loss": l} for a, l in ((0.0, 1.0), (0.5, 2.5), (1.0, 2.0))]
+    assert loss_barrier(line) == pytest.approx(1.0)  # 2.5 above the line's 1.5
     with pytest.raises(pg.ParamGraphError, match="sum to"):
         merge([ga, gb], [0.5, 0.6])
 
@@ -264,3 +266,15 @@ def test_edit_commands_help_imports_no_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          cwd=tmp_path, timeout=60)
     assert "HEAVY [] [0, 0, 0, 0]" in out.stdout, out.stdout[-300:] + out.stderr
+
+
+def test_activation_matching_undoes_permutations_and_sign_flips():
+    from paramgraph.activations import neuron_activations
+
+    net, x, g = _graph("mlp_tanh")
+    moved = pg.random_symmetry(g, generator=torch.Generator().manual_seed(2), scales=False)
+    xs = torch.randn(64, *x.shape[1:], generator=torch.Generator().manual_seed(0))
+    acts = (neuron_activations(net, g, xs),
+            neuron_activations(pg.load_into(copy.deepcopy(net), moved), moved, xs))
+    res = align(g, moved, match="activations", activations=acts)
+    assert torch.allclose(res.graph.edge_value, g.edge_value, atol=1e-6)
