@@ -708,12 +708,16 @@ class Zoo:
         for r in self.rows:
             names.update((k, None) for k, v in r.items() if k not in _NOT_COLUMNS
                          and (v is None or isinstance(v, (int, float, str))))
+            names.update((f"hp_{k}", None) for k in r.get("hparams", {}))  # as in metadata.csv
         return list(names)
 
     def column(self, name: str) -> list:
-        """Column ``name`` for every network, in id order (``None`` where a row has no value)."""
+        """Column ``name`` for every network, in id order (``None`` where a row has no value);
+        a made zoo's training hyperparameters are the columns ``hp_<name>``."""
         if self.imported:
             return [r.get("labels", {}).get(name) for r in self.rows]
+        if name.startswith("hp_") and name not in self.rows[0]:
+            return [r.get("hparams", {}).get(name[3:]) for r in self.rows]
         return [r.get(name) for r in self.rows]
 
     def split(self, name: str) -> list[int]:

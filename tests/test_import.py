@@ -413,12 +413,15 @@ def test_zoo_info_on_a_hand_written_zoo_without_families(tmp_path, capsys):
     root = tmp_path / "zoo"
     (root / "nets").mkdir(parents=True)
     spec = {"family": "mlp", "hidden": [4], "act": "relu"}
-    rows = [{"id": i, "run": i, "spec": spec, "file": f"nets/{i}.safetensors"} for i in range(3)]
+    rows = [{"id": i, "run": i, "spec": spec, "file": f"nets/{i}.safetensors",
+             "hparams": {"lr": 0.1 * i}} for i in range(3)]
     (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "splits.json").write_text(json.dumps({"train": [0], "val": [1], "test": [2]}))
     (root / "zoo.json").write_text(json.dumps({"kind": "cnn", "size": 3, "complete": True}))
     status, out, err = _run(["zoo", "info", str(root)], capsys)
     assert status == 0 and "families: mlp 3" in out, err
+    zoo = Zoo(root)  # a made zoo's metadata and hyperparameters are columns to train on
+    assert zoo.columns() == ["hp_lr"] and zoo.column("hp_lr") == [0.0, 0.1, 0.2]
 
 
 def test_the_readme_worked_example_runs_as_written(tmp_path, capsys, monkeypatch):
