@@ -305,7 +305,37 @@ def wrap_model(ctx: Context, net: torch.nn.Module) -> torch.nn.Module:
 
     # device_ids=None: inputs (PyG batches) are moved to the device by the loop, not by DDP.
     # find_unused_parameters: a batch without (say) attention edges leaves their encoders unused.
-    return DDP(net, device_ids=None, find_unused_parameters=True)
+    return _GraphOutputs(DDP(_ExposeGraphOutputs(net), device_ids=None,
+                             find_unused_parameters=True))
+
+
+class _ExposeGraphOutputs(torch.nn.Module):
+    """Returns ``(output, its value tensors)`` for a weight head's graph batch.
+
+    DDP finds the parameters a step did not use by walking the autograd graph back from the
+    tensors it finds in the output, and it looks only inside tensors, lists, tuples, dicts and
+    dataclasses: a graph batch hides its tensors, so every parameter looked unused, was marked
+    ready at the end of the forward pass and again by its gradient hook ("Expected to mark a
+    variable ready only once", ``--task inr-edit`` under torchrun)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *args, **kwargs):
+        out = self.net(*args, **kwargs)
+        return (out,) if torch.is_tensor(out) else (out, out.edge_value, out.node_value)
+
+
+class _GraphOutputs(torch.nn.Module):
+    """The DDP-wrapped model with the metanet's own output (undoes :class:`_ExposeGraphOutputs`)."""
+
+    def __init__(self, ddp: torch.nn.Module):
+        super().__init__()
+        self.ddp = ddp
+
+    def forward(self, *args, **kwargs):
+        return self.ddp(*args, **kwargs)[0]
 
 
 def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=None,

@@ -140,3 +140,20 @@ def test_two_processes_equal_one_and_resume(zoo, tmp_path):
         assert torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-5), k
     # only rank 0 wrote files: no stray temporary files from the other rank
     assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]
+
+
+def test_weight_head_trains_data_parallel(tmp_path):
+    """A weight head's output is a graph batch, whose tensors DDP cannot see: before the fix every
+    parameter was marked ready twice ('Expected to mark a variable ready only once')."""
+    inr = make_zoo(tmp_path / "inr", "inr", 10, seed=5, inr_steps=20, workers=1, progress=False)
+    cfg = TrainConfig(task="inr-edit", zoo=str(inr.root), mode="quasi", **{**TINY, "epochs": 1})
+    single = train(cfg, tmp_path / "one", threads=1, progress=False, device="cpu")
+    from dataclasses import asdict
+
+    two = _spawn(2, asdict(cfg), tmp_path / "two", "edit")
+    assert all(s["complete"] and s["world_size"] == 2 for s in two)
+    assert two[0]["param_sha256"] == two[1]["param_sha256"]
+    a = json.loads((tmp_path / "one" / "metrics.json").read_text())[-1]
+    b = json.loads((tmp_path / "two" / "metrics.json").read_text())[-1]
+    assert single["epochs_done"] == 1
+    assert _close(a["train_loss"], b["train_loss"]) and _close(a["val_mse"], b["val_mse"])
