@@ -38,7 +38,8 @@ from .types import (
 
 # Activations that commute with a max over positions (monotone non-decreasing).
 _MONOTONE = (Activation.IDENTITY, Activation.RELU, Activation.LEAKY_RELU, Activation.TANH,
-             Activation.SIGMOID)
+             Activation.SIGMOID, Activation.RELU6, Activation.HARDSIGMOID, Activation.ELU,
+             Activation.SOFTPLUS, Activation.HARDTANH, Activation.SOFTSIGN, Activation.CLIP)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,17 @@ class Tie:
 
 
 @dataclass
+class Grouping:
+    """Channels split into ``groups`` equal blocks that permute as wholes: a grouped
+    convolution (``src``'s channels onto node set ``dst_layer``'s, block g onto block g) or a
+    GroupNorm (``dst_layer`` is None: only ``src``'s own blocks)."""
+
+    src: Feat
+    dst_layer: int | None
+    groups: int
+
+
+@dataclass
 class AttentionGroup:
     """The query, key and value node sets of one multi-head attention block."""
 
@@ -137,6 +149,8 @@ class GraphBuilder:
         self.segments: list[Segment] = []
         self.ties: list[Tie] = []
         self.attention_groups: list[AttentionGroup] = []
+        self.groupings: list[Grouping] = []
+        self.partial_reads: list[Tensor] = []  # nodes read by a weight layer that reads a subset
         self.sign_blocked: list[Tensor] = []
         self.outputs: list[Tensor] = []
         self.dtypes: set[torch.dtype] = set()
@@ -179,7 +193,7 @@ class GraphBuilder:
                     f"'{name}' is used more than once"
                 raise UnsupportedModuleError(
                     name.rpartition(".")[0], "parameter", f"{shared}; shared weights cannot be "
-                    "represented", "each parameter used by one layer, once")
+                    "represented: give each layer its own parameter")
         for key in keys:
             self._placed[key] = name
 
@@ -231,37 +245,61 @@ class GraphBuilder:
                                        int(etype), x.spatial, values))
         self._edge_segment(name, w, block, view, permute)
         self._mark_consumed(x)
+        self._mark_read(x)
         if bias is not None:
             self._node_segment(bias[0], bias[1], self.sets[out].start, "bias")
         return self._feat(out)
 
     def conv(self, x: Feat, weight: tuple[str, Tensor], bias: tuple[str, Tensor] | None,
-             path: str = "") -> Feat:
-        """A convolution (groups=1): one edge per (in channel, out channel) holding its kernel."""
+             path: str = "", groups: int = 1) -> Feat:
+        """A convolution: one edge per (in channel, out channel) holding its kernel.
+
+        With ``groups > 1`` only the channels of one group are joined (edges ordered (out, in of
+        its group), so the weight stays one slice); the groups are recorded as a
+        :class:`Grouping` (a depthwise convolution with one output per input as a :class:`Tie`).
+        """
         name, w = weight[0], weight[1].detach()
         if x.spatial != 1:
             raise UnsupportedModuleError(path, "convolution", "its input is a flattened feature "
                                          "map; a convolution needs channels")
-        if w.shape[1] != x.size:
-            raise UnsupportedModuleError(path, "convolution", f"weight '{name}' expects "
-                                         f"{w.shape[1]} input channels, the input has {x.size}")
-        out = self._new_set(w.shape[0], NodeType.HIDDEN, x.depth + 1, weighted=True)
+        if w.shape[1] * groups != x.size or w.shape[0] % groups:
+            raise UnsupportedModuleError(path, "convolution", f"weight '{name}' of shape "
+                                         f"{tuple(w.shape)} with groups={groups} expects "
+                                         f"{w.shape[1] * groups} input channels, the input has "
+                                         f"{x.size}")
+        n_out, n_in = w.shape[0], w.shape[1]
+        out = self._new_set(n_out, NodeType.HIDDEN, x.depth + 1, weighted=True)
         k = w[0, 0].numel()
-        block = self._add_block(_Block(x.nodes, None, self.sets[out].start, w.shape[0],
-                                       int(EdgeType.CONV), k, w.reshape(w.shape[0], w.shape[1], k)))
+        start = self.sets[out].start
+        values = w.reshape(n_out, n_in, k)
+        if groups == 1:
+            block = _Block(x.nodes, None, start, n_out, int(EdgeType.CONV), k, values)
+        else:  # out channel o reads the n_in channels of its group o // (n_out / groups)
+            per = n_out // groups
+            src = x.nodes.view(groups, 1, n_in).expand(groups, per, n_in).reshape(-1)
+            dst = torch.arange(start, start + n_out).view(n_out, 1).expand(n_out, n_in).reshape(-1)
+            block = _Block(src, dst, start, n_out, int(EdgeType.CONV), k, values)
+            if n_in == 1 and per == 1:
+                self.ties.append(Tie(x, out))  # depthwise: channel i feeds channel i only
+            else:
+                self.groupings.append(Grouping(x, out, groups))
+        block = self._add_block(block)
         self._edge_segment(name, w, block)
         self._mark_consumed(x)
+        self._mark_read(x)
         if bias is not None:
             self._node_segment(bias[0], bias[1], self.sets[out].start, "bias")
         return self._feat(out)
 
     def norm(self, x: Feat, kind: NormKind, params: dict[str, tuple[str, Tensor]],
-             path: str = "") -> Feat:
-        """A per-feature normalisation (eval-mode batch norm, or layer norm over the features).
+             path: str = "", groups: int = 1) -> Feat:
+        """A per-feature normalisation (eval-mode batch norm, layer norm over the features, group
+        or instance norm over channels, or a per-channel multiplier: ``NormKind.SCALE``).
 
         ``params`` maps slot names (``norm_weight``, ``norm_bias``, ``running_mean``,
         ``running_var``) to ``(state_dict name, tensor)``. The parameters go onto ``x``'s own
         neurons when nothing else reads them un-normalised; otherwise onto new NORM neurons.
+        ``groups`` (GroupNorm) splits the channels into blocks that only permute as wholes.
         """
         for slot, (name, t) in params.items():
             if t.numel() != x.size:
@@ -279,6 +317,8 @@ class GraphBuilder:
         s.norm_affine = "norm_weight" in params or "norm_bias" in params
         for slot, (name, t) in params.items():
             self._node_segment(name, t, s.start, slot)
+        if 1 < groups < x.size:
+            self.groupings.append(Grouping(self._feat(target), None, groups))
         return replace(self._feat(target), pooled="none", exclusive=True)
 
     def activation(self, x: Feat, act: Activation) -> Feat:
@@ -310,6 +350,29 @@ class GraphBuilder:
         self._one_to_one(a, out, EdgeType.RESIDUAL)
         self._one_to_one(b, out, EdgeType.RESIDUAL)
         return replace(self._feat(out), spatial=a.spatial, channel_major=a.channel_major)
+
+    def product(self, a: Feat, b: Feat, path: str = "") -> Feat:
+        """``a * b`` elementwise (a gate times its input): PRODUCT neurons with identity edges
+        from both operands, so channel i of both and of the product permute together."""
+        if a.size != b.size or a.spatial != b.spatial or a.channel_major != b.channel_major:
+            raise UnsupportedModuleError(path, "mul", f"operands carry {a.size}x{a.spatial} and "
+                                         f"{b.size}x{b.spatial} features; a product needs the "
+                                         "same features on both sides")
+        out = self._new_set(a.size, NodeType.PRODUCT, max(a.depth, b.depth) + 1)
+        self._one_to_one(a, out, EdgeType.PRODUCT)
+        self._one_to_one(b, out, EdgeType.PRODUCT)
+        return replace(self._feat(out), spatial=a.spatial, channel_major=a.channel_major)
+
+    def select(self, x: Feat, index: Tensor, path: str = "") -> Feat:
+        """Features ``index`` of ``x`` (a channel slice or split, a channel shuffle): the same
+        neurons, read in another order or in part; nothing is added to the graph."""
+        if x.spatial != 1:
+            raise UnsupportedModuleError(path, "indexing", "it selects features of a flattened "
+                                         "feature map")
+        nodes = x.nodes[index]
+        if nodes.numel() == x.size and bool((nodes == x.nodes).all()):
+            return x
+        return replace(x, nodes=nodes, layer=None, exclusive=False)
 
     def concat(self, parts: list[Feat], path: str = "") -> Feat:
         """Features of several values side by side (``torch.cat`` along the feature dim)."""
@@ -396,6 +459,12 @@ class GraphBuilder:
         if x.pooled == "max":
             self.sign_blocked.append(x.nodes)
 
+    def _mark_read(self, x: Feat) -> None:
+        # A weight layer that reads only some neurons of a node set (a channel split) can absorb
+        # a permutation of those, not one that swaps them with the neurons it does not read.
+        if x.layer is None:
+            self.partial_reads.append(x.nodes)
+
     # -- emit --------------------------------------------------------------------------------------
 
     def finalize(self, unplaced: tuple[str, ...] = (), order=None) -> ParamGraph:
@@ -429,7 +498,8 @@ class GraphBuilder:
             segments=SegmentTable(tuple(self.segments), tuple(unplaced)), num_nodes=n, **fields,
         )
         derive_symmetries(graph, self.sets, [b.src for b in self.blocks if b.values is None],
-                          self.sign_blocked, self.ties, self.attention_groups)
+                          self.sign_blocked, self.ties, self.attention_groups,
+                          groupings=self.groupings, partial_reads=self.partial_reads)
         return graph
 
     def _value_dtype(self) -> torch.dtype:

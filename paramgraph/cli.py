@@ -138,9 +138,12 @@ def add_subcommands(subparsers) -> None:
         "inspect", parents=[source, debug], help="summarise a graph file or a checkpoint",
         description="Print a summary of a graph file, or of a checkpoint (converted in memory; a "
         "state_dict needs --arch and --input-shape): parameters, nodes and edges by type, "
-        "layers, and the symmetry group.")
-    p.add_argument("src", metavar="SRC", help="graph file or checkpoint")
+        "layers, and the symmetry group. With --supported: the layers and operations the "
+        "converters read.")
+    p.add_argument("src", metavar="SRC", nargs="?", help="graph file or checkpoint")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--supported", action="store_true",
+                   help="list the layers and operations that convert, and exit")
     p.set_defaults(func=cmd_inspect)
 
     p = subparsers.add_parser(
@@ -394,6 +397,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .graphfile import read_graph_file
     from .sniff import sniff_format
 
+    if getattr(args, "supported", False):
+        from .export import SUPPORTED_EXPORT
+        from .trace import SUPPORTED
+
+        print(f"live modules (--arch, torch.fx; torch.export when fx cannot trace):\n  "
+              f"{SUPPORTED}\n.pt2 programs (torch.export, ATen operators):\n  {SUPPORTED_EXPORT}")
+        return 0
+    if args.src is None:
+        raise ParamGraphError("inspect needs SRC (a graph file or checkpoint), or --supported")
     src = Path(args.src)
     if sniff_format(src) == "graph":
         gf = read_graph_file(src)

@@ -31,19 +31,22 @@ import torch.fx as fx
 from torch import Tensor
 
 from .builder import GraphBuilder
-from .errors import UnsupportedModuleError
+from .errors import UnsupportedModuleError, one_line
 from .graph import ParamGraph
-from .trace import FxConverter, TracedValue, node_arg
+from .trace import FxConverter, TracedValue, _clip, _gelu_code, _reshape_any, node_arg
 from .types import Activation, NormKind
 
 SUPPORTED_EXPORT = (
     "aten linear, addmm/mm with a transposed parameter, conv1d/conv2d/conv3d/convolution "
-    "(groups=1, not transposed), batch_norm and its native forms, layer_norm/native_layer_norm over "
-    "the features, relu, leaky_relu, gelu, silu, tanh, sigmoid, sin (optionally of x * constant), x * sigmoid(x), "
-    "add.Tensor of two activations, cat on features, view/reshape/flatten/squeeze/unsqueeze, "
-    "permute/transpose, mean/sum/amax over positions, avg/max/adaptive pooling, and the no-ops "
-    "dropout, clone, alias, detach, contiguous, _to_copy. Attention is not supported from "
-    "exported programs: convert the live module with paramgraph.from_module"
+    "(grouped and depthwise too, not transposed), batch_norm and its native forms, "
+    "layer_norm/native_layer_norm over the features, group_norm/native_group_norm, relu, relu6, "
+    "leaky_relu, gelu (also tanh), silu, mish, elu/celu/selu, softplus, hardswish, hardsigmoid, "
+    "hardtanh, clamp, tanh, sigmoid, sin (optionally of x * constant), x * sigmoid(x), "
+    "x * gate, parameter * x (layer scale), add of two activations, cat/split/chunk/slice on "
+    "features, channel shuffle, view/reshape/flatten/squeeze/unsqueeze, permute/transpose, "
+    "mean/sum/amax over positions, avg/max/adaptive pooling, in-place forms (functionalised "
+    "first), and the no-ops dropout, clone, alias, detach, contiguous, _to_copy. Attention is not "
+    "supported from exported programs: convert the live module with paramgraph.from_module"
 )
 
 _ACTIVATIONS = {
@@ -51,7 +54,12 @@ _ACTIVATIONS = {
     "leaky_relu_": Activation.LEAKY_RELU, "gelu": Activation.GELU, "gelu_": Activation.GELU,
     "silu": Activation.SILU, "silu_": Activation.SILU, "tanh": Activation.TANH,
     "tanh_": Activation.TANH, "sigmoid": Activation.SIGMOID, "sigmoid_": Activation.SIGMOID,
-    "sin": Activation.SIN, "sin_": Activation.SIN,
+    "sin": Activation.SIN, "sin_": Activation.SIN, "relu6": Activation.RELU6,
+    "hardswish": Activation.HARDSWISH, "hardswish_": Activation.HARDSWISH,
+    "hardsigmoid": Activation.HARDSIGMOID, "hardsigmoid_": Activation.HARDSIGMOID,
+    "mish": Activation.MISH, "mish_": Activation.MISH, "elu": Activation.ELU,
+    "elu_": Activation.ELU, "celu": Activation.ELU, "celu_": Activation.ELU,
+    "selu": Activation.ELU, "selu_": Activation.ELU, "softplus": Activation.SOFTPLUS,
 }
 _TRANSPARENT = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "clone",
                 "alias", "detach", "contiguous", "_to_copy", "to", "lift_fresh_copy"}
@@ -97,7 +105,28 @@ def from_exported(ep: torch.export.ExportedProgram) -> ParamGraph:
     if not isinstance(ep, torch.export.ExportedProgram):
         raise TypeError(f"from_exported expects a torch.export.ExportedProgram, got "
                         f"{type(ep).__name__}")
+    if _has_inplace(ep):  # out += identity: functionalise (the operators themselves stay)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ep = ep.run_decompositions({})
+        except Exception as err:
+            op = _has_inplace(ep)
+            raise UnsupportedModuleError("", f"aten.{op}", "in-place operations could not be "
+                                         f"functionalised ({one_line(err, 200)}); call "
+                                         "ep.run_decompositions() before saving the program"
+                                         ) from err
     return _ExportConverter(ep).run()
+
+
+def _has_inplace(ep: torch.export.ExportedProgram) -> str | None:
+    """The first in-place ATen operator of ``ep`` (``add_``, ``relu_``), or None."""
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and hasattr(node.target, "overloadpacket"):
+            name = node.target.overloadpacket.__name__
+            if name.endswith("_") and not name.endswith("__") and name not in ("_to_copy_",):
+                return name
+    return None
 
 
 @dataclass
@@ -162,8 +191,7 @@ class _ExportConverter(FxConverter):
                 self.env[node] = self._aten(node)
             else:
                 raise UnsupportedModuleError(self._path(node), f"{node.op} {node.target}",
-                                             "this graph operation is not supported",
-                                             SUPPORTED_EXPORT)
+                                             "this graph operation is not supported")
         placed = {s.name for s in self.b.segments}
         unplaced = tuple(k for k in self.ep.state_dict if k not in placed
                          and not k.endswith("num_batches_tracked"))
@@ -227,8 +255,29 @@ class _ExportConverter(FxConverter):
             return None
         if name in ("sigmoid", "sigmoid_") and _silu_product(node, self.live) is not None:
             return None  # the sigmoid half of a decomposed silu, x * sigmoid(x): see _product
+        if name in ("gelu", "gelu_"):
+            code = _gelu_code(node_arg(node, 1, "approximate", "none"))
+            return self._activation(node, self._take(node, args[0]), code)
         if name in _ACTIVATIONS:
             return self._activation(node, self._take(node, args[0]), _ACTIVATIONS[name])
+        if name in ("hardtanh", "hardtanh_", "clamp", "clamp_", "clamp_min", "clamp_min_"):
+            lo = node_arg(node, 1, "min_val" if name.startswith("hardtanh") else "min",
+                          -1.0 if name.startswith("hardtanh") else None)
+            hi = None if name.startswith("clamp_min") else node_arg(
+                node, 2, "max_val" if name.startswith("hardtanh") else "max",
+                1.0 if name.startswith("hardtanh") else None)
+            if any(isinstance(v, fx.Node) for v in (lo, hi)):
+                raise UnsupportedModuleError(path, f"aten.{name}", "clamping to tensor limits is "
+                                             "not supported")
+            return self._activation(node, self._take(node, args[0]), _clip(lo, hi))
+        if name in ("split", "split_with_sizes", "chunk"):
+            return self._split(node, name)
+        if name == "slice":
+            return self._slice(node, path)
+        if name in ("group_norm", "native_group_norm"):
+            return self._group_norm_op(node, path, name)
+        if name == "instance_norm":
+            return self._instance_norm_op(node, path)
         if name in _TRANSPARENT:
             return self._take(node, args[0])
         if name in _TRANSPARENT_TUPLE:
@@ -236,7 +285,7 @@ class _ExportConverter(FxConverter):
         if name == "mul":
             return self._product(node, path)
         if name in _RESHAPE:
-            return self._reshape(node, self._take(node, args[0]))
+            return _reshape_any(self, node, path)
         if name in _TRANSPOSE:
             return self._transpose(node, path, name)
         if name == "add":
@@ -267,8 +316,9 @@ class _ExportConverter(FxConverter):
             out = self._layer_norm(node, self._take(node, args[0]), path,
                                    node_arg(node, 1, "normalized_shape"), w, b)
             return out if name == "layer_norm" else _Multi(out, name)
-        raise UnsupportedModuleError(path, f"aten.{name}", "this operation is not supported",
-                                     SUPPORTED_EXPORT)
+        raise UnsupportedModuleError(path, f"aten.{name}", "this operation is not supported; "
+                                     "convert the live module with --arch instead, or rewrite the "
+                                     "operation (paramgraph inspect --supported lists them)")
 
     def _getitem(self, node: fx.Node):
         src, index = node.args
@@ -292,6 +342,9 @@ class _ExportConverter(FxConverter):
         val = self._take(node, src)
         if val.feat is None:
             return TracedValue(None, self._shape(node), -1)
+        if val.split is not None:
+            return self._swap_split(node, val, node.args[1:3] if name in ("transpose", "swapaxes",
+                                                                            "swapdims") else None)
         fdim = _moved_dim(node, name, self._fdim(val), len(val.shape))
         return TracedValue(val.feat, self._shape(node), fdim)
 
@@ -308,22 +361,59 @@ class _ExportConverter(FxConverter):
         w = self.env.get(w_arg) if isinstance(w_arg, fx.Node) else None
         if not isinstance(w, _Transposed):
             raise UnsupportedModuleError(path, f"aten.{name}", "only a product with a transposed "
-                                         "weight parameter (a linear layer) is supported")
+                                         "weight parameter (a linear layer) is supported; "
+                                         "use nn.Linear")
         return self._linear(node, self._take(node, x_arg), path, (w.name, w.tensor), bias)
 
     def _convolution(self, node: fx.Node, path: str, name: str):
         if name in ("convolution", "_convolution"):
             if node_arg(node, 6, "transposed", False):
                 raise UnsupportedModuleError(path, f"aten.{name}", "transposed convolutions are not "
-                                             "supported", SUPPORTED_EXPORT)
+                                             "supported")
             groups = node_arg(node, 8, "groups", 1)
         else:
             groups = node_arg(node, 6, "groups", 1)
-        if groups != 1:
-            raise UnsupportedModuleError(path, f"aten.{name}", f"groups={groups}; only groups=1 "
-                                         "is supported", SUPPORTED_EXPORT)
         w, b = self._attr_args(node, 1, ("weight", "bias"))
-        return self._conv(node, self._take(node, node.args[0]), path, w, b)
+        return self._conv(node, self._take(node, node.args[0]), path, w, b, groups)
+
+    def _group_norm_op(self, node: fx.Node, path: str, name: str):
+        if name == "group_norm":  # (input, num_groups, weight, bias, eps, cudnn_enabled)
+            groups = node_arg(node, 1, "num_groups")
+            w, b = self._attr_args(node, 2, ("weight", "bias"))
+        else:  # native_group_norm(input, weight, bias, N, C, HxW, group, eps)
+            groups = node_arg(node, 6, "group")
+            w, b = self._attr_args(node, 1, ("weight", "bias"))
+        out = self._channel_norm(node, self._take(node, node.args[0]), path, NormKind.GROUP,
+                                 groups, {"norm_weight": w, "norm_bias": b})
+        return out if name == "group_norm" else _Multi(out, name)
+
+    def _instance_norm_op(self, node: fx.Node, path: str):
+        """``aten.instance_norm(input, weight, bias, running_mean, running_var, use_input_stats,
+        momentum, eps, cudnn_enabled)``: per-sample statistics, or the running ones (a batch norm)."""
+        w, b, mean, var = self._attr_args(node, 1, ("weight", "bias", "running_mean", "running_var"))
+        params = {"norm_weight": w, "norm_bias": b}
+        kind = NormKind.INSTANCE
+        if not node_arg(node, 5, "use_input_stats", True):
+            params.update(running_mean=mean, running_var=var)
+            kind = NormKind.BATCH
+        return self._channel_norm(node, self._take(node, node.args[0]), path, kind, 1, params)
+
+    def _slice(self, node: fx.Node, path: str):
+        """``aten.slice(x, dim, start, end, step)``: all positions, or a slice of the features."""
+        val = self._take(node, node.args[0])
+        n = len(val.shape)
+        dim = node_arg(node, 1, "dim", 0) % n
+        start, end, step = (node_arg(node, 2, "start"), node_arg(node, 3, "end"),
+                            node_arg(node, 4, "step", 1))
+        size = val.shape[dim]
+        index = torch.arange(size)[slice(start, end, step)]
+        if val.feat is None or dim != self._fdim(val):
+            if index.numel() != size:
+                raise UnsupportedModuleError(path, "aten.slice", "it slices positions; only "
+                                             "slices of the features are supported")
+            return TracedValue(val.feat, self._shape(node), val.fdim)
+        feat = self.b.select(self._feat(val, "channels"), index, path)
+        return TracedValue(feat, self._shape(node), dim)
 
     def _batch_norm_op(self, node: fx.Node, path: str, name: str):
         val = self._take(node, node.args[0])
@@ -357,9 +447,11 @@ class _ExportConverter(FxConverter):
         if isinstance(c, (int, float)) and users and all(_op_name(u) in ("sin", "sin_")
                                                          for u in users):
             return self._take(node, x)
-        raise UnsupportedModuleError(path, "aten.mul", "only x * constant feeding sin (a SIREN "
-                                     "layer) and x * sigmoid(x) (silu) are supported",
-                                     SUPPORTED_EXPORT)
+        if isinstance(c, (int, float)) or isinstance(x, (int, float)):
+            raise UnsupportedModuleError(path, "aten.mul", "a value times a constant is only "
+                                         "supported feeding sin (a SIREN layer); fold the constant "
+                                         "into the layer before it")
+        return self._mul(node)  # a gate times its input, or a layer scale
 
 
 def _silu_product(sigmoid: fx.Node, live: set[fx.Node]) -> fx.Node | None:

@@ -28,29 +28,47 @@ from .nn import Sine
 from .types import Activation, NormKind
 
 SUPPORTED = (
-    "Linear, Conv1d/Conv2d/Conv3d (groups=1), BatchNorm1d/2d (eval), LayerNorm over the features, "
-    "ReLU, LeakyReLU, GELU, SiLU, Tanh, Sigmoid, Sine, Identity, Dropout, Flatten, "
-    "Avg/Max/AdaptiveAvg/AdaptiveMax pooling, MultiheadAttention (self-attention, packed "
-    "in-projection), TransformerEncoderLayer/TransformerEncoder (batch_first), the functional "
-    "forms of these, x + y, torch.cat on features, reshapes, transposes, mean/amax over positions, "
-    "and containers or custom modules built from them"
+    "Linear, Conv1d/Conv2d/Conv3d (grouped and depthwise too), BatchNorm1d/2d/3d (eval), "
+    "LayerNorm over the features (channels-last or LayerNorm2d-style permutes), GroupNorm, "
+    "InstanceNorm1d/2d/3d, ReLU, ReLU6, LeakyReLU, GELU (also tanh), SiLU, Mish, ELU/CELU/SELU, "
+    "Softplus, Hardswish, Hardsigmoid, Hardtanh, Softsign, Tanh, Sigmoid, Sine, clamp, Identity, "
+    "Dropout, stochastic depth / drop path (eval), Flatten, Avg/Max/AdaptiveAvg/AdaptiveMax "
+    "pooling, MultiheadAttention (self-attention, packed in-projection), "
+    "TransformerEncoderLayer/TransformerEncoder (batch_first), the functional forms of these, "
+    "x + y, x * gate (squeeze-excitation), x * sigmoid(x), parameter * x (layer scale), "
+    "torch.cat, chunk/split/slices on features, channel shuffle, reshapes, transposes, "
+    "mean/amax over positions, and containers or custom modules built from them"
 )
 
 _ACT_MODULES = {
     nn.ReLU: Activation.RELU, nn.LeakyReLU: Activation.LEAKY_RELU, nn.GELU: Activation.GELU,
     nn.SiLU: Activation.SILU, nn.Tanh: Activation.TANH, nn.Sigmoid: Activation.SIGMOID,
-    Sine: Activation.SIN,
+    Sine: Activation.SIN, nn.ReLU6: Activation.RELU6, nn.Hardswish: Activation.HARDSWISH,
+    nn.Hardsigmoid: Activation.HARDSIGMOID, nn.Mish: Activation.MISH, nn.ELU: Activation.ELU,
+    nn.CELU: Activation.ELU, nn.SELU: Activation.ELU, nn.Softplus: Activation.SOFTPLUS,
+    nn.Softsign: Activation.SOFTSIGN,
 }
 _ACT_FUNCTIONS = {
     torch.relu: Activation.RELU, F.relu: Activation.RELU, F.leaky_relu: Activation.LEAKY_RELU,
-    F.gelu: Activation.GELU, F.silu: Activation.SILU, torch.tanh: Activation.TANH,
+    F.silu: Activation.SILU, torch.tanh: Activation.TANH,
     F.tanh: Activation.TANH, torch.sigmoid: Activation.SIGMOID, F.sigmoid: Activation.SIGMOID,
-    torch.sin: Activation.SIN,
+    torch.sin: Activation.SIN, F.relu6: Activation.RELU6, F.hardswish: Activation.HARDSWISH,
+    F.hardsigmoid: Activation.HARDSIGMOID, F.mish: Activation.MISH, F.elu: Activation.ELU,
+    F.celu: Activation.ELU, F.selu: Activation.ELU, torch.selu: Activation.ELU,
+    F.softplus: Activation.SOFTPLUS, F.softsign: Activation.SOFTSIGN, F.relu_: Activation.RELU,
+    torch.relu_: Activation.RELU, F.elu_: Activation.ELU, F.leaky_relu_: Activation.LEAKY_RELU,
+    torch.sigmoid_: Activation.SIGMOID, torch.tanh_: Activation.TANH,
 }
 _ACT_METHODS = {"relu": Activation.RELU, "tanh": Activation.TANH, "sigmoid": Activation.SIGMOID,
-                "sin": Activation.SIN}
-_TRANSPARENT_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-_TRANSPARENT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, torch.clone}
+                "sin": Activation.SIN, "relu_": Activation.RELU, "tanh_": Activation.TANH,
+                "sigmoid_": Activation.SIGMOID}
+_TRANSPARENT_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                        nn.AlphaDropout, nn.FeatureAlphaDropout)
+_TRANSPARENT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.clone,
+                          F.alpha_dropout, F.feature_alpha_dropout}
+# Functions that libraries register as fx leaves (``torch.fx.wrap``) and that are the identity in
+# eval mode, where every network is traced: matched by name, so the library need not be imported.
+_EVAL_IDENTITY_NAMES = {"stochastic_depth", "drop_path", "drop_block_2d", "drop_block_fast_2d"}
 _TRANSPARENT_METHODS = {"contiguous", "clone", "float", "double", "half", "to", "type_as"}
 _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
@@ -75,26 +93,102 @@ def from_module(module: nn.Module, example_input: Tensor) -> ParamGraph:
     bit-exactly (every converted parameter and buffer; counters like ``num_batches_tracked`` are
     not converted). The module is traced in eval mode and left in the mode it was in.
 
-    Raises :class:`~paramgraph.UnsupportedModuleError` naming the submodule, its type and what is
-    supported, for layers or data flow the graph cannot represent, and for a forward that
-    ``torch.fx`` cannot trace (data-dependent control flow).
+    The module is traced in eval mode (dropout and stochastic depth are the identity, batch norm
+    uses its running statistics). When ``torch.fx`` cannot trace the forward (data-dependent
+    Python, item assignment, asserts on values), the module is exported with ``torch.export`` on
+    the same input, its in-place operations are functionalised, and that program is converted
+    (:func:`paramgraph.from_exported`): either front end gives the same graph.
+
+    Raises :class:`~paramgraph.UnsupportedModuleError` naming the submodule, its type, what is
+    wrong and what to do, for layers or data flow the graph cannot represent, for a forward that
+    neither front end can read, and for an example input the network does not accept (one line
+    naming the layer and the shape mismatch).
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"from_module expects an nn.Module, got {type(module).__name__}")
     if _Tracer().is_leaf_module(module, ""):
         return _from_bare_layer(module, example_input)
-    gm = _trace(module)
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
-    except Exception as err:  # the forward itself failed on this input
-        raise UnsupportedModuleError("", type(module).__name__, f"running it on an input of "
-                                     f"shape {tuple(example_input.shape)} failed: {err}") from err
+        try:
+            gm = _trace(module)
+        except UnsupportedModuleError as fx_error:
+            return _export_fallback(module, example_input, fx_error)
+        _propagate(module, gm, example_input)
+        return FxConverter(module, gm).run()
     finally:
         module.train(was_training)
-    return FxConverter(module, gm).run()
+
+
+class _ShapePass(ShapeProp):
+    """ShapeProp that remembers the node it is running, to name it when the forward fails."""
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node):
+        self.current = n
+        return super().run_node(n)
+
+
+def _propagate(module: nn.Module, gm: fx.GraphModule, example_input: Tensor) -> None:
+    """Run the traced forward on ``example_input`` to record every shape; a failure (a wrong input
+    shape, say) is one line naming the layer that failed and why."""
+    interp = _ShapePass(gm)
+    try:
+        with torch.no_grad():
+            interp.propagate(example_input)
+    except Exception as err:
+        node, cause = interp.current, err.__cause__ or err
+        path, what = "", type(module).__name__
+        if node is not None:
+            if node.op == "call_module":
+                path = str(node.target)
+                what = type(module.get_submodule(path)).__name__
+            else:
+                path = _stack_path(node)
+                owner = module.get_submodule(path) if path else module
+                what = f"{type(owner).__name__}: {_target_name(node.target)}"
+        raise UnsupportedModuleError(path, what, f"the example input of shape "
+                                     f"{tuple(example_input.shape)} does not fit: "
+                                     f"{_first_line(cause)}; pass an input of the shape the "
+                                     "network expects (--input-shape)") from err
+
+
+def _first_line(err: BaseException) -> str:
+    """The part of another library's error that says what is wrong, on one line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _stack_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
+def _export_fallback(module: nn.Module, example_input: Tensor,
+                     fx_error: UnsupportedModuleError) -> ParamGraph:
+    """Convert ``module`` through ``torch.export`` when ``torch.fx`` could not trace it; if that
+    fails too, the error says what each front end found."""
+    from .export import from_exported
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ep = torch.export.export(module, (example_input,))
+    except Exception as err:
+        raise UnsupportedModuleError(
+            fx_error.path, fx_error.what, f"{fx_error.reason}; the torch.export fallback failed "
+            f"too ({_first_line(err)}); rewrite the forward without data-dependent Python or "
+            "convert an exported program (.pt2)") from err
+    try:
+        graph = from_exported(ep)
+    except UnsupportedModuleError as err:
+        raise UnsupportedModuleError(err.path, err.what, f"{err.reason} (read through the "
+                                     f"torch.export fallback, since torch.fx could not trace "
+                                     f"'{fx_error.path or type(module).__name__}')") from err
+    return graph
 
 
 class _Bare(nn.Module):
@@ -145,11 +239,8 @@ def _trace(module: nn.Module) -> fx.GraphModule:
         path = next(reversed(tracer.module_stack), "") if getattr(tracer, "module_stack", None) else ""
         sub = module.get_submodule(path) if path else module
         raise UnsupportedModuleError(
-            path, type(sub).__name__, f"its forward cannot be traced by torch.fx ({err}); "
-            "data-dependent control flow and non-tensor inputs are not supported",
-            "forwards that torch.fx can trace (one tensor input, no Python control flow on "
-            "tensor values), built from " + SUPPORTED,
-        ) from err
+            path, type(sub).__name__, f"its forward cannot be traced by torch.fx "
+            f"({_first_line(err)})") from err
     return fx.GraphModule(module, graph)
 
 
@@ -164,6 +255,33 @@ class TracedValue:
     feat: Feat | None  # None: the network input, before its layout is known
     shape: tuple[int, ...]
     fdim: int
+    # The features span dimensions fdim .. fdim + len(split) - 1 of these sizes (a channel
+    # shuffle's view); feat.nodes are in the row-major order of those dimensions.
+    split: tuple[int, ...] | None = None
+
+
+class _Pieces:
+    """The tuple that ``chunk``/``split`` along the features returns; indexing picks a piece."""
+
+    def __init__(self, pieces: list[TracedValue]):
+        self.pieces = pieces
+
+
+@dataclass(frozen=True)
+class _ParamView:
+    """A parameter read through a reshape (``gamma.view(1, -1, 1, 1)``): the state_dict tensor
+    and the shape the forward uses."""
+
+    name: str
+    tensor: Tensor
+    shape: tuple[int, ...]
+
+
+class _SiluHalf:
+    """``sigmoid(x)`` whose only use is ``x * sigmoid(x)``: the product is SiLU of x."""
+
+    def __init__(self, arg: fx.Node):
+        self.arg = arg
 
 
 class _AttentionOutput:
@@ -270,6 +388,10 @@ class FxConverter:
 
     def _feat(self, val: TracedValue, layout: str) -> Feat:
         """The neurons of ``val``; fixes the input's layout on first use (channels or last dim)."""
+        if val.split is not None:
+            raise UnsupportedModuleError("", "view", f"the features are split into dimensions "
+                                         f"{val.split}; only a channel shuffle (view, transpose, "
+                                         "view back) is supported")
         if val.feat is None:
             fdim = len(val.shape) - 1 if layout == "last" or len(val.shape) <= 2 else 1
             val.feat, val.fdim = self.b.input(val.shape[fdim]), fdim
@@ -290,13 +412,14 @@ class FxConverter:
         if any(True for _ in m.parameters(recurse=False)) or isinstance(m, nn.MultiheadAttention):
             if path in self.called:
                 raise UnsupportedModuleError(path, type(m).__name__, "it is called more than "
-                                             "once; shared weights cannot be represented",
-                                             "each weight layer called once, " + SUPPORTED)
+                                             "once; shared weights cannot be represented: give "
+                                             "each use its own layer")
             self.called.add(path)
         handler = _module_handler(type(m))
         if handler is None:
-            raise UnsupportedModuleError(path, type(m).__name__, "this layer type is not supported",
-                                         SUPPORTED)
+            raise UnsupportedModuleError(path, type(m).__name__, "this layer type is not "
+                                         "supported; replace it by a supported layer (paramgraph "
+                                         "inspect --supported lists them)")
         return handler(self, node, path, m)
 
     def _param(self, path: str, name: str, tensor):
@@ -311,12 +434,25 @@ class FxConverter:
         feat = self.b.linear(self._feat(val, "last"), weight, bias, path)
         return self._result(node, feat)
 
-    def _conv(self, node, val: TracedValue, path, weight, bias) -> TracedValue:
+    def _conv(self, node, val: TracedValue, path, weight, bias, groups: int = 1) -> TracedValue:
         if val.feat is not None and self._fdim(val) != 1:
             raise UnsupportedModuleError(path, "convolution", "its input's channels are not in "
                                          "dimension 1")
-        feat = self.b.conv(self._feat(val, "channels"), weight, bias, path)
+        feat = self.b.conv(self._feat(val, "channels"), weight, bias, path, groups)
         return self._result(node, feat, 1)
+
+    def _channel_norm(self, node, val: TracedValue, path, kind: NormKind, groups: int,
+                      params: dict) -> TracedValue:
+        """GroupNorm / InstanceNorm over the channels (dimension 1)."""
+        if val.feat is not None and self._fdim(val) != 1:
+            raise UnsupportedModuleError(path, kind.name.lower() + " norm", "its channels are not "
+                                         "in dimension 1")
+        feat = self._feat(val, "channels")
+        if groups < 1 or feat.size % groups:
+            raise UnsupportedModuleError(path, "GroupNorm", f"{feat.size} channels do not split "
+                                         f"into {groups} groups")
+        params = {k: v for k, v in params.items() if v is not None}
+        return self._result(node, self.b.norm(feat, kind, params, path, groups), 1)
 
     def _batch_norm(self, node, val: TracedValue, path, m) -> TracedValue:
         if val.feat is not None and self._fdim(val) != 1:
@@ -381,7 +517,7 @@ class FxConverter:
     def _mha(self, path: str, m: nn.MultiheadAttention, feat: Feat) -> Feat:
         if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
             raise UnsupportedModuleError(path, "MultiheadAttention", "separate q/k/v projections, "
-                                         "bias_k/bias_v and add_zero_attn are not supported", SUPPORTED)
+                                         "bias_k/bias_v and add_zero_attn are not supported")
         return self.b.attention(
             feat, m.num_heads, self._param(path, "in_proj_weight", m.in_proj_weight),
             self._param(path, "in_proj_bias", m.in_proj_bias),
@@ -418,8 +554,11 @@ class FxConverter:
 
     def _call(self, node: fx.Node):
         table = _METHOD_HANDLERS if node.op == "call_method" else _FUNCTION_HANDLERS
-        handler = table.get(node.target, _unsupported_call)
-        return handler(self, node, self._path(node))
+        handler = table.get(node.target)
+        if handler is None and node.op == "call_function" \
+                and _target_name(node.target) in _EVAL_IDENTITY_NAMES:
+            handler = _on_input(_passthrough)  # stochastic depth / drop path: identity in eval
+        return (handler or _unsupported_call)(self, node, self._path(node))
 
     def _attr_args(self, node, first: int, names):
         out = []
@@ -445,6 +584,8 @@ class FxConverter:
                 raise UnsupportedModuleError(self._path(node), "MultiheadAttention",
                                              "its attention weights are used; only its output is supported")
             return None
+        if isinstance(val, _Pieces):
+            return val.pieces[index]
         if not isinstance(val, TracedValue):
             return None  # indexing a shape tuple
         val = self._take(node, src)
@@ -453,22 +594,120 @@ class FxConverter:
         if any(i is Ellipsis or i is None or isinstance(i, (fx.Node, Tensor)) for i in items):
             raise UnsupportedModuleError(self._path(node), "indexing", f"index {index!r} is not "
                                          "supported (use plain ints and slices)")
+        feat = self._feat(val, "last")
         if len(items) > fdim and items[fdim] != slice(None):
-            raise UnsupportedModuleError(self._path(node), "indexing", "it selects a subset of "
-                                         "the features")
+            if not isinstance(items[fdim], slice):
+                raise UnsupportedModuleError(self._path(node), "indexing", "it selects a single "
+                                             "feature; slices of the features are supported")
+            index = torch.arange(feat.size)[items[fdim]]
+            feat = self.b.select(feat, index, self._path(node))
         dropped = sum(isinstance(i, int) for i in items[:fdim])
-        return TracedValue(self._feat(val, "last"), self._shape(node), fdim - dropped)
+        return TracedValue(feat, self._shape(node), fdim - dropped)
+
+    def _split(self, node: fx.Node, name: str | None = None) -> _Pieces:
+        """``chunk``/``split`` along the features: one piece per part."""
+        val = self._take(node, node.args[0])
+        name = name or _target_name(node.target)
+        n = len(val.shape)
+        dim = node_arg(node, 2, "dim", 0) % n
+        if val.feat is not None and dim != self._fdim(val):
+            raise UnsupportedModuleError(self._path(node), name, "it splits along a dimension "
+                                         "that does not carry the features")
+        feat = self._feat(val, "channels")
+        size = feat.size
+        how = node_arg(node, 1, "chunks" if name == "chunk" else "split_size_or_sections")
+        if name == "split_with_sizes":
+            sizes = list(how)
+        elif name == "chunk":
+            step = -(-size // how)
+            sizes = [min(step, size - i) for i in range(0, size, step)]
+        elif isinstance(how, int):
+            sizes = [min(how, size - i) for i in range(0, size, how)]
+        else:
+            sizes = list(how)
+        pieces, start = [], 0
+        for k in sizes:
+            part = self.b.select(feat, torch.arange(start, start + k), self._path(node))
+            shape = list(val.shape)
+            shape[dim] = k
+            pieces.append(TracedValue(part, tuple(shape), dim))
+            start += k
+        return _Pieces(pieces)
+
+    def _mul(self, node: fx.Node):
+        """``a * b``: SiLU written as ``x * sigmoid(x)``, a gate times its input (PRODUCT neurons),
+        or a per-channel parameter times a value (layer scale, a node value)."""
+        a, b = node.args[:2]
+        path = self._path(node)
+        va = self.env.get(a) if isinstance(a, fx.Node) else a
+        vb = self.env.get(b) if isinstance(b, fx.Node) else b
+        for x, half in ((a, vb), (b, va)):
+            if isinstance(half, _SiluHalf) and half.arg is x:
+                sig = b if half is vb else a
+                val = self.env[x] if set(x.users) <= {sig, node} else self._take(node, x)
+                return self._activation(node, val, Activation.SILU)
+        if isinstance(vb, (tuple, _ParamView)) and not isinstance(va, (tuple, _ParamView)):
+            a, b, va, vb = b, a, vb, va
+        if isinstance(va, (tuple, _ParamView)) and isinstance(vb, TracedValue):
+            return self._layer_scale(node, va, self._take(node, b))
+        if not any(isinstance(v, (TracedValue, tuple, _ParamView, _Pieces)) for v in (va, vb)):
+            return None  # arithmetic on sizes
+        if isinstance(va, TracedValue) and isinstance(vb, TracedValue):
+            xa, xb = self._take(node, a), self._take(node, b)
+            na, nb = len(xa.shape), len(xb.shape)
+            fa = self._fdim(xa) - na if xa.feat is not None else None
+            fb = self._fdim(xb) - nb if xb.feat is not None else None
+            fd = fa if fa is not None else fb
+            if fd is None or (fa is not None and fb is not None and fa != fb):
+                raise UnsupportedModuleError(path, "mul", f"operands of shapes {xa.shape} and "
+                                             f"{xb.shape} do not carry their features in the "
+                                             "same dimension")
+            layout = "last" if fd == -1 else "channels"
+            fx_a, fx_b = self._feat(xa, layout), self._feat(xb, layout)
+            out = self._shape(node)
+            return TracedValue(self.b.product(fx_a, fx_b, path), out, len(out) + fd)
+        raise UnsupportedModuleError(path, self._owner(path, f"{node.op} "
+                                                       f"{_target_name(node.target)}"),
+                                     "a value times a constant is not supported; fold the "
+                                     "constant into the layer before it")
+
+    def _layer_scale(self, node: fx.Node, param, val: TracedValue) -> TracedValue:
+        name, tensor = (param.name, param.tensor) if isinstance(param, _ParamView) else param
+        shape = param.shape if isinstance(param, _ParamView) else tuple(tensor.shape)
+        feat = self._feat(val, "channels")
+        n, fdim = len(val.shape), self._fdim(val)
+        padded = (1,) * (n - len(shape)) + tuple(shape)
+        if len(padded) != n or any(k != 1 for i, k in enumerate(padded) if i != fdim) \
+                or padded[fdim] != feat.size:
+            raise UnsupportedModuleError(self._path(node), "mul", f"parameter '{name}' of shape "
+                                         f"{tuple(shape)} does not scale the {feat.size} features "
+                                         f"of a value of shape {val.shape} one by one")
+        out = self.b.norm(feat, NormKind.SCALE, {"norm_weight": (name, tensor)}, self._path(node))
+        return TracedValue(out, self._shape(node), fdim)
 
     def _reshape(self, node: fx.Node, val: TracedValue) -> TracedValue:
         out = self._shape(node)
         if val.feat is None:  # reshaping the raw input: its layout is decided by what reads it
             return TracedValue(None, out, -1)
         fdim, shape = self._fdim(val), val.shape
+        pre = math.prod(shape[:fdim])
+        if val.split is not None:  # the end of a channel shuffle: merge the split dimensions
+            k = len(val.split)
+            for j, n in enumerate(out):
+                if math.prod(out[:j]) == pre and n == math.prod(val.split) \
+                        and tuple(out[j + 1:]) == tuple(shape[fdim + k:]):
+                    return TracedValue(val.feat, out, j)
+            raise UnsupportedModuleError(self._path(node), f"reshape {shape} -> {out}", "the "
+                                         "split feature dimensions are not merged back")
         pre, size = math.prod(shape[:fdim]), shape[fdim]
         cum = [math.prod(out[:j]) for j in range(len(out))]
         for j, n in enumerate(out):
             if cum[j] == pre and n == size:  # the feature dimension survives untouched
                 return TracedValue(val.feat, out, j)
+        for j in range(len(out) - 1):  # the start of a channel shuffle: (C) -> (groups, C/groups)
+            if cum[j] == pre and out[j] > 1 and out[j + 1] > 1 and out[j] * out[j + 1] == size \
+                    and tuple(out[j + 2:]) == tuple(shape[fdim + 1:]):
+                return TracedValue(val.feat, out, j, split=(out[j], out[j + 1]))
         for j, n in enumerate(out):
             if cum[j] == pre and n == size * math.prod(shape[fdim + 1:]):  # (C, *pos) -> C*pos
                 return TracedValue(self.b.flatten(val.feat, n // size, True), out, j)
@@ -482,6 +721,9 @@ class FxConverter:
         if val.feat is None:
             return TracedValue(None, self._shape(node), -1)
         n, fdim, t = len(val.shape), self._fdim(val), node.target
+        if val.split is not None:
+            dims = node.args[1:3] if t in ("transpose", torch.transpose) else None
+            return self._swap_split(node, val, dims)
         if t in ("transpose", torch.transpose):
             a, b = (d % n for d in node.args[1:3])
             new = b if fdim == a else a if fdim == b else fdim
@@ -492,6 +734,19 @@ class FxConverter:
                 else node.args[1:]
             new = [d % n for d in dims].index(fdim)
         return TracedValue(val.feat, self._shape(node), new)
+
+    def _swap_split(self, node: fx.Node, val: TracedValue, dims) -> TracedValue:
+        """A channel shuffle's transpose: the two split feature dimensions swap, which reorders
+        the channels (a fixed permutation; no neurons are added)."""
+        n, fdim = len(val.shape), self._fdim(val)
+        if dims is None or sorted(d % n for d in dims) != [fdim, fdim + 1] or len(val.split) != 2:
+            raise UnsupportedModuleError(self._path(node), "transpose", "only a swap of the two "
+                                         "halves of a split feature dimension (a channel shuffle) "
+                                         "is supported")
+        a, b = val.split
+        order = torch.arange(a * b).view(a, b).t().reshape(-1)
+        return TracedValue(self.b.select(val.feat, order, self._path(node)), self._shape(node),
+                           fdim, split=(b, a))
 
     def _reduce(self, node: fx.Node, how: str) -> TracedValue:
         val = self._take(node, node.args[0])
@@ -576,11 +831,71 @@ def _linear_module(c: FxConverter, node: fx.Node, path: str, m: nn.Linear):
 
 
 def _conv_module(c: FxConverter, node: fx.Node, path: str, m: nn.Module):
-    if m.groups != 1:
-        raise UnsupportedModuleError(path, type(m).__name__, f"groups={m.groups}; only "
-                                     "groups=1 convolutions are supported", SUPPORTED)
     return c._conv(node, c._take(node, node.args[0]), path,
-                   c._param(path, "weight", m.weight), c._param(path, "bias", m.bias))
+                   c._param(path, "weight", m.weight), c._param(path, "bias", m.bias), m.groups)
+
+
+def _group_norm_module(c: FxConverter, node: fx.Node, path: str, m: nn.GroupNorm):
+    params = {"norm_weight": c._param(path, "weight", m.weight),
+              "norm_bias": c._param(path, "bias", m.bias)}
+    return c._channel_norm(node, c._take(node, node.args[0]), path, NormKind.GROUP,
+                           m.num_groups, params)
+
+
+def _instance_norm_module(c: FxConverter, node: fx.Node, path: str, m: nn.Module):
+    params = {"norm_weight": c._param(path, "weight", m.weight),
+              "norm_bias": c._param(path, "bias", m.bias)}
+    kind = NormKind.INSTANCE
+    if m.track_running_stats:  # eval mode normalises with the running statistics: a batch norm
+        params["running_mean"] = c._param(path, "running_mean", m.running_mean)
+        params["running_var"] = c._param(path, "running_var", m.running_var)
+        kind = NormKind.BATCH
+    return c._channel_norm(node, c._take(node, node.args[0]), path, kind, 1, params)
+
+
+def _clip(lo, hi) -> Activation:
+    """The activation code of ``clamp(z, lo, hi)``."""
+    if lo == 0 and hi is None:
+        return Activation.RELU
+    if lo == 0 and hi == 6:
+        return Activation.RELU6
+    if lo is not None and hi is not None and lo == -hi:
+        return Activation.HARDTANH
+    return Activation.CLIP
+
+
+def _hardtanh_module(c: FxConverter, node: fx.Node, path: str, m: nn.Hardtanh):
+    return c._activation(node, c._take(node, node.args[0]), _clip(m.min_val, m.max_val))
+
+
+def _gelu_code(approximate) -> Activation:
+    return Activation.GELU_TANH if approximate == "tanh" else Activation.GELU
+
+
+def _gelu_module(c: FxConverter, node: fx.Node, path: str, m: nn.GELU):
+    return c._activation(node, c._take(node, node.args[0]), _gelu_code(m.approximate))
+
+
+def _sigmoid_module(c: FxConverter, node: fx.Node, path: str, m: nn.Module | None = None):
+    half = _silu_half(node)
+    if half is not None:
+        return half
+    return c._activation(node, c._take(node, node.args[0]), Activation.SIGMOID)
+
+
+_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+
+
+def _silu_half(node: fx.Node) -> _SiluHalf | None:
+    """``sigmoid(x)`` whose only use is ``x * sigmoid(x)``: SiLU, read at the product."""
+    x = node.args[0] if node.args else None
+    if not isinstance(x, fx.Node) or len(node.users) != 1:
+        return None
+    (user,) = node.users
+    if user.op in ("call_function", "call_method") and user.target in _MUL \
+            and len(user.args) >= 2 and set(user.args[:2]) == {x, node}:
+        return _SiluHalf(x)
+    return None
 
 
 def _batch_norm_module(c: FxConverter, node: fx.Node, path: str, m: nn.Module):
@@ -627,6 +942,12 @@ _MODULE_HANDLERS: dict[type, Handler] = {
     nn.MultiheadAttention: _attention_module,
     nn.TransformerEncoderLayer: _encoder_layer_module,
     nn.TransformerEncoder: _encoder_module,
+    nn.GroupNorm: _group_norm_module,
+    **dict.fromkeys((nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d),
+                    _instance_norm_module),
+    nn.Hardtanh: _hardtanh_module,
+    nn.GELU: _gelu_module,
+    nn.Sigmoid: _sigmoid_module,
 }
 
 
@@ -636,7 +957,53 @@ def _target_name(target) -> str:
 
 def _unsupported_call(c: FxConverter, node: fx.Node, path: str):
     raise UnsupportedModuleError(path, c._owner(path, f"{node.op} {_target_name(node.target)}"),
-                                 "this operation is not supported", SUPPORTED)
+                                 "this operation is not supported; rewrite it with supported "
+                                 "operations (paramgraph inspect --supported lists them)")
+
+
+def _reshape_any(c: FxConverter, node: fx.Node, path: str):
+    """A reshape of an activation, or of a parameter (``gamma.view(1, -1, 1, 1)``)."""
+    src = node.args[0]
+    val = c.env.get(src) if isinstance(src, fx.Node) else None
+    if isinstance(val, _ParamView) or (isinstance(val, tuple) and len(val) == 2
+                                       and isinstance(val[1], Tensor)):
+        name, tensor = (val.name, val.tensor) if isinstance(val, _ParamView) else val
+        return _ParamView(name, tensor, c._shape(node))
+    return c._reshape(node, c._take(node, src))
+
+
+def _size_arithmetic(c: FxConverter, node: fx.Node, path: str):
+    """``num_channels // groups`` and the like: arithmetic on sizes, not on activations."""
+    if any(isinstance(c.env.get(a), (TracedValue, _Pieces)) for a in node.all_input_nodes):
+        return _unsupported_call(c, node, path)
+    return None
+
+
+def _gelu_function(c: FxConverter, node: fx.Node, path: str):
+    return c._activation(node, c._take(node, node.args[0]),
+                         _gelu_code(node_arg(node, 1, "approximate", "none")))
+
+
+def _hardtanh_function(c: FxConverter, node: fx.Node, path: str):
+    lo, hi = node_arg(node, 1, "min_val", -1.0), node_arg(node, 2, "max_val", 1.0)
+    return c._activation(node, c._take(node, node.args[0]), _clip(lo, hi))
+
+
+def _clamp_function(c: FxConverter, node: fx.Node, path: str):
+    name = _target_name(node.target)
+    if name == "clamp_min":
+        lo, hi = node_arg(node, 1, "min"), None
+    else:
+        lo, hi = node_arg(node, 1, "min"), node_arg(node, 2, "max")
+    if any(isinstance(v, (fx.Node, Tensor)) for v in (lo, hi)):
+        return _unsupported_call(c, node, path)
+    return c._activation(node, c._take(node, node.args[0]), _clip(lo, hi))
+
+
+def _group_norm_function(c: FxConverter, node: fx.Node, path: str):
+    w, b = c._attr_args(node, 2, ("weight", "bias"))
+    return c._channel_norm(node, c._take(node, node.args[0]), path, NormKind.GROUP,
+                           node_arg(node, 1, "num_groups"), {"norm_weight": w, "norm_bias": b})
 
 
 def _assert(c: FxConverter, node: fx.Node, path: str):
@@ -650,11 +1017,8 @@ def _linear_function(c: FxConverter, node: fx.Node, path: str):
 
 def _conv_function(c: FxConverter, node: fx.Node, path: str):
     groups = node_arg(node, 6, "groups", 1)
-    if groups != 1:
-        raise UnsupportedModuleError(path, c._owner(path, _target_name(node.target)),
-                                     f"groups={groups}; only groups=1 is supported", SUPPORTED)
     w, b = c._attr_args(node, 1, ("weight", "bias"))
-    return c._conv(node, c._take(node, node.args[0]), path, w, b)
+    return c._conv(node, c._take(node, node.args[0]), path, w, b, groups)
 
 
 def _layer_norm_function(c: FxConverter, node: fx.Node, path: str):
@@ -669,9 +1033,18 @@ _FUNCTION_HANDLERS: dict[object, Handler] = {
     torch._assert: _assert,
     **{f: _on_input(FxConverter._activation, act) for f, act in _ACT_FUNCTIONS.items()},
     **dict.fromkeys(_TRANSPARENT_FUNCTIONS, _on_input(_passthrough)),
-    **dict.fromkeys(_RESHAPE_FUNCTIONS, _on_input(FxConverter._reshape)),
+    **dict.fromkeys(_RESHAPE_FUNCTIONS, _reshape_any),
     **dict.fromkeys((torch.transpose, torch.permute), _on_input(FxConverter._transpose)),
     **dict.fromkeys((operator.add, operator.iadd, torch.add), _on_node(FxConverter._add)),
+    **dict.fromkeys((operator.mul, operator.imul, torch.mul), _on_node(FxConverter._mul)),
+    **dict.fromkeys((torch.chunk, torch.split), _on_node(FxConverter._split)),
+    **dict.fromkeys((torch.sigmoid, F.sigmoid), _sigmoid_module),
+    F.gelu: _gelu_function,
+    **dict.fromkeys((F.hardtanh, F.hardtanh_), _hardtanh_function),
+    **dict.fromkeys((torch.clamp, torch.clip, torch.clamp_min), _clamp_function),
+    F.group_norm: _group_norm_function,
+    **dict.fromkeys((operator.floordiv, operator.truediv, operator.sub, operator.mod),
+                    _size_arithmetic),
     torch.cat: _on_node(FxConverter._cat),
     **{f: _on_input(FxConverter._pool, how) for f, how in _POOL_FUNCTIONS.items()},
     **{getattr(torch, name): _on_node(FxConverter._reduce, how) for name, how in _REDUCE.items()},
@@ -684,9 +1057,13 @@ _METHOD_HANDLERS: dict[str, Handler] = {
     **dict.fromkeys(("size", "dim"), _nothing),
     **{name: _on_input(FxConverter._activation, act) for name, act in _ACT_METHODS.items()},
     **dict.fromkeys(_TRANSPARENT_METHODS, _on_input(_passthrough)),
-    **dict.fromkeys(_RESHAPE_METHODS, _on_input(FxConverter._reshape)),
+    **dict.fromkeys(_RESHAPE_METHODS, _reshape_any),
     **dict.fromkeys(("transpose", "permute", "t"), _on_input(FxConverter._transpose)),
-    "add": _on_node(FxConverter._add),
+    **dict.fromkeys(("add", "add_"), _on_node(FxConverter._add)),
+    **dict.fromkeys(("mul", "mul_"), _on_node(FxConverter._mul)),
+    **dict.fromkeys(("chunk", "split"), _on_node(FxConverter._split)),
+    **dict.fromkeys(("sigmoid", "sigmoid_"), _sigmoid_module),
+    **dict.fromkeys(("clamp", "clip", "clamp_min", "clamp_", "clamp_min_"), _clamp_function),
     **{name: _on_node(FxConverter._reduce, how) for name, how in _REDUCE.items()},
 }
 

@@ -22,6 +22,7 @@ class NodeType(IntEnum):
     ATTN_Q = 6  # query dimension of an attention head
     ATTN_K = 7  # key dimension of an attention head
     ATTN_V = 8  # value dimension of an attention head (the out-projection reads these)
+    PRODUCT = 9  # elementwise product of two values (a squeeze-excitation gate times its input)
 
 
 # The node types of an attention block's query, key and value dimensions.
@@ -43,6 +44,7 @@ class EdgeType(IntEnum):
     ATTN_OUT = 9  # out-projection weight from a value dimension
     ATTN_QK = 10  # pairs query dimension i with key dimension i of the same head
     ATTN_KV = 11  # connects every key dimension to every value dimension of the same head
+    PRODUCT = 12  # identity wiring of an operand into a PRODUCT neuron (x * gate)
 
 
 WEIGHT_EDGE_TYPES = (
@@ -66,12 +68,25 @@ class Activation(IntEnum):
     TANH = 5
     SIGMOID = 6
     SIN = 7
+    RELU6 = 8  # min(max(z, 0), 6): the clip at 6 breaks positive scaling
+    HARDSWISH = 9
+    HARDSIGMOID = 10
+    MISH = 11
+    ELU = 12  # also CELU and SELU (scaled ELU)
+    SOFTPLUS = 13
+    GELU_TANH = 14  # GELU with the tanh approximation
+    HARDTANH = 15  # clip to [-m, m] (symmetric limits: odd)
+    SOFTSIGN = 16
+    CLIP = 17  # clip to an asymmetric range other than ReLU6's [0, 6]
 
 
 # f(q z) = q f(z) for q > 0: a positive per-neuron scaling passes through.
 POSITIVELY_HOMOGENEOUS = (Activation.IDENTITY, Activation.RELU, Activation.LEAKY_RELU)
 # f(-z) = -f(z): a per-neuron sign flip passes through.
-ODD = (Activation.IDENTITY, Activation.TANH, Activation.SIN)
+ODD = (Activation.IDENTITY, Activation.TANH, Activation.SIN, Activation.HARDTANH,
+       Activation.SOFTSIGN)
+# Every other activation (GELU, SiLU, sigmoid, ReLU6, Hardswish, Hardsigmoid, Mish, ELU, Softplus,
+# clips) admits neither: only permutations pass through it.
 
 
 class NormKind(IntEnum):
@@ -80,6 +95,9 @@ class NormKind(IntEnum):
     NONE = 0
     BATCH = 1
     LAYER = 2
+    GROUP = 3  # GroupNorm: statistics over groups of channels (the groups permute as blocks)
+    INSTANCE = 4  # InstanceNorm: statistics per channel and sample
+    SCALE = 5  # a learned per-channel multiplier (layer scale): norm_weight only, no statistics
 
 
 class HeadRole(IntEnum):
@@ -88,6 +106,9 @@ class HeadRole(IntEnum):
     NONE = 0
     QK = 1  # query and key dimensions: q_h -> M^T q_h, k_h -> M^-1 k_h
     VO = 2  # value dimensions: v_h -> N^T v_h, out-projection columns -> N^-1
+    # GROUP + k: channels of a grouped convolution or GroupNorm (node_head = the group). Groups
+    # permute as blocks; inside a block, the channels of each role k permute among themselves.
+    GROUP = 3
 
 
 # Columns of ``ParamGraph.node_value``. A node carries its bias and the per-neuron parameters and

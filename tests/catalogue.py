@@ -14,6 +14,7 @@ well under a second.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,7 +32,10 @@ class Entry:
     ``factory()`` returns a fresh module (eval mode, deterministic weights). ``input_shape`` is the
     shape of its example input, ``dtype`` the input's dtype. ``nontrivial`` says whether the
     network's symmetry group (hidden permutations, scales, signs, head maps) is non-trivial, so a
-    random element must change the weights. ``tags`` name the features it exercises.
+    random element must change the weights. ``tags`` name the features it exercises (``no-export``:
+    ``torch.export`` decomposes a layer into arithmetic the exported-program reader refuses).
+    ``input_scale`` multiplies the random inputs of the symmetry tests, for activations whose
+    clip or kink only shows on large pre-activations (ReLU6, SELU).
     """
 
     name: str
@@ -40,6 +44,7 @@ class Entry:
     dtype: torch.dtype = torch.float32
     nontrivial: bool = True
     tags: tuple[str, ...] = field(default=())
+    input_scale: float = 1.0
 
     def build(self) -> nn.Module:
         return self.factory()
@@ -60,7 +65,8 @@ def randomize(module: nn.Module, seed: int) -> nn.Module:
         for name, p in module.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
-            if isinstance(owner, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)) and leaf == "weight":
+            if isinstance(owner, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm,
+                                  nn.InstanceNorm2d)) and leaf == "weight":
                 p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float64) * 1.5 + 0.5)
             elif p.dim() >= 2:
                 fan_in = p[0].numel()
@@ -84,6 +90,13 @@ _ACTS = {
     "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "sine": lambda: paramgraph.Sine(3.0),
     "identity": nn.Identity,
 }
+# Activations of the CNNs people use (issue 13): each with exactly the symmetries it has.
+_CNN_ACTS = {
+    "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+    "mish": nn.Mish, "elu": nn.ELU, "selu": nn.SELU, "softplus": nn.Softplus,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "hardtanh": nn.Hardtanh,
+    "softsign": nn.Softsign,
+}
 
 
 def mlp(act: str, widths=(5, 7, 6, 3), bias: bool = True) -> nn.Sequential:
@@ -91,7 +104,7 @@ def mlp(act: str, widths=(5, 7, 6, 3), bias: bool = True) -> nn.Sequential:
     for i in range(len(widths) - 1):
         layers.append(nn.Linear(widths[i], widths[i + 1], bias=bias))
         if i < len(widths) - 2:
-            layers.append(_ACTS[act]())
+            layers.append({**_ACTS, **_CNN_ACTS}[act]())
     return nn.Sequential(*layers)
 
 
@@ -335,6 +348,322 @@ class MixedDtype(nn.Module):
         return self.fc2(h.to(self.fc2.weight.dtype))
 
 
+# -- look-alikes of the CNNs people use (issue 13): tiny, pure torch, same wiring ------------------
+
+class SqueezeExcite(nn.Module):
+    """torchvision's SqueezeExcitation: x * gate(fc2(act(fc1(avgpool(x)))))."""
+
+    def __init__(self, c: int, squeeze: int, act=nn.ReLU, gate=nn.Hardsigmoid):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+        self.activation, self.scale_activation = act(), gate()
+
+    def forward(self, x):
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return scale * x
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2/V3 and EfficientNet's MBConv: expand 1x1, depthwise kxk, optional SE,
+    project 1x1, residual when the shape allows; stochastic depth on the branch."""
+
+    def __init__(self, cin, cout, expand, stride=1, act=nn.ReLU6, se=None, kernel=3):
+        super().__init__()
+        mid = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), act()]
+        layers += [nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False),
+                   nn.BatchNorm2d(mid), act()]
+        if se is not None:
+            layers.append(se(mid))
+        layers += [nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+        self.drop = StochasticDepth(0.2)
+
+    def forward(self, x):
+        out = self.block(x)
+        if self.residual:
+            out = self.drop(out)
+            out += x
+        return out
+
+
+class StochasticDepth(nn.Module):
+    """Drops the whole branch per sample in training; the identity in eval."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class MobileNetV2Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU6()),
+            InvertedResidual(4, 4, 1), InvertedResidual(4, 6, 2, stride=2),
+            InvertedResidual(6, 6, 2),
+            nn.Sequential(nn.Conv2d(6, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6()))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(8, 3))
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class MobileNetV3Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        se = lambda c: SqueezeExcite(c, 4)  # noqa: E731
+        self.features = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1, bias=False), nn.BatchNorm2d(4), nn.Hardswish()),
+            InvertedResidual(4, 4, 1, act=nn.ReLU, se=se),
+            InvertedResidual(4, 6, 2, stride=2, act=nn.Hardswish, se=se, kernel=5),
+            InvertedResidual(6, 6, 2, act=nn.Hardswish, se=se))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(6, 10), nn.Hardswish(), nn.Dropout(0.2),
+                                        nn.Linear(10, 3))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class EfficientNetTiny(nn.Module):
+    """SiLU everywhere, SE with SiLU and sigmoid, MBConv blocks with stochastic depth, and one
+    SiLU written by hand as x * sigmoid(x)."""
+
+    def __init__(self):
+        super().__init__()
+        se = lambda c: SqueezeExcite(c, 2, act=nn.SiLU, gate=nn.Sigmoid)  # noqa: E731
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1, bias=False), nn.BatchNorm2d(4))
+        self.blocks = nn.Sequential(InvertedResidual(4, 4, 1, act=nn.SiLU, se=se),
+                                    InvertedResidual(4, 6, 2, 2, act=nn.SiLU, se=se),
+                                    InvertedResidual(6, 6, 2, act=nn.SiLU, se=se))
+        self.head = nn.Sequential(nn.Conv2d(6, 8, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU())
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x * torch.sigmoid(x)
+        x = self.head(self.blocks(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's LayerNorm2d: a LayerNorm over the channels of a (B, C, H, W) map."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class CNBlock(nn.Module):
+    """ConvNeXt block: depthwise conv, channels-last LayerNorm, MLP, layer scale, drop path,
+    residual. ``timm_style`` writes the layer scale as ``x.mul(gamma.reshape(1, -1, 1, 1))``."""
+
+    def __init__(self, dim: int, timm_style: bool = False):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1, self.act, self.pwconv2 = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+        self.timm_style = timm_style
+        self.gamma = nn.Parameter(torch.full((dim,) if timm_style else (dim, 1, 1), 1e-6))
+        self.drop = StochasticDepth(0.1)
+
+    def forward(self, x):
+        h = self.dwconv(x).permute(0, 2, 3, 1)
+        h = self.pwconv2(self.act(self.pwconv1(self.norm(h)))).permute(0, 3, 1, 2)
+        h = h.mul(self.gamma.reshape(1, -1, 1, 1)) if self.timm_style else self.gamma * h
+        return x + self.drop(h)
+
+
+class ConvNeXtTiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 2, 2), LayerNorm2d(4, eps=1e-6))
+        self.stage1 = nn.Sequential(CNBlock(4), CNBlock(4, timm_style=True))
+        self.down = nn.Sequential(LayerNorm2d(4, eps=1e-6), nn.Conv2d(4, 8, 2, 2))
+        self.stage2 = CNBlock(8)
+        self.norm = nn.LayerNorm(8, eps=1e-6)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stage2(self.down(self.stage1(self.stem(x))))
+        return self.head(self.norm(x.mean(dim=(-2, -1))))
+
+
+class ResNeXtBlock(nn.Module):
+    """Bottleneck with a grouped 3x3 convolution (cardinality 2) and a projection shortcut."""
+
+    def __init__(self, cin, width, cout, groups=2, stride=1, norm=nn.BatchNorm2d):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), norm(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = norm(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), norm(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+class ResNeXtTiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
+                                  nn.ReLU())
+        self.layer1 = nn.Sequential(ResNeXtBlock(4, 4, 8), ResNeXtBlock(8, 4, 8))
+        # a grouped conv with 2 input and 3 output channels per group, and a depthwise one with
+        # a channel multiplier of 2
+        self.mixer = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1, groups=4), nn.ReLU(),
+                                   nn.Conv2d(12, 24, 3, padding=1, groups=12), nn.Tanh())
+        self.fc = nn.Linear(24, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.mixer(self.layer1(self.stem(x))), 1), 1))
+
+
+class GroupNormResNet(nn.Module):
+    """A ResNet whose norms are GroupNorms (2 groups), with one InstanceNorm and a ResNeXt block."""
+
+    def __init__(self):
+        super().__init__()
+        gn = lambda c: nn.GroupNorm(2, c)  # noqa: E731
+        self.stem = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), gn(4), nn.ReLU())
+        self.block1 = ResNeXtBlock(4, 4, 4, groups=2, norm=gn)
+        self.block2 = ResNeXtBlock(4, 6, 8, groups=1, stride=2, norm=gn)
+        self.inorm = nn.Sequential(nn.Conv2d(8, 6, 1), nn.InstanceNorm2d(6, affine=True), nn.Tanh())
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.inorm(self.block2(self.block1(self.stem(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def channel_shuffle(x, groups: int):
+    """torchvision's channel shuffle: (B, C, H, W) -> (B, g, C/g, H, W) -> swap -> (B, C, H, W)."""
+    b, c, h, w = x.size()
+    x = x.view(b, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(b, -1, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's unit: stride 2 runs two branches on x; stride 1 splits the channels, runs
+    one branch on the second half, concatenates and shuffles."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+        b_in = cin if stride > 1 else half
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(b_in, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetTiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.stage2 = nn.Sequential(ShuffleUnit(4, 8, 2), ShuffleUnit(8, 8, 1), ShuffleUnit(8, 8, 1))
+        self.conv5 = nn.Sequential(nn.Conv2d(8, 10, 1, bias=False), nn.BatchNorm2d(10), nn.ReLU())
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv5(self.stage2(self.conv1(x))).mean([2, 3]))
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin, growth):
+        super().__init__()
+        self.norm1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, 2 * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(2 * growth)
+        self.conv2 = nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, features):
+        x = torch.cat(features, 1)
+        x = self.conv1(F.relu(self.norm1(x)))
+        return self.conv2(F.relu(self.norm2(x)))
+
+
+class DenseNetTiny(nn.Module):
+    """DenseNet: each layer reads the concatenation of all before it; a transition halves."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.layers = nn.ModuleList([DenseLayer(4, 2), DenseLayer(6, 2)])
+        self.transition = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1, bias=False),
+                                        nn.AvgPool2d(2))
+        self.norm5 = nn.BatchNorm2d(4)
+        self.classifier = nn.Linear(4, 3)
+
+    def forward(self, x):
+        features = [self.conv0(x)]
+        for layer in self.layers:
+            features.append(layer(features))
+        x = F.relu(self.norm5(self.transition(torch.cat(features, 1))))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1))
+
+
+class VGGTiny(nn.Module):
+    """VGG blocks: conv-BN-ReLU twice, max pool, then a flattened classifier with dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+            nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(nn.Linear(6 * 2 * 2, 8), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+# name -> factory of the look-alikes (the issue's "done when" list), shared by the tests
+CNN_LOOKALIKES: dict[str, Callable[[], nn.Module]] = {
+    "mobilenet_v2_tiny": MobileNetV2Tiny, "mobilenet_v3_tiny": MobileNetV3Tiny,
+    "efficientnet_tiny": EfficientNetTiny, "convnext_tiny": ConvNeXtTiny,
+    "resnext_tiny": ResNeXtTiny, "groupnorm_resnet_tiny": GroupNormResNet,
+    "shufflenet_v2_tiny": ShuffleNetTiny, "densenet_tiny": DenseNetTiny, "vgg_tiny": VGGTiny,
+}
+
+
 def _seq(*layers) -> Callable[[], nn.Module]:
     return lambda: nn.Sequential(*layers())
 
@@ -345,6 +674,14 @@ def _entries() -> list[Entry]:
     for i, act in enumerate(_ACTS):
         out.append(E(f"mlp_{act}", lambda act=act, i=i: randomize(mlp(act), 100 + i), (4, 5),
                      tags=("mlp", act)))
+    for i, act in enumerate(_CNN_ACTS):
+        out.append(E(f"mlp_{act}", lambda act=act, i=i: randomize(mlp(act), 200 + i), (4, 5),
+                     tags=("mlp", act, "cnn-act") + (("no-export",) if act == "softsign" else ()),
+                     input_scale=30.0))
+    for i, (name, factory) in enumerate(CNN_LOOKALIKES.items()):
+        out.append(E(name, lambda factory=factory, i=i: randomize(factory(), 300 + i),
+                     (2, 3 if name != "groupnorm_resnet_tiny" else 2, 8, 8),
+                     tags=("cnn", "lookalike"), input_scale=10.0 if "mobilenet" in name else 1.0))
     out += [
         E("mlp_torch_sin", lambda: randomize(TorchSinMLP(), 120), (6, 2), tags=("mlp", "sin")),
         E("mlp_nobias_relu", lambda: randomize(mlp("relu", (3, 6, 4), bias=False), 121), (4, 3),
@@ -479,4 +816,11 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def random_inputs(entry: Entry, batch: int = 16, seed: int = 1) -> torch.Tensor:
     """``batch`` fresh float64 inputs shaped like the entry's example input."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn((batch,) + tuple(entry.input_shape[1:]), generator=g, dtype=torch.float64)
+    x = torch.randn((batch,) + tuple(entry.input_shape[1:]), generator=g, dtype=torch.float64)
+    if entry.input_scale == 1.0:
+        return x
+    # per-sample scales from 1 / input_scale to input_scale: every neuron sees small and large
+    # pre-activations, so a clip (ReLU6, Hardswish) shows and a lone scaling is not vacuous
+    lo, hi = -math.log(entry.input_scale), math.log(entry.input_scale)
+    scale = torch.linspace(lo, hi, batch, dtype=torch.float64).exp()
+    return x * scale.view((batch,) + (1,) * (x.dim() - 1))

@@ -115,7 +115,7 @@ ATTENTION = ("attention", "transformer")
 
 
 @pytest.mark.parametrize("name", [e.name for e in catalogue()
-                                  if not set(e.tags) & set(ATTENTION)])
+                                  if not set(e.tags) & set(ATTENTION) and "no-export" not in e.tags])
 def test_catalogue_converts_like_the_live_module(name):
     entry = get(name)
     m, x = entry.build(), entry.example_input()

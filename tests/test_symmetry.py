@@ -25,9 +25,14 @@ from catalogue import (
     relative_error,
     states_differ,
 )
-from paramgraph import GroupElement, HeadRole, NodeType, NormKind
+from paramgraph import Activation, GroupElement, HeadRole, NodeType, NormKind
 
 TOL = 1e-6
+# Activations that are linear between kinks or clips: a neuron whose pre-activations stay inside
+# one linear piece on the test inputs (dead, or below ReLU6's clip) looks scale-symmetric there.
+# For these, the per-neuron oracle checks that no wrong symmetry is claimed, not that none is missed.
+CLIPPING = {int(a) for a in (Activation.RELU6, Activation.HARDTANH, Activation.CLIP,
+                             Activation.HARDSIGMOID, Activation.HARDSWISH)}
 
 
 def convert64(name):
@@ -157,6 +162,8 @@ def test_per_neuron_claims_match_the_function(name):
             probe.load_state_dict(state, strict=False)
             err = relative_error(output(probe, x), y)
             assert err < 1e-9 or err > 1e-6, (node, err)  # decisive either way
+            if err < 1e-9 and not claim[node] and int(graph.node_act[node]) in CLIPPING:
+                continue  # the inputs never reach the clip: locally symmetric, not really
             assert (err < 1e-9) == bool(claim[node]), (
                 f"node {node} ({NodeType(int(graph.node_type[node])).name}, layer "
                 f"{int(graph.node_layer[node])}): claimed {bool(claim[node])}, error {err:.2e}")
