@@ -534,6 +534,7 @@ class ResNeXtTiny(nn.Module):
         # a grouped conv with 2 input and 3 output channels per group, and a depthwise one with
         # a channel multiplier of 2
         self.mixer = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1, groups=4), nn.ReLU(),
+                                   nn.Conv2d(12, 12, 1), nn.ReLU(),
                                    nn.Conv2d(12, 24, 3, padding=1, groups=12), nn.Tanh())
         self.fc = nn.Linear(24, 3)
 
