@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor, nn
 
@@ -56,6 +58,10 @@ def load_into(module: nn.Module, graph: ParamGraph) -> nn.Module:
         if own[key].shape != value.shape:
             raise GraphFormatError(f"graph tensor '{key}' has shape {tuple(value.shape)}, the "
                                    f"module expects {tuple(own[key].shape)}")
+    metadata = getattr(own, "_metadata", None)
+    if metadata is not None:  # module versions: some modules' loaders check them (MNASNet)
+        state = OrderedDict(state)
+        state._metadata = metadata
     module.load_state_dict(state, strict=False)
     return module
 
