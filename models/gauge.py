@@ -70,6 +70,8 @@ therefore invariant to a transformer's permutations, scales and signs but not to
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
@@ -83,6 +85,7 @@ from paramgraph.canonical import (  # the exact section: one home, shared with p
 )
 from paramgraph.canonical import edge_multipliers as _edge_multipliers
 from paramgraph.canonical import edge_value_sums as _edge_sums
+from paramgraph.canonical_heads import HeadFrame, head_sections, write_heads
 from paramgraph.types import Activation, NodeType, NormKind
 
 from .structure import GraphStructure, symlog
@@ -187,14 +190,28 @@ class GaugeMap(nn.Module):
     def section_factors(self, st: GraphStructure, edge_value: Tensor,
                         node_value: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """The exact (unlearned) section's factor ``[N]`` and the edges' ``(sum of squares, sum)``
-        of the input values, both in the dtype of ``edge_value``."""
-        return section_factors(st, edge_value, node_value, self.section, self.sweeps)
+        of the input values, both in the dtype of ``edge_value``. With attention (``st.heads``)
+        the factor is the one applied around the head section (unit factors, then the heads,
+        then the balancing sweeps; see the module docstring)."""
+        if st.heads is None:
+            return section_factors(st, edge_value, node_value, self.section, self.sweeps)
+        f, b = self._head_section(st, edge_value, node_value)[:2]
+        return f * b, _edge_sums(st, edge_value)
 
     def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
                 node_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        g = self.gauge(st, edge_value, node_value, node_mask)
+        return g.edge_value, g.node_value, g.alpha
+
+    def gauge(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
+              node_mask: Tensor) -> "Gauged":
+        """The gauged values and what was applied (:class:`Gauged`, whose ``undo`` goes back to
+        the input's frame); ``forward`` returns its first three fields."""
         dtype = edge_value.dtype
         wide = torch.float64 if self.precise and edge_value.device.type != "mps" else dtype
         ev, nv = edge_value.to(wide), node_value.to(wide)
+        if st.heads is not None:
+            return self._gauge_heads(st, ev, nv, node_mask, dtype)
         f, sums = self.section_factors(st, ev, nv)
         alpha = f
         if self.learned and st.has_scale:
@@ -202,7 +219,40 @@ class GaugeMap(nn.Module):
                                node_value, node_mask).to(wide)
             alpha = f * torch.where(st.scale, s.exp(), torch.ones_like(s))
         ev, nv = apply_factors(st, alpha, ev, nv)
-        return ev.to(dtype), nv.to(dtype), alpha.to(dtype)
+        return Gauged(ev.to(dtype), nv.to(dtype), alpha.to(dtype), None)
+
+    def _head_section(self, st: GraphStructure, ev: Tensor, nv: Tensor):
+        """Unit factors ``f``, then the head section, then balancing factors ``b`` from there:
+        ``(f, b, sections, ev, nv)`` with ``(ev, nv)`` the unit-scaled, head-canonical values."""
+        f = canonical_factors(st, ev, nv)
+        ev, nv = apply_factors(st, f, ev, nv)
+        sections = head_sections(st.heads, ev, nv)
+        ev, nv = write_heads(st.heads, sections, ev, nv)
+        b = torch.ones_like(f)
+        if self.section == "balanced":
+            ss, _ = _edge_sums(st, ev)
+            node_ss = torch.where(st.plain, nv[:, 0].square(),
+                                  nv[:, 1].square() + nv[:, 2].square())
+            b = balance_factors(st, ss, node_ss, self.sweeps)
+        return f, b, sections, ev, nv
+
+    def _gauge_heads(self, st: GraphStructure, ev: Tensor, nv: Tensor, node_mask: Tensor,
+                     dtype: torch.dtype) -> "Gauged":
+        f, b, sections, ev, nv = self._head_section(st, ev, nv)
+        alpha = b
+        t_qk = t_vo = None
+        if self.learned:  # kappa reads the canonical network: scales, and the heads' rows
+            sums = _edge_sums(st, ev)
+            s = self.log_scale(st, b.to(dtype), tuple(t.to(dtype) for t in sums),
+                               nv.to(dtype), node_mask).to(ev.dtype)
+            alpha = b * torch.where(st.scale, s.exp(), torch.ones_like(s))
+            # the i-th singular direction of a head sits at its i-th query (value) node
+            t_qk = [s[g.q] for g in st.heads.groups]
+            t_vo = [s[g.v] for g in st.heads.groups]
+            ev, nv = write_heads(st.heads, sections, ev, nv, t_qk, t_vo)
+        ev, nv = apply_factors(st, alpha, ev, nv)
+        frame = HeadFrame.of(st.heads, sections, t_qk, t_vo)
+        return Gauged(ev.to(dtype), nv.to(dtype), (f * alpha).to(dtype), frame)
 
     def log_scale(self, st: GraphStructure, f: Tensor, sums: tuple[Tensor, Tensor],
                   node_value: Tensor, node_mask: Tensor) -> Tensor:
@@ -241,3 +291,28 @@ class GaugeMap(nn.Module):
 
 
 _NUM_FEATURES = 12
+
+
+@dataclass
+class Gauged:
+    """:meth:`GaugeMap.gauge`'s result: the gauged ``edge_value``/``node_value`` (input dtype),
+    the per-neuron factor ``alpha`` applied and, where the batch has attention, the head maps
+    (``heads``, a :class:`~paramgraph.canonical_heads.HeadFrame`)."""
+
+    edge_value: Tensor
+    node_value: Tensor
+    alpha: Tensor
+    heads: HeadFrame | None
+
+    def undo(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor
+             ) -> tuple[Tensor, Tensor]:
+        """Values in the gauged frame (e.g. a weight head's output) moved back to the input's
+        frame: ``1 / alpha``, then the inverse head maps (computed in float64 where the head maps
+        are). Returns ``(edge_value, node_value)`` in the dtype of ``edge_value``."""
+        dtype = edge_value.dtype
+        ev, nv = apply_factors(st, 1.0 / self.alpha.to(dtype), edge_value, node_value)
+        if self.heads is None:
+            return ev, nv
+        wide = self.heads.q_inv[0].dtype if self.heads.q_inv else dtype
+        ev, nv = self.heads.undo(ev.to(wide), nv.to(wide))
+        return ev.to(dtype), nv.to(dtype)

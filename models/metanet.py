@@ -43,7 +43,7 @@ from paramgraph.graph import FIELDS
 
 from .backbone import Backbone
 from .defaults import HIDDEN, LAYERS, MODES
-from .gauge import BALANCE_SWEEPS, GaugeMap, apply_factors, sign_confidence, soften_signs
+from .gauge import BALANCE_SWEEPS, GaugeMap, sign_confidence, soften_signs
 from .statistics import LayerStatistics
 from .structure import GraphStructure
 
@@ -148,9 +148,10 @@ class MetaNet(nn.Module):
         node_value = batch.node_value.to(dtype)
         node_mask = batch.node_mask
         value_scale = st.value_scale().to(dtype)
-        alpha = None
+        gauged = None
         if self.gauge is not None:
-            edge_value, node_value, alpha = self.gauge(st, edge_value, node_value, node_mask)
+            gauged = self.gauge.gauge(st, edge_value, node_value, node_mask)
+            edge_value, node_value = gauged.edge_value, gauged.node_value
             if self.soft_signs:
                 # a weighting, not a path for gradients (its sqrt has none at zero weights)
                 conf = sign_confidence(st, edge_value.detach(), node_value.detach())
@@ -165,8 +166,8 @@ class MetaNet(nn.Module):
         if self.task == "invariant":
             return out
         new_edge, new_node = out
-        if alpha is not None and self.frame == "input":
-            new_edge, new_node = apply_factors(st, 1.0 / alpha, new_edge, new_node)
+        if gauged is not None and self.frame == "input":
+            new_edge, new_node = gauged.undo(st, new_edge, new_node)
         return batch.with_values(new_edge, new_node)
 
     def gauge_parameters(self) -> list[nn.Parameter]:

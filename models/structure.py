@@ -21,6 +21,7 @@ from torch import Tensor
 from torch_geometric.utils import scatter
 
 from paramgraph.canonical import canonical_levels as _canonical_levels
+from paramgraph.canonical_heads import HeadStructure
 from paramgraph.types import WEIGHT_EDGE_TYPES, NormKind
 
 
@@ -49,6 +50,9 @@ class GraphStructure:
     * ``weight_ids`` [W]: indices of the weight edges (``weight.nonzero()``, read once here).
     * ``has_scale``: whether any neuron has a scale symmetry (the learned gauge's factor).
     * ``layers``: the graphs' weight layers (:class:`WeightLayers`), for per-layer statistics.
+    * ``heads``: the attention heads grouped by shape
+      (:class:`~paramgraph.canonical_heads.HeadStructure`, for the gauge's head section), or
+      ``None`` where the batch has no attention.
 
     Every count, bound and flag is a Python value computed once in :meth:`of`, where the batch
     usually still lives on the CPU. Build the structure there and move it with :meth:`to`: the
@@ -90,6 +94,7 @@ class GraphStructure:
     canon_levels: list[tuple[int, int, int]]
     has_scale: bool
     layers: "WeightLayers"
+    heads: HeadStructure | None = None
 
     @classmethod
     def of(cls, batch) -> "GraphStructure":
@@ -138,6 +143,8 @@ class GraphStructure:
             canon_levels=canon_levels,
             has_scale=bool(scale.any()),
             layers=WeightLayers.of(weight, dst, edge_size, layer, node_graph, num_graphs),
+            heads=HeadStructure.of(src, dst, edge_type, edge_size, batch.node_type, layer,
+                                   weight),
         )
 
     def to(self, device, non_blocking: bool = False) -> "GraphStructure":
@@ -225,7 +232,7 @@ def _moved(obj, device, non_blocking: bool):
     for f in fields(obj):
         v = getattr(obj, f.name)
         moved[f.name] = (v.to(device, non_blocking=non_blocking) if isinstance(v, (Tensor,
-                         WeightLayers)) else v)
+                         WeightLayers, HeadStructure)) else v)
     return type(obj)(**moved)
 
 

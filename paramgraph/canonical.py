@@ -113,7 +113,11 @@ def canonical_factors(st, edge_value: Tensor, node_value: Tensor,
                       edge_sums: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """The canonicaliser's factor per neuron, ``[N]`` (1 where the neuron has no symmetry).
 
-    See the module docstring for the construction. Applying the result (the group's action,
+    See the module docstring for the construction. Where ``st`` has ``heads`` (a
+    :class:`~paramgraph.canonical_heads.HeadStructure`), a neuron that reads an attention
+    out-projection is normalised by its row of the head-invariant value path instead of its
+    raw incoming weights (:meth:`~paramgraph.canonical_heads.HeadStructure.reader_sums`), so
+    that the factors do not depend on the per-head maps. Applying the result (the group's action,
     :func:`paramgraph.apply_element` with these factors) gives the canonical network, which is
     invariant under the group's scales and signs.
     Differentiable (out-of-place), one vectorised step per depth level.
@@ -126,6 +130,7 @@ def canonical_factors(st, edge_value: Tensor, node_value: Tensor,
     if not st.canon_levels:
         return f
     bias, nw, nb = node_value[:, 0], node_value[:, 1], node_value[:, 2]
+    heads = getattr(st, "heads", None)  # a HeadStructure (paramgraph.canonical_heads) or None
     # Normalised neurons depend on their own norm parameters only.
     normed_n2 = nw.square() + nb.square()
     zeros = torch.zeros(n, dtype=dtype, device=f.device)
@@ -138,6 +143,8 @@ def canonical_factors(st, edge_value: Tensor, node_value: Tensor,
         inv = 1.0 / f[src]
         n2 = zeros.index_add(0, dst, ss[ids] * inv.square())
         wsum = zeros.index_add(0, dst, sv[ids] * inv)
+        if heads is not None and level in heads.reader_levels:  # readers of out-projections
+            n2, wsum = heads.reader_sums(edge_value, node_value, f, n2, wsum)
         n2 = torch.where(st.plain, n2 + bias.square(), normed_n2)
         primary = torch.where(st.plain, bias, nw)
         tie = torch.where(st.plain, wsum, nb)

@@ -11,6 +11,7 @@ from torch_geometric.utils import scatter
 
 from paramgraph import models
 import paramgraph
+from catalogue import random_inputs
 from metanet_nets import build, graphs, random_input
 from paramgraph.models.encoders import KernelBins
 from paramgraph.models.gauge import apply_factors, canonical_factors
@@ -268,3 +269,170 @@ def test_strict_layer_features_are_equivariant(zoo):
                       (m2, m * a.unsqueeze(1)), (i2, i), (j2, j)):
         err = (got - want).norm(dim=1)
         assert (err <= 1e-9 * want.norm(dim=1) + 1e-300).all()
+
+
+# -- attention: the head section (issue 15) --------------------------------------------------------
+
+def _attention_graphs(dtype=torch.float64):
+    """Every transformer/attention network of the test catalogue, as graphs in ``dtype``."""
+    from catalogue import catalogue
+
+    entries = [e for e in catalogue() if {"attention", "transformer"} & set(e.tags)]
+    gs = []
+    for e in entries:
+        g = paramgraph.from_module(e.build().double(), e.example_input(dtype=torch.float64))
+        gs.append(g.with_values(g.edge_value.to(dtype), g.node_value.to(dtype)))
+    return entries, gs
+
+
+@pytest.fixture(scope="module")
+def attention():
+    return _attention_graphs()
+
+
+def _random_net(mode, dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    net = models.MetaNet(mode=mode, hidden=16, layers=2, **kw).to(dtype)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # away from initialisation: every part of the network matters
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.2)
+    return net.eval()
+
+
+def _largest_change(net, gs, draws=2, **kw):
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        y = net(Batch.from_data_list(gs))
+        worst = torch.zeros(len(gs), dtype=torch.float64)
+        for _ in range(draws):
+            moved = [paramgraph.random_symmetry(g, generator=gen, scale_range=(1e-2, 1e2), **kw)
+                     for g in gs]
+            worst = torch.maximum(worst, (y - net(Batch.from_data_list(moved))).abs().amax(1)
+                                  .double())
+    return worst
+
+
+def test_quasi_is_invariant_on_transformers_including_head_maps(attention):
+    """The issue's 'done when': every transformer of the catalogue, the full group (head maps,
+    permutations, scales in [1e-2, 1e2], signs), float64: quasi moves by <= 1e-6, perm by > 1e-3."""
+    entries, gs = attention
+    assert len(gs) >= 8 and all(g.num_params > 0 for g in gs)
+    quasi = _largest_change(_random_net("quasi"), gs)
+    assert quasi.max() <= 1e-6, dict(zip([e.name for e in entries], quasi.tolist()))
+    perm = _largest_change(_random_net("perm"), gs)
+    assert perm.min() > 1e-3, dict(zip([e.name for e in entries], perm.tolist()))
+
+
+def test_without_the_head_section_quasi_is_not_invariant_control(attention):
+    """Control: the same gauge with the head section switched off (the structure's ``heads``
+    removed) is invariant to scales and signs but moves under the head maps."""
+    import dataclasses
+
+    _, gs = attention
+    net = _random_net("quasi")
+    batch = Batch.from_data_list(gs)
+    st = dataclasses.replace(GraphStructure.of(batch), heads=None)
+    gen = torch.Generator().manual_seed(3)
+    moved = Batch.from_data_list([paramgraph.random_symmetry(g, generator=gen, scales=False,
+                                                             signs=False, permutations=False)
+                                  for g in gs])
+    with torch.no_grad():
+        assert (net(batch, st) - net(moved, st)).abs().max() > 1e-3
+
+
+def test_head_section_values_are_exactly_invariant_and_functionally_identical(attention):
+    entries, gs = attention
+    st = GraphStructure.of(Batch.from_data_list(gs))
+    q_heads = [torch.stack([g.perm_group, g.node_head], 1)[g.node_type == 6] for g in gs]
+    assert st.heads is not None
+    assert st.heads.num_heads == sum(int(torch.unique(h, dim=0).shape[0]) for h in q_heads)
+    bare = models.GaugeMap(learned=False).double()
+    batch = Batch.from_data_list(gs)
+    edge, node, _ = bare(st, batch.edge_value, batch.node_value, batch.node_mask)
+    gen = torch.Generator().manual_seed(4)
+    moved = Batch.from_data_list([paramgraph.random_symmetry(g, generator=gen, permutations=False,
+                                                             scale_range=(1e-2, 1e2))
+                                  for g in gs])
+    edge2, node2, _ = bare(st, moved.edge_value, moved.node_value, moved.node_mask)
+    assert (edge - edge2).abs().max() <= 1e-10 * edge.abs().max()
+    assert (node - node2).abs().max() <= 1e-10 * node.abs().max()
+    # the canonical pair: q rows orthogonal with squared norms = the singular values = k's
+    from paramgraph.canonical_heads import head_sections
+
+    for grp, sec in zip(st.heads.groups, head_sections(st.heads, edge, node)):
+        gram_q = sec.q @ sec.q.mT
+        assert torch.allclose(gram_q, torch.diag_embed(sec.s_qk), atol=1e-10)
+        assert torch.allclose(sec.k @ sec.k.mT, gram_q, atol=1e-10)
+        assert (sec.s_qk[:, :-1] >= sec.s_qk[:, 1:]).all()
+    gen = torch.Generator().manual_seed(5)
+    for e, g, o in zip(entries, gs, batch.with_values(edge, node).to_data_list()):
+        module = e.build().double()
+        x = random_inputs(e, 8)
+        clone = paramgraph.load_into(copy.deepcopy(module), o)
+        with torch.no_grad():
+            assert torch.allclose(clone(x), module(x), rtol=1e-9, atol=1e-11), e.name
+
+
+def test_head_section_float32_invariance(attention):
+    """float32 graphs (the training dtype): the section runs in float64, the change stays at the
+    input's rounding."""
+    entries, _ = attention
+    _, gs = _attention_graphs(torch.float32)
+    quasi = _largest_change(_random_net("quasi", torch.float32), gs, draws=1)
+    assert quasi.max() <= 2e-5, dict(zip([e.name for e in entries], quasi.tolist()))
+
+
+def test_degenerate_heads_keep_the_function():
+    """A dead head (zero query weights: rank 0) and a head whose bilinear form has a repeated
+    singular value: the gauge stays finite and keeps the function; the dead head is still
+    exactly invariant (its canonical rows are zero whatever the SVD's basis)."""
+    from catalogue import get
+
+    e = get("mha")
+    module = e.build().double()
+    d = module.attn.head_dim
+    with torch.no_grad():
+        w = module.attn.in_proj_weight
+        w[:d].zero_()  # head 0: dead queries
+        module.attn.in_proj_bias[:d].zero_()
+        # head 1: W_q = W_k = an orthonormal frame (A = I on it: every singular value is 1)
+        frame, _ = torch.linalg.qr(torch.randn(w.shape[1], d, dtype=torch.float64))
+        embed = w.shape[1]
+        w[d:2 * d] = frame.T
+        w[embed + d:embed + 2 * d] = frame.T
+        module.attn.in_proj_bias[d:2 * d].zero_()
+        module.attn.in_proj_bias[embed + d:embed + 2 * d].zero_()
+    g = paramgraph.from_module(module, e.example_input(dtype=torch.float64))
+    st = GraphStructure.of(g)
+    gauge = models.GaugeMap().double()
+    edge, node, alpha = gauge(st, g.edge_value, g.node_value, g.node_mask)
+    assert torch.isfinite(edge).all() and torch.isfinite(node).all()
+    x = random_inputs(e, 8)
+    clone = paramgraph.load_into(copy.deepcopy(module), g.with_values(edge, node))
+    with torch.no_grad():
+        assert torch.allclose(clone(x), module(x), rtol=1e-9, atol=1e-11)
+    moved = paramgraph.random_symmetry(g, generator=torch.Generator().manual_seed(6),
+                                       permutations=False)
+    edge2, _, _ = gauge(st, moved.edge_value, moved.node_value, moved.node_mask)
+    q0 = st.heads.groups[0].q_vals[0]  # head 0's query rows: zero in both
+    assert edge[q0].abs().max() == 0 and edge2[q0].abs().max() <= 1e-12
+
+
+def test_head_gauge_gets_gradients(attention):
+    """kappa acts on the heads' singular directions (query/value rows of the canonical heads
+    change when only its parameters do), and the section is differentiable in the values."""
+    _, gs = attention
+    batch = Batch.from_data_list(gs)
+    st = GraphStructure.of(batch)
+    gauge = models.GaugeMap().double()
+    values = batch.edge_value.clone().requires_grad_()
+    edge, node, _ = gauge(st, values, batch.node_value, batch.node_mask)
+    (edge.square().sum() + node.square().sum()).backward()
+    assert torch.isfinite(values.grad).all() and values.grad.abs().max() > 0
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in gauge.parameters())
+    q_vals = torch.cat([grp.q_vals.reshape(-1) for grp in st.heads.groups])
+    with torch.no_grad():
+        gauge.out[-1].bias.add_(0.5)
+        edge2, _, _ = gauge(st, batch.edge_value, batch.node_value, batch.node_mask)
+    assert (edge2[q_vals] - edge[q_vals]).abs().max() > 1e-3
