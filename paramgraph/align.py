@@ -100,6 +100,7 @@ class _Set:
     size: int  # number of positions
     heads: int  # 0: not an attention group
     role: Tensor  # HeadRole per member
+    role_size: dict[int, int]  # positions per role (a grouped conv's roles can differ in size)
 
 
 def permutable_sets(graph: ParamGraph) -> list[_Set]:
@@ -111,7 +112,9 @@ def permutable_sets(graph: ParamGraph) -> list[_Set]:
         pos = graph.perm_pos[nodes]
         head = graph.node_head[nodes]
         heads = int(head.max()) + 1 if bool((head >= 0).any()) else 0
-        sets.append(_Set(gid, nodes, pos, int(pos.max()) + 1, heads, graph.head_role[nodes]))
+        role = graph.head_role[nodes]
+        sizes = {int(r): int(pos[role == r].max()) + 1 for r in role.unique().tolist()}
+        sets.append(_Set(gid, nodes, pos, int(pos.max()) + 1, heads, role, sizes))
     sets.sort(key=lambda s: int(s.nodes[0]))
     return sets
 
@@ -176,7 +179,7 @@ class _Matcher:
         nv = graph.node_value.double().reshape(-1)
         for r, kind, index, row, col in self.parts:
             vals = (ev if kind == "edge" else nv)[index]
-            m = torch.zeros(int(row.max()) + 1, self.set.size, dtype=torch.float64)
+            m = torch.zeros(int(row.max()) + 1, self.set.role_size[r], dtype=torch.float64)
             m[row, col] = vals
             out.setdefault(r, []).append(m)
         return {r: torch.cat(ms) for r, ms in out.items()}
@@ -201,10 +204,11 @@ def _assignment(s: _Set, sims: dict[int, Tensor]) -> Tensor:
         total = sum(sims.values())
         perm, _ = _lap(total)
         return perm
-    h, d = s.heads, s.size // s.heads
+    h = s.heads
     inner: dict[tuple[int, int, int], Tensor] = {}
     head_score = torch.zeros(h, h, dtype=torch.float64)
     for r, sim in sims.items():
+        d = s.role_size[r] // h
         blocks = sim.view(h, d, h, d)
         for i in range(h):
             for j in range(h):
@@ -214,7 +218,8 @@ def _assignment(s: _Set, sims: dict[int, Tensor]) -> Tensor:
     head_perm, _ = _lap(head_score)
     take = {}
     for r in sims:
-        t = torch.empty(s.size, dtype=torch.long)
+        d = s.role_size[r] // h
+        t = torch.empty(s.role_size[r], dtype=torch.long)
         for i in range(h):
             j = int(head_perm[i])
             t[i * d:(i + 1) * d] = j * d + inner[(r, i, j)]
@@ -320,7 +325,7 @@ def align(a: ParamGraph, b: ParamGraph, *, scales: bool = True, match: str = "we
                 sims = m.similarity(a_mats[k], cur)
             take = _assignment(s, sims)
             identity = (torch.equal(take, torch.arange(s.size)) if not isinstance(take, dict)
-                        else all(torch.equal(t, torch.arange(s.size)) for t in take.values()))
+                        else all(torch.equal(t, torch.arange(t.numel())) for t in take.values()))
             if identity:
                 continue
             gain = _gain(s, sims, take)
@@ -356,7 +361,7 @@ def _gain(s: _Set, sims: dict[int, Tensor], take) -> float:
     gain = 0.0
     for r, sim in sims.items():
         t = take[r] if isinstance(take, dict) else take
-        gain += float(sim[torch.arange(s.size), t].sum() - torch.diagonal(sim).sum())
+        gain += float(sim[torch.arange(t.numel()), t].sum() - torch.diagonal(sim).sum())
     return gain
 
 
@@ -369,7 +374,7 @@ def _current_positions(s: _Set, total_perm: Tensor) -> dict[int, Tensor]:
         nodes, pos = s.nodes[m], s.pos[m]
         new_node = total_perm[nodes]
         new_pos = pos + (new_node - nodes)
-        cur = torch.empty(s.size, dtype=torch.long)
+        cur = torch.empty(s.role_size[r], dtype=torch.long)
         cur[new_pos] = pos
         out[r] = cur
     return out

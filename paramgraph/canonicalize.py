@@ -134,16 +134,19 @@ def _sorting_permutation(g: ParamGraph, sets) -> Tensor:
             rank[order] = torch.arange(s.size)
             new_pos = rank[s.pos]
         else:
-            h, d = s.heads, s.size // s.heads
+            h = s.heads
+            d_of = torch.tensor([s.role_size[int(r)] // h for r in role.tolist()])
             head_key = torch.zeros(h, feats.size(1), dtype=torch.float64)
-            head_key.index_add_(0, s.pos // d, feats[s.nodes])
+            head_key.index_add_(0, s.pos // d_of, feats[s.nodes])
             head_rank = torch.empty(h, dtype=torch.long)
             head_rank[_order(head_key)] = torch.arange(h)
             for r in role.unique().tolist():
                 m = role == r
-                key = torch.zeros(s.size, feats.size(1), dtype=torch.float64)
+                size = s.role_size[r]
+                d = size // h
+                key = torch.zeros(size, feats.size(1), dtype=torch.float64)
                 key.index_add_(0, s.pos[m], feats[s.nodes[m]])
-                inner_rank = torch.empty(s.size, dtype=torch.long)
+                inner_rank = torch.empty(size, dtype=torch.long)
                 for hh in range(h):
                     block = torch.arange(hh * d, (hh + 1) * d)
                     inner_rank[block[_order(key[block])]] = torch.arange(d)
