@@ -40,7 +40,9 @@ class ScaleStructure:
 
     ``src``, ``dst`` [E]; ``weight`` [E] bool (learned edges); ``weight_ids``; ``value_edge``
     [V]; ``plain`` [N] bool (no normalisation); ``scale``, ``sign`` [N] bool; ``node_layer`` [N];
-    ``canon_into``/``canon_levels`` (:func:`canonical_levels`); ``has_scale``.
+    ``canon_into``/``canon_levels`` (:func:`canonical_levels`); ``has_scale``; ``heads``: the
+    attention heads (:class:`~paramgraph.canonical_heads.HeadStructure`; None without attention
+    or for a wiring it does not read), so readers of out-projections get head-invariant factors.
     """
 
     num_nodes: int
@@ -57,6 +59,7 @@ class ScaleStructure:
     canon_into: Tensor
     canon_levels: list[tuple[int, int, int]]
     has_scale: bool
+    heads: object = None
 
     @classmethod
     def of(cls, graph: ParamGraph) -> "ScaleStructure":
@@ -67,11 +70,18 @@ class ScaleStructure:
         plain = graph.node_norm == int(NormKind.NONE)
         scale, sign = graph.node_scale.bool(), graph.node_sign.bool()
         into, levels = canonical_levels(src, dst, weight, layer, plain, scale | sign)
+        from .canonical_heads import HeadStructure
+
+        try:
+            heads = HeadStructure.of(src, dst, graph.edge_type, graph.edge_size, graph.node_type,
+                                     layer, weight)
+        except ValueError:
+            heads = None
         return cls(num_nodes=int(graph.num_nodes), num_edges=int(src.numel()), src=src, dst=dst,
                    weight=weight, weight_ids=weight.nonzero().squeeze(1),
                    value_edge=graph.value_edges(), plain=plain, scale=scale, sign=sign,
                    node_layer=layer, canon_into=into, canon_levels=levels,
-                   has_scale=bool(scale.any()))
+                   has_scale=bool(scale.any()), heads=heads)
 
 
 def section_factors(st, edge_value: Tensor, node_value: Tensor, section: str = "balanced",

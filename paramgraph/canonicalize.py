@@ -4,12 +4,13 @@
 unchanged, to float rounding) to a point that depends only on the orbit:
 
 1. **scales and signs**: the unit-norm canonical factors of :mod:`paramgraph.canonical` (the
-   exact section the metanet's gauge uses);
+   exact section the metanet's gauge uses; a neuron reading an attention out-projection is
+   normalised by its head-invariant value path);
 2. **attention head maps** (``heads=True``): per head, the query/key pair is replaced by the
    balanced factors of the SVD of the bilinear form :math:`[W_q|b_q]^T [W_k|b_k]`, and the
-   value/output pair by those of :math:`W_o^{(h)} [W_v|b_v]`; both products (and so the
-   function) are kept, and they are invariant under the per-head maps; the sign of each
-   singular pair is fixed by its largest entry;
+   value/output pair by those of :math:`W_o^{(h)} [W_v|b_v]` (:mod:`paramgraph.canonical_heads`,
+   shared with the gauge); both products (and so the function) are kept, and they are
+   invariant under the per-head maps;
 3. **balanced section**: :func:`paramgraph.canonical.balance_factors` sweeps from there (the
    minimum-norm point of the scaling orbit, as the metanet's default gauge);
 4. **permutations**: the positions of every permutable set (tied sets together, attention heads
@@ -26,9 +27,8 @@ when the moved copy keeps the extra precision: a float32 network scaled by an ar
 and stored as float32 has lost information, so its canonical form agrees with the original's to
 within that rounding (~1e-7 relative), not bit for bit.
 
-Limit: if a neuron with a scale symmetry reads an attention block's output projection, the
-head maps and that neuron's scale cannot be fixed one after the other; the head maps are then
-left as they are (:attr:`Canonical.heads_fixed` is False).
+Head maps are left as they are with ``heads=False``, or where the attention wiring is not one
+:class:`~paramgraph.canonical_heads.HeadStructure` reads (:attr:`Canonical.heads_fixed` is False).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from .align import permutable_sets
 from .canonical import ScaleStructure, canonical_factors, section_factors
 from .graph import ParamGraph
 from .symmetry import GroupElement, apply_element
-from .types import SLOT, EdgeType, NodeType
+from .types import NodeType
 
 
 @dataclass
@@ -73,15 +73,14 @@ def canonicalize(graph: ParamGraph, *, heads: bool = True, dtype: torch.dtype | 
     if bool(sym.any()):
         f = canonical_factors(st, g.edge_value, g.node_value)
         g = apply_element(g, GroupElement(ident, f, {}, {}))
-    heads_fixed = True
-    blocks = _attention_blocks(g)
-    if blocks and heads:
-        if _scalable_reader_of_attention(g):
-            heads_fixed = False
-        else:
-            g = _fix_heads(g, blocks)
-    elif blocks:
-        heads_fixed = False
+    heads_fixed = not bool((graph.node_type == int(NodeType.ATTN_Q)).any())
+    if heads and st.heads is not None:
+        from .canonical_heads import head_sections, write_heads
+
+        ev, nv = write_heads(st.heads, head_sections(st.heads, g.edge_value, g.node_value),
+                             g.edge_value, g.node_value)
+        g = g.with_values(ev, nv)
+        heads_fixed = True
     if bool(st.scale.any()):
         f, _ = section_factors(st, g.edge_value, g.node_value, "balanced")
         g = apply_element(g, GroupElement(ident, f, {}, {}))
@@ -154,79 +153,3 @@ def _sorting_permutation(g: ParamGraph, sets) -> Tensor:
                 new_pos[m] = head_rank[pos // d] * d + inner_rank[pos]
         node_perm[s.nodes] = s.nodes - s.pos + new_pos
     return node_perm
-
-
-# -- attention head maps ---------------------------------------------------------------------------
-
-@dataclass
-class _Block:
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    heads: int
-
-
-def _attention_blocks(g: ParamGraph) -> list[_Block]:
-    ntype = g.node_type
-    blocks = []
-    q_all = (ntype == int(NodeType.ATTN_Q)).nonzero().squeeze(1)
-    for gid in g.perm_group[q_all].unique().tolist():
-        in_group = g.perm_group == gid
-        q, k, v = ((in_group & (ntype == int(t))).nonzero().squeeze(1)
-                   for t in (NodeType.ATTN_Q, NodeType.ATTN_K, NodeType.ATTN_V))
-        blocks.append(_Block(q, k, v, int(g.node_head[q].max()) + 1))
-    return blocks
-
-
-def _scalable_reader_of_attention(g: ParamGraph) -> bool:
-    src, dst = g.edge_index
-    out_edges = g.edge_type == int(EdgeType.ATTN_OUT)
-    return bool(g.node_scale[dst[out_edges]].any())
-
-
-def _rows(g: ParamGraph, etype: EdgeType, nodes: Tensor, by: str = "dst") -> Tensor:
-    """Value indices of the ``etype`` edges into (``by="dst"``) ``nodes``: ``[len(nodes), fan]``;
-    with ``by="src"``, of the edges out of ``nodes``: ``[fan_out, len(nodes)]``."""
-    src, dst = g.edge_index
-    end = dst if by == "dst" else src
-    ids = ((g.edge_type == int(etype)) & torch.isin(end, nodes)).nonzero().squeeze(1)
-    offsets = g.edge_offsets()[ids]
-    return offsets.view(nodes.numel(), -1) if by == "dst" else offsets.view(-1, nodes.numel())
-
-
-def _balanced_svd(mat: Tensor, d: int) -> tuple[Tensor, Tensor]:
-    """``(L, R)`` with ``L @ R == mat`` (rank <= d), ``L = U sqrt(S)``, ``R = sqrt(S) V^T``,
-    each singular pair's sign fixed by the largest entry of ``R``'s row."""
-    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
-    u, s, vh = u[:, :d], s[:d], vh[:d]
-    big = vh.abs().argmax(1)
-    flip = torch.sign(vh[torch.arange(d), big])
-    flip = torch.where(flip == 0, torch.ones_like(flip), flip)
-    root = s.sqrt()
-    return u * (flip * root), (flip * root).unsqueeze(1) * vh
-
-
-def _fix_heads(g: ParamGraph, blocks: list[_Block]) -> ParamGraph:
-    ev, nv = g.edge_value.clone(), g.node_value.clone()
-    bias = SLOT["bias"]
-    for b in blocks:
-        h = b.heads
-        d = b.q.numel() // h
-        iq, ik, iv = (_rows(g, t, nodes) for t, nodes in (
-            (EdgeType.ATTN_IN_Q, b.q), (EdgeType.ATTN_IN_K, b.k), (EdgeType.ATTN_IN_V, b.v)))
-        io = _rows(g, EdgeType.ATTN_OUT, b.v, by="src")  # [out, H*d]
-        for hh in range(h):
-            sl = slice(hh * d, (hh + 1) * d)
-            q_aug = torch.cat([ev[iq[sl]], nv[b.q[sl], bias].unsqueeze(1)], 1)
-            k_aug = torch.cat([ev[ik[sl]], nv[b.k[sl], bias].unsqueeze(1)], 1)
-            left, right = _balanced_svd(q_aug.T @ k_aug, d)  # [D+1, d], [d, D+1]
-            new_q, new_k = left.T, right
-            ev[iq[sl]], nv[b.q[sl], bias] = new_q[:, :-1], new_q[:, -1]
-            ev[ik[sl]], nv[b.k[sl], bias] = new_k[:, :-1], new_k[:, -1]
-            v_aug = torch.cat([ev[iv[sl]], nv[b.v[sl], bias].unsqueeze(1)], 1)
-            o = ev[io[:, sl]]  # [out, d]
-            left, right = _balanced_svd(o @ v_aug, d)
-            ev[io[:, sl]] = left
-            ev[iv[sl]], nv[b.v[sl], bias] = right[:, :-1], right[:, -1]
-    return g.with_values(ev, nv)
-
