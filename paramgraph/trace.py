@@ -9,6 +9,8 @@ transposes move the feature dimension.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import operator
 import warnings
@@ -135,8 +137,8 @@ def _propagate(module: nn.Module, gm: fx.GraphModule, example_input: Tensor) -> 
     """Run the traced forward on ``example_input`` to record every shape; a failure (a wrong input
     shape, say) is one line naming the layer that failed and why."""
     interp = _ShapePass(gm)
-    try:
-        with torch.no_grad():
+    try:  # ShapeProp prints the traceback of a failing node itself: keep it off the terminal
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             interp.propagate(example_input)
     except Exception as err:
         node, cause = interp.current, err.__cause__ or err

@@ -108,7 +108,7 @@ def run_case(name: str, repeats: int) -> dict:
     # warm up imports and torch.fx on a tiny network, so the cold call measures the conversion
     pg.to_state_dict(pg.from_module(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(),
                                                         torch.nn.Linear(4, 2)), torch.randn(1, 3)))
-    model, x = bench_models.MODELS[name]()
+    model, x = bench_models.ALL_MODELS[name]()
     reference = {k: v for k, v in model.state_dict().items()
                  if not k.endswith("num_batches_tracked")}
     n_params = sum(t.numel() for t in reference.values())
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(bench_models.MODELS),
-                        choices=list(bench_models.MODELS))
+                        choices=list(bench_models.ALL_MODELS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "bench_convert.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -8,7 +8,9 @@
   which are parameters added to activations and not part of the parameter-graph model).
 * :func:`wide_mlp`: 1024 -> 4096 -> 4096 -> 1000 with ReLU: 25.0M parameters.
 
-Only torch is imported, so these definitions do not depend on paramgraph.
+Only torch is imported, so these definitions do not depend on paramgraph. ``OPTIONAL_MODELS``
+(``tv_mobilenet_v2``, ``tv_convnext_tiny``, ...) build torchvision's models when it is installed;
+``--models`` selects them, the default run does not.
 """
 
 from __future__ import annotations
@@ -89,3 +91,21 @@ def wide_mlp() -> tuple[nn.Module, torch.Tensor]:
 
 
 MODELS = {"resnet18": resnet18, "vit_small": vit_small, "wide_mlp": wide_mlp}
+
+
+def _torchvision(name: str):
+    """A random-initialised torchvision model and a 1x3x32x32 input (torchvision is optional;
+    imported as scripts/coverage.py does, tolerating C operators that fail to register)."""
+    def build() -> tuple[nn.Module, torch.Tensor]:
+        from coverage import import_torchvision
+
+        tv = import_torchvision()
+        return tv.models.get_model(name, weights=None).eval(), torch.randn(1, 3, 32, 32)
+    return build
+
+
+# The CNNs of issue 13, from torchvision when it is installed (not run by default).
+OPTIONAL_MODELS = {f"tv_{n}": _torchvision(n) for n in (
+    "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "resnext50_32x4d",
+    "regnet_y_400mf", "shufflenet_v2_x1_0", "densenet121")}
+ALL_MODELS = {**MODELS, **OPTIONAL_MODELS}

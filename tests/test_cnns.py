@@ -286,10 +286,11 @@ def test_pt2_with_in_place_ops_is_functionalised():
 
 # -- one-line errors -------------------------------------------------------------------------------
 
-def test_wrong_input_shape_is_one_line_naming_the_layer():
+def test_wrong_input_shape_is_one_line_naming_the_layer(capfd):
     module = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 2, 3)))
     with pytest.raises(pg.UnsupportedModuleError) as info:
         pg.from_module(module, torch.randn(2, 3, 8, 8))
+    assert capfd.readouterr().err == ""  # no traceback printed on the way
     msg = str(info.value)
     assert "\n" not in msg and len(msg) < 400, msg
     assert info.value.path == "0" and msg.startswith("submodule '0' (Conv2d)")
