@@ -24,8 +24,11 @@ field               shape         meaning
 ``node_sign``       [N] bool      has a sign-flip symmetry
 ``perm_group``      [N] long      permutable channel set (tied sets share one); -1: fixed
 ``perm_pos``        [N] long      position inside that set (tied nodes share it)
-``node_head``       [N] long      attention head of q/k/v nodes, -1 elsewhere
-``head_role``       [N] int8      :class:`~paramgraph.types.HeadRole`
+``node_head``       [N] long      block of a node inside its permutable set: the attention
+                                  head of q/k/v nodes, the channel group of a grouped
+                                  convolution's or GroupNorm's channels; -1 elsewhere
+``head_role``       [N] int8      :class:`~paramgraph.types.HeadRole` (QK, VO; GROUP + k for
+                                  role k of a channel group: inputs, outputs)
 ``segments``        object        :class:`SegmentTable`: where every converted tensor lives
 ==================  ============  =========================================================
 

@@ -335,3 +335,25 @@ def test_a_resnext_lookalike_converts_fast_enough_to_matter():
     assert time.perf_counter() - start < 5.0
     # the grouped conv's input and output, and the depthwise output tied to the latter
     assert int((graph.node_head >= 0).sum()) == 3 * 256
+
+
+def test_cli_wrong_input_shape_and_inplace_pt2_are_handled(tmp_path, capsys):
+    from paramgraph.tasks.cli import main
+    from tests.cli_archs import make_cnn
+
+    torch.save(make_cnn().state_dict(), tmp_path / "c.pt")
+    code = main(["convert", str(tmp_path / "c.pt"), "--arch", "tests.cli_archs:make_cnn",
+                 "--input-shape", "2,3,8,8"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "submodule 'stem' (Conv2d)" in err and "to have 1 channels, but got 3" in err
+    assert "--input-shape" in err and "Traceback" not in err
+    # a .pt2 of a residual block with `out += x` converts (functionalised on the way)
+    module = randomize(_InplaceResidual(), 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(module, (torch.randn(2, 4, 6, 6),)),
+                          tmp_path / "r.pt2")
+    assert main(["convert", str(tmp_path / "r.pt2"), "-o", str(tmp_path / "r.pgraph")]) == 0
+    graph = pg.load_graph(tmp_path / "r.pgraph")
+    assert_state_equal(pg.to_state_dict(graph), reference_state(module))
