@@ -1002,6 +1002,23 @@ def _clamp_function(c: FxConverter, node: fx.Node, path: str):
     return c._activation(node, c._take(node, node.args[0]), _clip(lo, hi))
 
 
+def _batch_norm_function(c: FxConverter, node: fx.Node, path: str):
+    """``F.batch_norm(x, running_mean, running_var, weight, bias, training, ...)`` in eval form
+    (timm's BatchNormAct2d calls it); batch statistics (training=True) are refused."""
+    if node_arg(node, 5, "training", False) is not False:
+        raise UnsupportedModuleError(path, c._owner(path, "batch_norm"), "it normalises with the "
+                                     "batch's statistics (training=True or no running "
+                                     "statistics); convert a module with running statistics")
+    mean, var, w, b = c._attr_args(node, 1, ("running_mean", "running_var", "weight", "bias"))
+    val = c._take(node, node.args[0])
+    if val.feat is not None and c._fdim(val) != 1:
+        raise UnsupportedModuleError(path, "batch_norm", "its features are not in dim 1")
+    params = {k: v for k, v in (("norm_weight", w), ("norm_bias", b), ("running_mean", mean),
+                                ("running_var", var)) if v is not None}
+    feat = c.b.norm(c._feat(val, "channels"), NormKind.BATCH, params, path)
+    return c._result(node, feat, 1)
+
+
 def _group_norm_function(c: FxConverter, node: fx.Node, path: str):
     w, b = c._attr_args(node, 2, ("weight", "bias"))
     return c._channel_norm(node, c._take(node, node.args[0]), path, NormKind.GROUP,
@@ -1045,8 +1062,10 @@ _FUNCTION_HANDLERS: dict[object, Handler] = {
     **dict.fromkeys((F.hardtanh, F.hardtanh_), _hardtanh_function),
     **dict.fromkeys((torch.clamp, torch.clip, torch.clamp_min), _clamp_function),
     F.group_norm: _group_norm_function,
-    **dict.fromkeys((operator.floordiv, operator.truediv, operator.sub, operator.mod),
-                    _size_arithmetic),
+    F.batch_norm: _batch_norm_function,
+    **dict.fromkeys((operator.floordiv, operator.truediv, operator.sub, operator.mod,
+                     operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
+                     operator.and_, operator.or_, operator.not_), _size_arithmetic),
     torch.cat: _on_node(FxConverter._cat),
     **{f: _on_input(FxConverter._pool, how) for f, how in _POOL_FUNCTIONS.items()},
     **{getattr(torch, name): _on_node(FxConverter._reduce, how) for name, how in _REDUCE.items()},
