@@ -384,7 +384,7 @@ class FxConverter:
         if not isinstance(val, TracedValue):
             raise UnsupportedModuleError(self._path(node), str(node.target),
                                          f"argument '{arg.name}' is not a traced activation")
-        if val.feat is not None and len(arg.users) > 1:
+        if val.feat is not None and sum(not _shape_query(u) for u in arg.users) > 1:
             val = replace(val, feat=replace(val.feat, exclusive=False))
         return val
 
@@ -951,6 +951,12 @@ _MODULE_HANDLERS: dict[type, Handler] = {
     nn.GELU: _gelu_module,
     nn.Sigmoid: _sigmoid_module,
 }
+
+
+def _shape_query(node: fx.Node) -> bool:
+    """``x.shape``, ``x.ndim``, ``x.size()``, ``x.dim()``: reads no values (does not stop a fold)."""
+    return (node.op == "call_function" and node.target is getattr) or \
+        (node.op == "call_method" and node.target in ("size", "dim"))
 
 
 def _target_name(target) -> str:

@@ -357,3 +357,32 @@ def test_cli_wrong_input_shape_and_inplace_pt2_are_handled(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "r.pt2"), "-o", str(tmp_path / "r.pgraph")]) == 0
     graph = pg.load_graph(tmp_path / "r.pgraph")
     assert_state_equal(pg.to_state_dict(graph), reference_state(module))
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: a BatchNorm2d subclass whose forward asserts the rank, calls
+    F.batch_norm and then an activation (traced through, being no torch.nn class)."""
+
+    def __init__(self, c):
+        super().__init__(c)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        torch._assert(x.ndim == 4, "expected 4D input")
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         bn_training, 0.1, self.eps)
+        return self.act(x)
+
+
+def test_functional_batch_norm_subclass_converts_like_the_module():
+    torch.manual_seed(0)
+    a = randomize(nn.Sequential(nn.Conv2d(3, 4, 3), _BatchNormAct(4), nn.Conv2d(4, 2, 1)), 8)
+    b = randomize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                nn.Conv2d(4, 2, 1)), 8)
+    b[3].load_state_dict(a[2].state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    ga, gb = pg.from_module(a, x), pg.from_module(b, x)
+    assert_state_equal(pg.to_state_dict(ga), reference_state(a))
+    for key in ("edge_index", "edge_value", "node_value", "node_act", "node_scale", "perm_group"):
+        assert torch.equal(getattr(ga, key), getattr(gb, key)), key

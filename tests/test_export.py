@@ -180,10 +180,10 @@ class Exp(nn.Module):
         return torch.exp(self.fc(x))
 
 
-class Grouped(nn.Module):
+class Transposed(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(4, 4, 3, groups=2)
+        self.conv = nn.ConvTranspose2d(4, 4, 3)
 
     def forward(self, x):
         return self.conv(x)
@@ -200,7 +200,7 @@ class Shared(nn.Module):
 
 @pytest.mark.parametrize("make, shape, message", [
     (Exp, (2, 4), r"aten\.exp.*not supported"),
-    (Grouped, (2, 4, 5, 5), r"submodule 'conv'.*groups=2"),
+    (Transposed, (2, 4, 5, 5), r"submodule 'conv' \(aten\.conv_transpose2d\)"),
     (Shared, (2, 4), r"fc\.weight"),
 ])
 def test_unsupported_programs_name_the_operator(make, shape, message):
