@@ -50,22 +50,51 @@ neuron) is applied to the values before any message passing:
    factor is :math:`e^{s_n}`. Signs come from :math:`c` alone (they are discrete and cannot be
    learned continuously).
 
+3. **Attention heads** (:mod:`paramgraph.canonical_heads`, where the batch has attention).
+   A head's augmented projections (weights, bias as a last column) :math:`\\hat Q, \\hat K,
+   \\hat V` (``d x (D+1)``) and out-projection slice :math:`O` (``D_out x d``) move under
+   :math:`(M, N) \\in GL(d)^2` as :math:`\\hat Q \\to M^T \\hat Q`, :math:`\\hat K \\to M^{-1}
+   \\hat K`, :math:`\\hat V \\to N^T \\hat V`, :math:`O \\to O N^{-T}`, which keeps the bilinear
+   form :math:`A = \\hat Q^T \\hat K` and the value path :math:`P = O \\hat V`. The section
+   replaces each pair by the balanced factors of the thin SVD: :math:`A = U S V^T \\Rightarrow
+   \\hat Q' = S^{1/2} U^T, \\hat K' = S^{1/2} V^T`; :math:`P = U' S' V'^T \\Rightarrow
+   O' = U' S'^{1/2}, \\hat V' = S'^{1/2} V'^T` (singular values decreasing, each pair's sign set
+   by the largest entry of its key/value row). Computed batched per head shape through QR
+   factors and one ``d x d`` SVD per head (no loop over heads), in float64. Order:
+   (i) unit-norm scale/sign factors, where a neuron that reads an out-projection is normalised
+   by its row of :math:`\\sum_h O_h \\hat V_h` (head-invariant) instead of its raw weights;
+   (ii) the head section on that network; (iii) the balancing sweeps from the result (they read
+   outgoing norms into q/k/v, which the head section fixed). Each step reads an input the
+   previous ones made invariant, so the whole is. :math:`\\kappa` then also acts on the freedom
+   the head section leaves: direction ``i`` of a head (its ``i``-th query / value node, where
+   the section put it) gets :math:`e^{t}` on the query (value) row and :math:`e^{-t}` on the
+   key row (out-projection column), ``t`` the same bounded network output as for scales, read
+   from the canonical network. A positive diagonal map: a group element, so the function is
+   kept. Exactness degrades only at repeated non-zero singular values (a rotation inside the
+   repeated block is left free; near a repeat the error grows as ``eps * s_1 / gap``, as do the
+   SVD's gradients); zero singular values (dead heads) stay exact. The converter represents
+   neither rotary embeddings nor grouped-query attention (nor cross-attention), so no
+   restricted form is needed yet; see :mod:`paramgraph.canonical_heads`.
+
 Because :math:`\\kappa` reads only invariant inputs,
 :math:`\\alpha(g\\theta) = \\alpha(\\theta) g^{-1}`,
 so the gauged network :math:`\\alpha(\\theta)\\theta` is (i) functionally identical to
 :math:`\\theta` (it is :math:`\\theta` moved by a group element) and (ii) exactly invariant under
-the neurons' positive scalings and sign flips. :math:`\\kappa`'s parameters get gradients (the
-downstream GNN is not scale invariant, so the choice of gauge matters) and changing them changes
-the metanet's output.
+the neurons' positive scalings and sign flips and the heads' maps. :math:`\\kappa`'s parameters
+get gradients (the downstream GNN is not scale invariant, so the choice of gauge matters) and
+changing them changes the metanet's output. A weight head's output is returned in the gauged
+frame or, with ``frame="input"``, moved back by :meth:`Gauged.undo` (``1 / alpha``, then the
+inverse head maps), which makes it strictly equivariant.
 
 **What it fixes**, for every architecture :mod:`paramgraph` converts (MLPs, CNNs with or without
 batch norm and residual blocks, transformer encoder layers, SIRENs): the positive scale of every
 neuron with ``node_scale`` (ReLU / LeakyReLU / identity, including normalised neurons, through
-their affine parameters) and the sign of every neuron with ``node_sign`` (tanh / sin / identity).
-Permutations are not fixed here: the GNN after the gauge is permutation equivariant by
-construction. **Not fixed** (future work): the per-head GL(d_head) symmetry of attention
-(``W_q -> M^T W_q``, ``W_k -> M^{-1} W_k`` and the v/o pair). A metanet in ``quasi`` mode is
-therefore invariant to a transformer's permutations, scales and signs but not to its head maps.
+their affine parameters), the sign of every neuron with ``node_sign`` (tanh / sin / identity)
+and the per-head GL(d_head) maps of attention (``W_q -> M^T W_q``, ``W_k -> M^{-1} W_k`` and the
+v/o pair). Permutations are not fixed here: the GNN after the gauge is permutation equivariant
+by construction. A metanet in ``quasi`` mode is therefore invariant to the whole symmetry group
+that :func:`paramgraph.random_symmetry` draws. Networks without attention take the same code
+path as before the head section (bit-identical outputs).
 """
 
 from __future__ import annotations
@@ -158,9 +187,11 @@ class GaugeMap(nn.Module):
     """``mode="quasi"``'s gauge: canonicaliser then the learned factor; see the module docstring.
 
     ``forward(st, edge_value, node_value, node_mask)`` returns ``(edge_value, node_value,
-    alpha)``: the gauged values (functionally identical to the input, invariant under scales and
-    signs) and the per-neuron factor ``alpha`` that was applied (``apply_factors(st, 1 / alpha,
-    ...)`` undoes it). ``section``: ``"balanced"`` (default) rebalances the unit-norm canonical
+    alpha)``: the gauged values (functionally identical to the input, invariant under scales,
+    signs and attention head maps) and the per-neuron factor ``alpha`` that was applied
+    (``apply_factors(st, 1 / alpha, ...)`` undoes it where there is no attention; in general
+    :meth:`gauge` returns a :class:`Gauged` whose ``undo`` also inverts the head maps).
+    ``section``: ``"balanced"`` (default) rebalances the unit-norm canonical
     network towards the minimum-norm point of its scaling orbit (:func:`balance_factors`),
     ``"unit"`` keeps unit-norm incoming weights. ``learned=False`` gives the bare canonical
     section (an ablation). The section is computed in float64 (``precise``) so that rounding of

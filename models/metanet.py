@@ -5,7 +5,7 @@ Three modes share one code path (ARCHITECTURE.md):
 * ``"quasi"``: the learned gauge map of :mod:`paramgraph.models.gauge` (exact canonicaliser composed with a
   learned, invariantly computed scale), then the unconstrained permutation-equivariant backbone
   (:mod:`paramgraph.models.backbone`). Exactly invariant (invariant head) or quasi-equivariant (weight
-  head) to permutations, positive scalings and sign flips.
+  head) to permutations, positive scalings, sign flips and attention head maps.
 * ``"perm"``: the same backbone without the gauge (the GMN / Neural Graphs family): exactly
   permutation invariant/equivariant, not scale or sign invariant.
 * ``"strict"``: the same backbone with exactly scale- and sign-equivariant layers (value channels
@@ -82,10 +82,10 @@ class MetaNet(nn.Module):
             (``strict``) or the raw values (``perm``). Off by default: it did not help ``quasi``
             on the cnn zoo's validation split (README).
         frame: ``quasi`` weight head only. ``"gauged"`` (default): values are returned in gauged
-            coordinates, so ``theta`` and ``g theta`` (g a scaling/sign flip) give the *same*
-            output values (quasi-equivariance with ``g' = 1``; with permutations, the same
-            values permuted). ``"input"``: the gauge is undone (``alpha(theta)^-1`` applied to
-            the output), which makes the output strictly equivariant,
+            coordinates, so ``theta`` and ``g theta`` (g a scaling, sign flip or head map) give
+            the *same* output values (quasi-equivariance with ``g' = 1``; with permutations,
+            the same values permuted). ``"input"``: the gauge is undone (``alpha(theta)^-1`` and the
+            inverse head maps applied to the output), which makes the output strictly equivariant,
             ``F(g theta) = g F(theta)``, because ``alpha(g theta) = alpha(theta) g^-1``.
         checkpoint: recompute each message-passing round during backward instead of storing
             its activations (for graphs of millions of edges; same results, more time).

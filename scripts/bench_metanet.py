@@ -5,7 +5,11 @@ Workloads (hidden 64, 4 layers, invariant head, float32, CPU):
 * ``small``: a batch of 64 small-CNN graphs (conv 1->16->16->16, 3x3, ReLU, global average
   pooling, linear to 10 classes; 4,970 parameters, 688 edges each);
 * ``large``: a batch of 8 CNN graphs of ~1M parameters each (conv 1->64->128->256->256, 3x3,
-  ReLU, pooling, linear; 962,954 parameters, ~109k edges each).
+  ReLU, pooling, linear; 962,954 parameters, ~109k edges each);
+* ``vit``: a batch of 16 small vision transformers of the zoo's family (``tasks/archs.py``:
+  width 16, 2 encoder layers, 2 heads, feed-forward 32; 64 attention heads in the batch), where
+  ``quasi``'s gauge also runs the attention head section (issue 15). Not in the default run:
+  ``--workloads vit``.
 
 For each workload and thread count (1 and 2), one child process builds the batch and times every
 mode *interleaved* (perm, strict, quasi, perm, ...) so that a busy machine slows all modes alike;
@@ -47,7 +51,9 @@ MODES = ("perm", "strict", "quasi")
 WORKLOADS = {
     "small": dict(count=64, channels=(16, 16, 16), pool=None),
     "large": dict(count=8, channels=(64, 128, 256, 256), pool=2),
+    "vit": dict(count=16, vit=dict(family="vit", width=16, layers=2, heads=2, ff=32)),
 }
+DEFAULT_WORKLOADS = ("small", "large")
 
 
 def _build_batch(workload: str):
@@ -59,6 +65,14 @@ def _build_batch(workload: str):
 
     spec = WORKLOADS[workload]
     graphs = []
+    if "vit" in spec:
+        from paramgraph.tasks.archs import build_model
+
+        for i in range(spec["count"]):
+            torch.manual_seed(i)
+            graphs.append(paramgraph.from_module(build_model(spec["vit"]).eval(),
+                                                 torch.randn(2, 1, 8, 8)))
+        return Batch.from_data_list(graphs), graphs
     for i in range(spec["count"]):
         torch.manual_seed(i)
         layers, c_in = [], 1
@@ -170,7 +184,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small workload, 1 repeat")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    p.add_argument("--workloads", nargs="+", default=list(DEFAULT_WORKLOADS),
+                   choices=list(WORKLOADS))
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--out", default=str(ROOT / "bench_results" / "bench_metanet.json"))

@@ -3,8 +3,8 @@
     .venv/bin/python scripts/check_invariance.py RUN [RUN ...] [--split test] [--draws 3]
 
 For every network of the split (collapsed ones included) and ``--draws`` random elements of its
-symmetry group (permutations, positive scales in ``--scale-range`` and sign flips; attention
-head maps excluded), the run's best metanet predicts the original and the moved network in the
+symmetry group (permutations, positive scales in ``--scale-range``, sign flips and attention
+head maps; ``--no-heads`` leaves the head maps out), the run's best metanet predicts the original and the moved network in the
 run's own dtype; the table gives the largest and the 99th-percentile absolute change of the
 prediction (the task's output: accuracy, class probabilities, image), and how many networks are
 *collapsed* (a hidden channel whose incoming weights have norm below 1e-6). JSON with every
@@ -38,7 +38,7 @@ def collapsed(graph, threshold: float = 1e-6) -> bool:
 
 
 def check_run(run: str, split: str, draws: int, scale_range: tuple[float, float],
-              batch_size: int = 64) -> dict:
+              batch_size: int = 64, heads: bool = True) -> dict:
     """Largest and p99 prediction change of ``run``'s metanet over ``split``."""
     import numpy as np
     import torch
@@ -59,7 +59,7 @@ def check_run(run: str, split: str, draws: int, scale_range: tuple[float, float]
             chunk = graphs[start:start + batch_size]
             base = objective.predict(net, *prepare(Batch.from_data_list(chunk)), data.hidden)
             for _ in range(draws):
-                moved = [paramgraph.random_symmetry(g, generator=gen, heads=False,
+                moved = [paramgraph.random_symmetry(g, generator=gen, heads=heads,
                                                     scale_range=scale_range) for g in chunk]
                 pred = objective.predict(net, *prepare(Batch.from_data_list(moved)), data.hidden)
                 diff = (pred - base).abs().reshape(len(chunk), -1).amax(1)
@@ -78,12 +78,15 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.01, 100.0))
+    p.add_argument("--no-heads", action="store_true",
+                   help="leave attention head maps out of the drawn elements")
     p.add_argument("--out", default="bench_results/invariance.json")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    rows = [check_run(r, args.split, args.draws, tuple(args.scale_range)) for r in args.runs]
+    rows = [check_run(r, args.split, args.draws, tuple(args.scale_range),
+                      heads=not args.no_heads) for r in args.runs]
     print("| run | mode | networks | collapsed | max change | p99 change | max on collapsed |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

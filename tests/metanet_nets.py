@@ -11,8 +11,8 @@ module with random weights (batch-norm statistics included). Symmetries each one
 * ``siren``: sign flips of sine neurons;
 * ``transformer``: a TransformerEncoderLayer between linear layers: tied residual-stream
   permutations, attention-head permutations, ReLU feed-forward scales, the final LayerNorm's
-  scale and sign. Its per-head GL(d_head) maps are *not* handled by the gauge (future work), so
-  tests draw its symmetries with ``heads=False``.
+  scale and sign, and its per-head GL(d_head) maps (fixed by ``quasi``'s head section; tests of
+  ``strict`` draw ``heads=False``).
 """
 
 from __future__ import annotations
