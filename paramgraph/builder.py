@@ -17,6 +17,7 @@ the size of the graph is built twice (peak memory stays near the graph's own siz
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, replace
 
 import torch
@@ -309,6 +310,20 @@ class GraphBuilder:
             raise UnsupportedModuleError(path, "normalisation", "it normalises a flattened "
                                          "feature map; only per-channel/per-feature norms are supported")
         target = x.layer if self._can_fold(x, stage=0) and x.pooled == "none" else None
+        parts = self._parts(x) if target is None and groups == 1 else None
+        if parts is not None and len(parts) > 1:
+            # a concatenation of whole node sets (DenseNet): one NORM set per part, each tied to
+            # its part, so the parts keep their own permutations
+            sets = [self._new_set(p.size, NodeType.NORM, x.depth + 1) for p in parts]
+            for p, t in zip(parts, sets):
+                self._one_to_one(p, t, EdgeType.NORM)
+                u = self.sets[t]
+                u.norm, u.stage = kind, 1
+                u.norm_affine = "norm_weight" in params or "norm_bias" in params
+            for slot, (name, t) in params.items():  # the new sets are consecutive nodes
+                self._node_segment(name, t, self.sets[sets[0]].start, slot)
+            nodes = torch.cat([self.sets[t].nodes for t in sets])
+            return Feat(nodes, None, x.depth + 1)
         if target is None:
             target = self._new_set(x.size, NodeType.NORM, x.depth + 1)
             self._one_to_one(x, target, EdgeType.NORM)
@@ -330,9 +345,32 @@ class GraphBuilder:
             s = self.sets[x.layer]
             s.act, s.stage = act, 2
             return x
+        if x.layer is None and x.exclusive and commutes:  # the per-part norms of a concatenation
+            parts = self._parts(x)
+            if parts and all(self._can_fold(p, stage=1) for p in parts):
+                for p in parts:
+                    self.sets[p.layer].act, self.sets[p.layer].stage = act, 2
+                return x
         out = self._new_set(x.size, NodeType.COPY, x.depth + 1, act=act, stage=2)
         self._one_to_one(x, out, EdgeType.IDENTITY)
         return replace(self._feat(out), spatial=x.spatial, channel_major=x.channel_major)
+
+    def _parts(self, x: Feat) -> list[Feat] | None:
+        """``x``'s neurons as whole node sets in their own order, one after another (what a
+        concatenation of whole values gives), or None."""
+        if x.layer is not None or x.spatial != 1 or x.size == 0:
+            return None
+        starts = [s.start for s in self.sets]
+        nodes, parts, i = x.nodes, [], 0
+        while i < nodes.numel():
+            k = bisect.bisect_right(starts, int(nodes[i])) - 1
+            s = self.sets[k]
+            if int(nodes[i]) != s.start or i + s.size > nodes.numel() \
+                    or not torch.equal(nodes[i : i + s.size], s.nodes):
+                return None
+            parts.append(Feat(s.nodes, k, x.depth, exclusive=x.exclusive))
+            i += s.size
+        return parts
 
     def _can_fold(self, x: Feat, stage: int) -> bool:
         if not x.exclusive or x.layer is None:
