@@ -439,7 +439,10 @@ class FxConverter:
     def _conv(self, node, val: TracedValue, path, weight, bias, groups: int = 1) -> TracedValue:
         if val.feat is not None and self._fdim(val) != 1:
             raise UnsupportedModuleError(path, "convolution", "its input's channels are not in "
-                                         "dimension 1")
+                                         "dimension 1: it slides along the features (as ECA "
+                                         "attention's conv over the channel axis does), sharing "
+                                         "one kernel across them, which a parameter graph cannot "
+                                         "represent")
         feat = self.b.conv(self._feat(val, "channels"), weight, bias, path, groups)
         return self._result(node, feat, 1)
 
