@@ -32,11 +32,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from paramgraph.types import Activation, EdgeType, NodeType, NormKind
-
 from .structure import GraphStructure, fourier_features, fourier_frequencies, symlog
 
 MAX_DEPTH = 64
+# Rows of every type-code embedding (node/edge type, activation, norm kind): more than any of the
+# enums of paramgraph.types has, so that a new layer type does not change the shape of a trained
+# metanet (a checkpoint sized by the enums stopped loading whenever one was added).
+CODE_SLOTS = 32
 _NODE_SLOTS = 5
 
 
@@ -86,7 +88,7 @@ class EdgeEncoder(nn.Module):
         nn.init.normal_(self.kernel, std=1.0 / math.sqrt(9.0))
         d_stats = 2 * (1 + 2 * num_freqs) + 2
         self.stats = nn.Linear(d_stats, hidden)
-        self.type_emb = nn.Embedding(len(EdgeType) + 4, hidden)
+        self.type_emb = nn.Embedding(CODE_SLOTS, hidden)
         self.mlp = _mlp(hidden, hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
 
@@ -113,9 +115,9 @@ class NodeEmbedding(nn.Module):
 
     def __init__(self, hidden: int, num_pos: int = 8):
         super().__init__()
-        self.type_emb = nn.Embedding(len(NodeType) + 4, hidden)
-        self.act_emb = nn.Embedding(len(Activation) + 4, hidden)
-        self.norm_emb = nn.Embedding(len(NormKind) + 2, hidden)
+        self.type_emb = nn.Embedding(CODE_SLOTS, hidden)
+        self.act_emb = nn.Embedding(CODE_SLOTS, hidden)
+        self.norm_emb = nn.Embedding(CODE_SLOTS, hidden)
         self.depth_emb = nn.Embedding(MAX_DEPTH + 1, hidden)
         self.sym_emb = nn.Embedding(4, hidden)
         self.num_pos = num_pos

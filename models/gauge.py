@@ -115,8 +115,7 @@ from paramgraph.canonical import (  # the exact section: one home, shared with p
 from paramgraph.canonical import edge_multipliers as _edge_multipliers
 from paramgraph.canonical import edge_value_sums as _edge_sums
 from paramgraph.canonical_heads import HeadFrame, head_sections, write_heads
-from paramgraph.types import Activation, NodeType, NormKind
-
+from .encoders import CODE_SLOTS
 from .structure import GraphStructure, symlog
 
 SOFT_SIGN_WIDTH = 0.1  # sign_confidence: a neuron's sign counts as sure from |r| >~ 0.2
@@ -208,9 +207,9 @@ class GaugeMap(nn.Module):
         self.section, self.sweeps, self.precise = section, int(sweeps), precise
         if not learned:
             return
-        self.type_emb = nn.Embedding(len(NodeType) + 4, hidden)
-        self.act_emb = nn.Embedding(len(Activation) + 4, hidden)
-        self.norm_emb = nn.Embedding(len(NormKind) + 2, hidden)
+        self.type_emb = nn.Embedding(CODE_SLOTS, hidden)
+        self.act_emb = nn.Embedding(CODE_SLOTS, hidden)
+        self.norm_emb = nn.Embedding(CODE_SLOTS, hidden)
         self.inp = nn.Linear(_NUM_FEATURES, hidden)
         self.mix = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.out = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))

@@ -408,3 +408,17 @@ def test_soft_signs_make_quasi_continuous_where_a_bias_crosses_zero(soft):
         assert jump(1e-9) < 1e-5 and jump(1e-9) < jump(1e-6) / 100
     else:
         assert jump(1e-9) > 1e-3 and jump(1e-9) > jump(1e-6) / 2
+
+
+def test_type_code_embeddings_have_room_for_every_code():
+    """The embedding tables have a fixed number of rows (a new layer type must not change the
+    shape of trained metanets); every code of paramgraph.types must index into them."""
+    from paramgraph.types import Activation, EdgeType, NodeType, NormKind
+    from paramgraph.models.encoders import CODE_SLOTS
+
+    for codes in (Activation, EdgeType, NodeType, NormKind):
+        assert max(int(c) for c in codes) < CODE_SLOTS, codes
+    net = models.MetaNet(mode="quasi", hidden=8, layers=1)
+    rows = {name: m.num_embeddings for name, m in net.named_modules()
+            if isinstance(m, torch.nn.Embedding) and name.endswith(("type_emb", "act_emb", "norm_emb"))}
+    assert rows and set(rows.values()) == {CODE_SLOTS}, rows
