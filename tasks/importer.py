@@ -39,6 +39,7 @@ from pathlib import Path
 from paramgraph.errors import ParamGraphError
 
 from .errors import ZooError
+from .io import sha256_file
 from .labels import LabelTable, groups_and_splits, read_labels, source_options
 
 GRAPHS = "graphs"
@@ -71,15 +72,6 @@ class FileSource:
 
     def content_digest(self) -> str:
         return sha256_file(self.path)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def convert_source(source, templates: dict):

@@ -205,19 +205,12 @@ class Generalization(Objective):
         return {self.target: [float(v) for v in pred]}
 
 
-class InrClass(Objective):
-    name = "inr-class"
-    target = "label"
-    zoo_kinds = ("inr",)
-    out_dim = 10
+class _ClassLogits:
+    """What every classification task shares: logits out of the head, cross-entropy, accuracy,
+    and a gradient-boosting classifier as the baseline (mixed in before :class:`Objective`)."""
+
     select = "accuracy"
     higher = True
-
-    def targets(self, zoo) -> Tensor:
-        import torch
-
-        labels = self._column(zoo, "label", _INR_TARGETS)
-        return torch.tensor([int(c) for c in labels], dtype=torch.long)
 
     def from_output(self, out, hidden):
         return out
@@ -234,6 +227,20 @@ class InrClass(Objective):
 
     def fit_baseline(self, x_train, y_train, x_eval, seed):
         return fit_classifier(x_train, y_train, x_eval, seed, self.out_dim)
+
+
+class InrClass(_ClassLogits, Objective):
+    name = "inr-class"
+    target = "label"
+    zoo_kinds = ("inr",)
+    out_dim = 10
+
+    def targets(self, zoo) -> Tensor:
+        import torch
+
+        labels = self._column(zoo, "label", _INR_TARGETS)
+        return torch.tensor([int(c) for c in labels], dtype=torch.long)
+
 
     def prediction_columns(self, pred):
         return class_columns(self.target, list(range(self.out_dim)), pred)
@@ -384,10 +391,8 @@ class Regression(ColumnObjective):
         return {self.target: [float(v) for v in pred]}
 
 
-class Classification(ColumnObjective):
+class Classification(_ClassLogits, ColumnObjective):
     name = "classification"
-    select = "accuracy"
-    higher = True
     classes: tuple = ()
 
     @property
@@ -431,21 +436,6 @@ class Classification(ColumnObjective):
         return torch.tensor([index[v] for v in categorical_column(zoo, self.target)],
                             dtype=torch.long)
 
-    def from_output(self, out, hidden):
-        return out
-
-    def loss(self, pred, y):
-        import torch.nn.functional as F
-
-        return F.cross_entropy(pred, y)
-
-    def metrics(self, pred, y):
-        from .metrics import accuracy
-
-        return {"accuracy": accuracy(pred, y)}
-
-    def fit_baseline(self, x_train, y_train, x_eval, seed):
-        return fit_classifier(x_train, y_train, x_eval, seed, self.out_dim)
 
     def prediction_columns(self, pred):
         return class_columns(self.target, list(self.classes), pred)
