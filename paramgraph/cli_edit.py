@@ -6,7 +6,7 @@ using the parameter graph's record of it::
     paramgraph align A B [-o OUT] --arch M:C --input-shape S [--match weights|activations
                      --data DATA] [--no-scales]                 (B may be a directory)
     paramgraph merge A B [C ...] -o OUT --arch ... --input-shape ... [--alpha 0.5] [--align]
-                     [--weights W,W,...] [--curve 11 --eval DATA]
+                     [--weights W,W,...] [--curve 11 --eval DATA] [--repair [--data DATA]]
     paramgraph canonicalize CKPT [-o OUT] --arch ... --input-shape ...   (CKPT may be a dir)
     paramgraph prune CKPT [-o OUT] --arch ... --input-shape ... [--dead-threshold 1e-8]
 
@@ -86,6 +86,12 @@ def add_edit_commands(subparsers, source: argparse.ArgumentParser,
     p.add_argument("--curve", type=positive_int, metavar="POINTS",
                    help="evaluate POINTS evenly spaced points from A to B (needs --eval)")
     p.add_argument("--eval", metavar="DATA", help=data_help("evaluation data for --curve"))
+    p.add_argument("--repair", action="store_true",
+                   help="REPAIR: set each hidden channel's mean and std on example inputs to the "
+                   "weighted average of the networks' own (folded into weights and biases; "
+                   "undoes the variance collapse of averaged networks); inputs from --data, "
+                   "else the training split of a bundled --eval data set or --eval's x")
+    p.add_argument("--data", metavar="DATA", help=data_help("inputs for --repair"))
     p.set_defaults(func=cmd_merge)
 
     p = subparsers.add_parser(
@@ -322,8 +328,8 @@ def cmd_align(args) -> int:
 
 def cmd_merge(args) -> int:
     """Handler of ``paramgraph merge``."""
-    from .merge import interpolation_curve, loss_barrier, merge
     from .align import align
+    from .merge import interpolation_curve, loss_barrier, merge, repair
 
     paths = []
     for item in args.inputs:
@@ -348,27 +354,37 @@ def cmd_merge(args) -> int:
         weights = None
     if args.curve is not None and (len(paths) != 2 or args.eval is None):
         raise ParamGraphError("--curve needs exactly two checkpoints and --eval DATA")
+    if args.repair and not (args.data or args.eval):
+        raise ParamGraphError("--repair needs example inputs: give --data DATA (or --eval DATA)")
     nets = [_Net(p, args) for p in paths]
     graphs = [n.graph for n in nets]
     if args.align:
         graphs = [graphs[0]] + [_in(n.path, align, graphs[0], g, scales=not args.no_scales).graph
                                 for n, g in zip(nets[1:], graphs[1:])]
     merged = merge(graphs, weights, names=[str(p) for p in paths])
+    repair_x = None
+    if args.repair:
+        repair_x, _ = load_data(args.data or args.eval, nets[0].input_shape, "train",
+                                graphs[0].edge_value.dtype)
+        merged = repair(nets[0].module(), graphs, merged, repair_x, weights)
     out = nets[0].save(merged, Path(args.output))
     how = "aligned to the first, " if args.align else ""
     w = ", ".join(f"{x:g}" for x in (weights or [1 / len(paths)] * len(paths)))
-    print(f"merged {len(paths)} checkpoints ({how}weights {w}) -> {out}")
+    fix = f", REPAIR on {repair_x.size(0)} inputs" if args.repair else ""
+    print(f"merged {len(paths)} checkpoints ({how}weights {w}{fix}) -> {out}")
     if args.curve is not None:
         module = nets[0].module()
         x, y = load_data(args.eval, nets[0].input_shape, "test", graphs[0].edge_value.dtype)
         if y is None:
             raise ParamGraphError(f"{args.eval}: has no targets 'y' to evaluate on")
-        curve = interpolation_curve(module, graphs[0], graphs[1], x, y, args.curve)
+        curve = interpolation_curve(module, graphs[0], graphs[1], x, y, args.curve,
+                                    repair_x=repair_x)
         print(f"{'alpha':>6}  {'loss':>9}  {'accuracy':>8}")
         for pt in curve:
             acc = "" if pt["accuracy"] is None else f"{pt['accuracy']:.4f}"
             print(f"{pt['alpha']:6.3f}  {pt['loss']:9.4f}  {acc:>8}")
-        print(f"loss barrier {loss_barrier(curve):.4f} ({'aligned' if args.align else 'not aligned'})")
+        state = ("aligned" if args.align else "not aligned") + (", repaired" if args.repair else "")
+        print(f"loss barrier {loss_barrier(curve):.4f} ({state})")
     return 0
 
 

@@ -7,6 +7,14 @@ each network is first aligned to the first (:func:`paramgraph.align.align`), whi
 an average of independently trained networks work (linear mode connectivity up to permutation).
 :func:`interpolation_curve` evaluates a module at evenly spaced points between two graphs and
 :func:`loss_barrier` reads the barrier off it.
+
+:func:`repair` corrects the merged network's activation statistics (REPAIR, Jordan et al.,
+"REPAIR: REnormalizing Permuted Activations for Interpolation Repair", 2023): averaging two
+networks whose neurons are only partly correlated shrinks the spread of every hidden channel
+(the "variance collapse" of interpolated networks), layer after layer. On example inputs each
+hidden channel's output mean and standard deviation are set to the weighted average of the
+networks' own, by a per-channel affine map folded into the layer's weights and bias (the merged
+network is still a network of the same architecture, with no extra layers).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from .align import align as align_graphs
 from .align import check_same_architecture
 from .errors import ParamGraphError
 from .graph import ParamGraph
-from .inverse import load_into
+from .inverse import from_state_dict, load_into
 
 
 def merge(graphs: Sequence[ParamGraph], weights: Sequence[float] | None = None, *,
@@ -106,21 +114,159 @@ def evaluate(module: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) ->
 
 
 def interpolation_curve(module: nn.Module, a: ParamGraph, b: ParamGraph, x: Tensor, y: Tensor,
-                        points: int = 11) -> list[dict]:
+                        points: int = 11, repair_x: Tensor | None = None) -> list[dict]:
     """Loss (and accuracy) of ``module``'s architecture at ``points`` evenly spaced
     ``alpha`` in [0, 1] on the line from ``a`` (alpha 0) to ``b`` (alpha 1).
 
-    ``module`` is loaded in place with each point's values (it ends holding ``b``). Returns one
-    dict per point: ``alpha``, ``loss``, ``accuracy``. Raises ValueError for ``points < 2``.
+    ``module`` is loaded in place with each point's values (it ends holding ``b``). With
+    ``repair_x`` (example inputs) every point is first corrected by :func:`repair` towards the
+    ``(1 - alpha, alpha)`` average of the end points' statistics. Returns one dict per point:
+    ``alpha``, ``loss``, ``accuracy``. Raises ValueError for ``points < 2``.
     """
     if points < 2:
         raise ValueError("an interpolation curve needs at least 2 points")
+    stats = None
+    if repair_x is not None:
+        stats = [_channel_stats(module, g, repair_x) for g in (a, b)]
     out = []
     for k in range(points):
         alpha = k / (points - 1)
-        load_into(module, interpolate(a, b, alpha))
+        point = interpolate(a, b, alpha)
+        if stats is not None:
+            point = _repair(module, point, stats, [1.0 - alpha, alpha], repair_x)
+        load_into(module, point)
         out.append({"alpha": alpha, **evaluate(module, x, y)})
     return out
+
+
+# -- REPAIR ------------------------------------------------------------------------------------
+
+_AFFINE_OUT = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
+               nn.LayerNorm, nn.GroupNorm)
+
+
+def _repairable(module: nn.Module, graph: ParamGraph) -> dict[str, nn.Module]:
+    """``{path: submodule}`` of the layers whose outputs are hidden channels (a permutable set of
+    the graph) and that end in a per-channel bias the correction can be folded into."""
+    out = {}
+    for seg in graph.segments:
+        if seg.kind != "node" or not seg.name.endswith(".bias"):
+            continue
+        path = seg.name.rsplit(".", 1)[0]
+        try:
+            sub = module.get_submodule(path)
+        except AttributeError:
+            continue
+        if not isinstance(sub, _AFFINE_OUT) or getattr(sub, "bias", None) is None \
+                or getattr(sub, "weight", None) is None:
+            continue
+        if isinstance(sub, nn.modules.conv._ConvTransposeNd) or (
+                isinstance(sub, nn.LayerNorm) and len(sub.normalized_shape) != 1):
+            continue  # output channels not on the weight's first axis / not one axis
+        if bool((graph.perm_group[seg.start:seg.start + seg.count] >= 0).all()):
+            out[path] = sub
+    return out
+
+
+def _flat(module: nn.Module, out: Tensor) -> Tensor:
+    """``[samples, channels]`` view of a layer's output (channels last for linear layers and
+    layer norms, second for convolutions and batch/group norms)."""
+    dim = -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+    return out.movedim(dim, -1).reshape(-1, out.size(dim))
+
+
+def _channel_stats(module: nn.Module, graph: ParamGraph, x: Tensor) -> dict[str, tuple]:
+    """``{path: (mean, std)}`` (float64, per channel) of the repairable layers' outputs of
+    ``module`` holding ``graph``, on the inputs ``x``."""
+    load_into(module, graph)
+    layers = _repairable(module, graph)
+    stats: dict[str, tuple] = {}
+
+    def hook(m, _inp, out, path):
+        if path not in stats and isinstance(out, Tensor):
+            v = _flat(m, out.detach()).double()
+            stats[path] = (v.mean(0), v.std(0, unbiased=False))
+
+    handles = [m.register_forward_hook(lambda m, i, o, p=p: hook(m, i, o, p))
+               for p, m in layers.items()]
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+    return stats
+
+
+def _repair(module: nn.Module, merged: ParamGraph, stats: Sequence[dict], weights: Sequence[float],
+            x: Tensor, eps: float = 1e-6) -> ParamGraph:
+    """:func:`repair` with the networks' statistics already measured."""
+    load_into(module, merged)
+    layers = _repairable(module, merged)
+    done: set[str] = set()
+
+    def hook(m, _inp, out, path):
+        # one forward pass corrects every layer in the order the network runs them: each layer
+        # sees the already corrected layers before it, and passes its corrected output on
+        if path in done or not isinstance(out, Tensor) or any(path not in s for s in stats):
+            return None
+        done.add(path)
+        v = _flat(m, out.detach()).double()
+        mean, std = v.mean(0), v.std(0, unbiased=False)
+        t_mean = sum(w * s[path][0] for w, s in zip(weights, stats))
+        t_std = sum(w * s[path][1] for w, s in zip(weights, stats))
+        live = std > eps * (1.0 + t_std)  # a constant channel keeps its scale, gets its mean
+        gain = torch.where(live, t_std / std.clamp_min(1e-300), torch.ones_like(std))
+        shift = t_mean - gain * mean
+        w_ = m.weight.data
+        shape = [-1] + [1] * (w_.dim() - 1)
+        m.weight.data = (w_.double() * gain.view(shape)).to(w_.dtype)
+        m.bias.data = (m.bias.data.double() * gain + shift).to(m.bias.dtype)
+        dim = -1 if isinstance(m, (nn.Linear, nn.LayerNorm)) else 1
+        view = [1] * out.dim()
+        view[dim] = -1
+        return (out.double() * gain.view(view) + shift.view(view)).to(out.dtype)
+
+    handles = [m.register_forward_hook(lambda m, i, o, p=p: hook(m, i, o, p))
+               for p, m in layers.items()]
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+    return from_state_dict(merged, module.state_dict())
+
+
+def repair(module: nn.Module, graphs: Sequence[ParamGraph], merged: ParamGraph, x: Tensor,
+           weights: Sequence[float] | None = None) -> ParamGraph:
+    """``merged`` (an average of ``graphs``, aligned) with REPAIR's correction of its hidden
+    channels' statistics on the example inputs ``x`` (see the module docstring).
+
+    ``module``: a module of the architecture (loaded in place; it ends holding the result).
+    Every layer whose output is a permutable channel set and that has a per-channel bias (a
+    linear layer or convolution with a bias, a batch, group or layer norm with its affine
+    parameters) is corrected, in the order the network runs them, so that each channel's mean
+    and standard deviation over ``x`` (every position of a convolution a sample) are the
+    ``weights``-average (default equal) of the graphs' own; the output layer is left alone. A
+    channel that is constant in the merged network only gets its mean. Returns a graph of
+    ``merged``'s structure and dtype. Raises :class:`~paramgraph.ParamGraphError` for
+    mismatched weights.
+    """
+    if weights is None:
+        weights = [1.0 / len(graphs)] * len(graphs)
+    if len(weights) != len(graphs):
+        raise ParamGraphError(f"{len(weights)} weights for {len(graphs)} networks; give one per "
+                              "network")
+    x = x.to(merged.edge_value.dtype) if x.is_floating_point() else x
+    stats = [_channel_stats(module, g, x) for g in graphs]
+    return _repair(module, merged, stats, [float(w) for w in weights], x)
 
 
 def loss_barrier(curve: Sequence[dict]) -> float:

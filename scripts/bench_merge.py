@@ -1,16 +1,20 @@
 """Loss barriers of linear interpolation between independently trained digit classifiers, with
-and without alignment (``paramgraph.align``).
+and without alignment (``paramgraph.align``) and REPAIR (``paramgraph.merge.repair``).
 
-For each architecture (an MLP and a small residual CNN without batch norm) and each pair of
-training seeds, two networks are trained on the bundled digits (the fixed train split of
-``paramgraph.tasks.digits``); the midpoint of the straight line between them is evaluated on the
-test split: as they are, after aligning B's permutations to A by weight matching, after aligning
-permutations and scales (canonical section), and after activation matching (permutations, on 256
-training images). The loss barrier is the midpoint's test
-loss minus the mean of the end points' losses. Prints a table and one JSON line.
+For each architecture (an MLP and small residual CNNs without batch norm, at one or several
+widths) and each pair of training seeds, two networks are trained on the bundled digits (the
+fixed train split of ``paramgraph.tasks.digits``); the midpoint of the straight line between them
+is evaluated on the test split: as they are, after aligning B's permutations to A by weight
+matching, after aligning permutations and scales (canonical section), and after activation
+matching (permutations, on 256 training images). With ``--repair`` the midpoints of "nothing",
+weight matching and activation matching are also evaluated after REPAIR (each hidden channel's
+mean and std on the 1437 training images set to the average of the end points', folded into the
+layer's weights and bias). The loss barrier is the midpoint's test loss minus the mean of the end
+points' losses. Prints a table and one JSON line.
 
     python scripts/bench_merge.py                    # 3 pairs per architecture, ~3 min on 2 busy cores
     python scripts/bench_merge.py --pairs 5 --epochs 30
+    python scripts/bench_merge.py --no-mlp --resnet-width 16,32,64,128 --repair --cache /tmp/nets
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +32,7 @@ from torch import nn
 import paramgraph as pg
 from paramgraph.activations import neuron_activations
 from paramgraph.align import align
-from paramgraph.merge import evaluate, interpolate
+from paramgraph.merge import evaluate, interpolate, repair
 from paramgraph.tasks.digits import classification_split
 
 
@@ -64,11 +69,15 @@ class ResNet(nn.Module):
 
 
 LABELS = ("naive", "permutations", "permutations+scales", "activations")
+REPAIRED = ("naive+repair", "permutations+repair", "activations+repair")
 
 
-def train(make, seed: int, epochs: int, x, y) -> nn.Module:
+def train(make, seed: int, epochs: int, x, y, cache: Path | None = None) -> nn.Module:
     torch.manual_seed(seed)
     net = make()
+    if cache is not None and cache.is_file():
+        net.load_state_dict(torch.load(cache))
+        return net.eval()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -76,6 +85,9 @@ def train(make, seed: int, epochs: int, x, y) -> nn.Module:
             opt.zero_grad()
             F.cross_entropy(net(x[idx]), y[idx]).backward()
             opt.step()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), cache)
     return net.eval()
 
 
@@ -84,27 +96,42 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3, help="seed pairs per architecture")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--resnet-width", type=int, default=32, help="channels of the ResNet")
+    ap.add_argument("--resnet-width", default="32",
+                    help="channels of the ResNet; a comma-separated list runs each (16,32,64)")
+    ap.add_argument("--no-mlp", action="store_true", help="ResNets only")
+    ap.add_argument("--repair", action="store_true",
+                    help="also evaluate the midpoints after REPAIR (on the training images)")
+    ap.add_argument("--cache", metavar="DIR",
+                    help="keep trained networks here and reuse them (same seeds and epochs)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     x_train, y_train, x_test, y_test = classification_split()
-    width = args.resnet_width
-    archs = {"mlp (64-128-128-10)": MLP,
-             f"resnet ({width} ch, 2 blocks, no BN)": lambda: ResNet(width)}
+    archs = {} if args.no_mlp else {"mlp (64-128-128-10)": ("mlp", MLP)}
+    for width in (int(w) for w in args.resnet_width.split(",")):
+        archs[f"resnet ({width} ch, 2 blocks, no BN)"] = (f"resnet{width}",
+                                                          lambda width=width: ResNet(width))
+    labels = LABELS + (REPAIRED if args.repair else ())
     rows, record = [], {}
     start = time.time()
-    for name, make in archs.items():
+    for name, (tag, make) in archs.items():
         record[name] = []
+
+        def cached(seed, tag=tag):
+            if args.cache is None:
+                return None
+            return Path(args.cache) / f"{tag}_e{args.epochs}_s{seed}.pt"
+
         for k in range(args.pairs):
-            na = train(make, 2 * k, args.epochs, x_train, y_train)
-            nb = train(make, 2 * k + 1, args.epochs, x_train, y_train)
+            na = train(make, 2 * k, args.epochs, x_train, y_train, cached(2 * k))
+            nb = train(make, 2 * k + 1, args.epochs, x_train, y_train, cached(2 * k + 1))
             ga = pg.from_module(na, x_test[:2])
             gb = pg.from_module(nb, x_test[:2])
             ends = [evaluate(na, x_test, y_test), evaluate(nb, x_test, y_test)]
             base = (ends[0]["loss"] + ends[1]["loss"]) / 2
             entry = {"seeds": [2 * k, 2 * k + 1],
                      "end_loss": [e["loss"] for e in ends],
-                     "end_accuracy": [e["accuracy"] for e in ends]}
+                     "end_accuracy": [e["accuracy"] for e in ends],
+                     "end_train_loss": [evaluate(n, x_train, y_train)["loss"] for n in (na, nb)]}
             probe = make().eval()
             acts = (neuron_activations(na, ga, x_train[:256]),
                     neuron_activations(nb, gb, x_train[:256]))
@@ -118,12 +145,19 @@ def main() -> None:
                     with torch.no_grad():
                         diff = float((moved(x_test) - nb(x_test)).abs().max())
                     entry[f"{label}_max_output_change"] = diff
-                pg.load_into(probe, interpolate(ga, g, 0.5))
-                mid = evaluate(probe, x_test, y_test)
-                entry[label] = {"mid_loss": mid["loss"], "mid_accuracy": mid["accuracy"],
-                                "barrier": mid["loss"] - base}
+                midpoint = interpolate(ga, g, 0.5)
+                todo = [(label, midpoint)]
+                if args.repair and label + "+repair" in REPAIRED:
+                    todo.append((label + "+repair", repair(probe, [ga, g], midpoint, x_train)))
+                for key, point in todo:
+                    pg.load_into(probe, point)
+                    mid = evaluate(probe, x_test, y_test)
+                    entry[key] = {"mid_loss": mid["loss"], "mid_accuracy": mid["accuracy"],
+                                  "barrier": mid["loss"] - base}
             record[name].append(entry)
-        for label in LABELS:
+            print(f"  {name} seeds {entry['seeds']}: " + ", ".join(
+                f"{lab} {entry[lab]['barrier']:.3f}" for lab in labels), flush=True)
+        for label in labels:
             b = [e[label]["barrier"] for e in record[name]]
             acc = [e[label]["mid_accuracy"] for e in record[name]]
             rows.append((name, label, statistics.mean(b), statistics.pstdev(b),

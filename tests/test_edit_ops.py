@@ -13,7 +13,8 @@ from torch import nn
 import paramgraph as pg
 from paramgraph.align import align
 from paramgraph.canonicalize import canonicalize
-from paramgraph.merge import evaluate, interpolation_curve, loss_barrier, merge
+from paramgraph.merge import (_channel_stats, evaluate, interpolation_curve, loss_barrier,
+                              merge, repair)
 from paramgraph.prune import prune
 from paramgraph.tasks.cli import main
 from tests.catalogue import get, randomize
@@ -137,6 +138,33 @@ def test_merge_is_a_weighted_average_and_curve_ends_at_the_networks():
         merge([ga, gb], [0.5, 0.6])
 
 
+@pytest.mark.parametrize("name", ("resnet1d_nobn", "resnet_tiny", "transformer_post_relu"))
+def test_repair_gives_each_hidden_channel_the_average_statistics(name):
+    net, x0, ga = _graph(name)
+    _, _, gb = _graph(name, seed=1)
+    x = torch.randn(64, *x0.shape[1:], generator=torch.Generator().manual_seed(3))
+    w = [0.3, 0.7]
+    merged = merge([ga, gb], w)
+    fixed = repair(copy.deepcopy(net), [ga, gb], merged, x, w)
+    assert not (torch.equal(fixed.edge_value, merged.edge_value)  # BN nets: node values only
+                and torch.equal(fixed.node_value, merged.node_value))
+    sa, sb = (_channel_stats(copy.deepcopy(net), g, x) for g in (ga, gb))
+    got, before = (_channel_stats(copy.deepcopy(net), g, x) for g in (fixed, merged))
+    assert got and set(got) == set(sa)  # hidden layers only: the output layer is not among them
+    assert all(int(ga.perm_group[s.start]) >= 0 for s in ga.segments if s.name.endswith(".bias")
+               and s.name.rsplit(".", 1)[0] in got)
+    for path in got:
+        for k in (0, 1):  # mean, std
+            target = w[0] * sa[path][k] + w[1] * sb[path][k]
+            assert torch.allclose(got[path][k], target, rtol=1e-4, atol=1e-4), (path, k)
+    # the merged network did collapse somewhere; repairing an end point itself changes nothing
+    assert any(bool((before[p][1] < 0.99 * (w[0] * sa[p][1] + w[1] * sb[p][1])).any())
+               for p in got)
+    same = repair(copy.deepcopy(net), [ga, gb], ga, x, [1.0, 0.0])
+    assert torch.allclose(same.edge_value, ga.edge_value, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(same.node_value, ga.node_value, rtol=1e-4, atol=1e-5)
+
+
 def test_prune_removes_dead_neurons_and_keeps_the_function():
     net = randomize(make_mlp(), 3)
     with torch.no_grad():  # neurons 2 and 5 of the first layer and 7 of the second are dead
@@ -185,6 +213,12 @@ def test_align_and_merge_commands(tmp_path, capsys):
     assert merged["block.bn1.num_batches_tracked"].item() == 7  # counters come along
     code, out, err = run(["merge", a, b, a, "-o", tmp_path / "three.safetensors", *CNN], capsys)
     assert code == 0 and "merged 3 checkpoints" in out, err
+    code, out, err = run(["merge", a, b, "-o", tmp_path / "abr.safetensors", "--align",
+                          "--repair", "--curve", "3", "--eval", data, *CNN], capsys)
+    assert code == 0, err
+    assert "REPAIR on 20 inputs" in out and "(aligned, repaired)" in out
+    assert not torch.equal(load_file(str(tmp_path / "abr.safetensors"))["bn.weight"],
+                           merged["bn.weight"])
 
 
 def test_canonicalize_command_gives_identical_files(tmp_path, capsys):
@@ -231,6 +265,7 @@ def test_edit_commands_refuse_bad_input_with_one_line(tmp_path, capsys):
         (["merge", a, "-o", tmp_path / "x.safetensors", *CNN], "at least two"),
         (["merge", a, a, "-o", tmp_path / "x.safetensors", "--alpha", "2", *CNN], "--alpha"),
         (["merge", a, a, "-o", tmp_path / "x.safetensors", "--curve", "3", *CNN], "--eval"),
+        (["merge", a, a, "-o", tmp_path / "x.safetensors", "--repair", *CNN], "--data"),
         (["merge", a, a, "-o", tmp_path / "x.safetensors", "--curve", "3", "--eval",
           tmp_path / "nope.safetensors", *CNN], "nope.safetensors"),
         (["align", a, a, "--match", "activations", *CNN], "--data"),
