@@ -34,7 +34,7 @@ def neuron_activations(module: nn.Module, graph: ParamGraph, x: Tensor,
         path = seg.name.rsplit(".", 1)[0]
         owners[path] = (seg.start, seg.count)  # a later segment (a folded norm) wins
     captured: dict[int, Tensor] = {}
-    handles = []
+    hooks = []
     for path, (start, count) in owners.items():
         try:
             sub = module.get_submodule(path)
@@ -56,7 +56,16 @@ def neuron_activations(module: nn.Module, graph: ParamGraph, x: Tensor,
             for i in range(count):
                 captured[start + i] = flat[:, i]
 
-        handles.append(sub.register_forward_hook(hook))
+        hooks.append((sub, hook))
+    forward_with_hooks(module, x, hooks)
+    return captured
+
+
+def forward_with_hooks(module: nn.Module, x: Tensor, hooks) -> None:
+    """Run ``module`` once on ``x`` in eval mode without gradients, with the forward hooks
+    ``[(submodule, hook), ...]`` attached; the hooks are removed and the module's mode restored
+    afterwards, whatever happens."""
+    handles = [sub.register_forward_hook(hook) for sub, hook in hooks]
     was_training = module.training
     try:
         module.eval()
@@ -66,4 +75,3 @@ def neuron_activations(module: nn.Module, graph: ParamGraph, x: Tensor,
         for h in handles:
             h.remove()
         module.train(was_training)
-    return captured

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .align import align as align_graphs
+from .activations import forward_with_hooks
 from .align import check_same_architecture
 from .errors import ParamGraphError
 from .graph import ParamGraph
@@ -187,17 +188,8 @@ def _channel_stats(module: nn.Module, graph: ParamGraph, x: Tensor) -> dict[str,
             v = _flat(m, out.detach()).double()
             stats[path] = (v.mean(0), v.std(0, unbiased=False))
 
-    handles = [m.register_forward_hook(lambda m, i, o, p=p: hook(m, i, o, p))
-               for p, m in layers.items()]
-    was_training = module.training
-    try:
-        module.eval()
-        with torch.no_grad():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
-        module.train(was_training)
+    forward_with_hooks(module, x, [(m, lambda m, i, o, p=p: hook(m, i, o, p))
+                                   for p, m in layers.items()])
     return stats
 
 
@@ -230,17 +222,8 @@ def _repair(module: nn.Module, merged: ParamGraph, stats: Sequence[dict], weight
         view[dim] = -1
         return (out.double() * gain.view(view) + shift.view(view)).to(out.dtype)
 
-    handles = [m.register_forward_hook(lambda m, i, o, p=p: hook(m, i, o, p))
-               for p, m in layers.items()]
-    was_training = module.training
-    try:
-        module.eval()
-        with torch.no_grad():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
-        module.train(was_training)
+    forward_with_hooks(module, x, [(m, lambda m, i, o, p=p: hook(m, i, o, p))
+                                   for p, m in layers.items()])
     return from_state_dict(merged, module.state_dict())
 
 
