@@ -58,13 +58,14 @@ METHODS = {
     "quasi-wd0.01": {"mode": "quasi", "train": BEFORE_WD},
     "perm-wd0.01": {"mode": "perm", "train": BEFORE_WD},
     "strict-wd0.01": {"mode": "strict", "train": BEFORE_WD},
+    # the exact section without the learned factor kappa, at the defaults: does kappa pay?
+    "quasi-fixed": {"mode": "quasi", "model": {"learn_gauge": False}},
     # ablations (README, "What makes the gauge pay")
     "perm-stats": _probe("perm", statistics=True),
     "quasi-stats": _probe("quasi", statistics=True),
     "quasi-raw": _probe("quasi", compress=False),
     "quasi-hardsigns": _probe("quasi", soft_signs=False),
     "quasi-unit": _probe("quasi", section="unit"),
-    "quasi-fixed": _probe("quasi", learn_gauge=False),
     "quasi-stats-hardsigns": _probe("quasi", statistics=True, soft_signs=False),
     "quasi-raw-hardsigns": _probe("quasi", compress=False, soft_signs=False),
     "quasi-raw-stats-hardsigns": _probe("quasi", compress=False, statistics=True,
