@@ -380,25 +380,25 @@ class GraphBuilder:
 
     def add(self, a: Feat, b: Feat, path: str = "") -> Feat:
         """``a + b`` of two values with the same features: RESIDUAL neurons with identity edges."""
-        if a.size != b.size or a.spatial != b.spatial or a.channel_major != b.channel_major:
-            raise UnsupportedModuleError(path, "add", f"operands carry {a.size}x{a.spatial} and "
-                                         f"{b.size}x{b.spatial} features; only same-shape "
-                                         "residual additions are supported")
-        out = self._new_set(a.size, NodeType.RESIDUAL, max(a.depth, b.depth) + 1)
-        self._one_to_one(a, out, EdgeType.RESIDUAL)
-        self._one_to_one(b, out, EdgeType.RESIDUAL)
-        return replace(self._feat(out), spatial=a.spatial, channel_major=a.channel_major)
+        return self._elementwise(a, b, path, "add", NodeType.RESIDUAL, EdgeType.RESIDUAL,
+                                 "only same-shape residual additions are supported")
 
     def product(self, a: Feat, b: Feat, path: str = "") -> Feat:
         """``a * b`` elementwise (a gate times its input): PRODUCT neurons with identity edges
         from both operands, so channel i of both and of the product permute together."""
+        return self._elementwise(a, b, path, "mul", NodeType.PRODUCT, EdgeType.PRODUCT,
+                                 "a product needs the same features on both sides")
+
+    def _elementwise(self, a: Feat, b: Feat, path: str, op: str, node_type: NodeType,
+                     edge_type: EdgeType, requirement: str) -> Feat:
+        """A new neuron per feature, wired one-to-one from both operands (which must carry the
+        same features)."""
         if a.size != b.size or a.spatial != b.spatial or a.channel_major != b.channel_major:
-            raise UnsupportedModuleError(path, "mul", f"operands carry {a.size}x{a.spatial} and "
-                                         f"{b.size}x{b.spatial} features; a product needs the "
-                                         "same features on both sides")
-        out = self._new_set(a.size, NodeType.PRODUCT, max(a.depth, b.depth) + 1)
-        self._one_to_one(a, out, EdgeType.PRODUCT)
-        self._one_to_one(b, out, EdgeType.PRODUCT)
+            raise UnsupportedModuleError(path, op, f"operands carry {a.size}x{a.spatial} and "
+                                         f"{b.size}x{b.spatial} features; {requirement}")
+        out = self._new_set(a.size, node_type, max(a.depth, b.depth) + 1)
+        self._one_to_one(a, out, edge_type)
+        self._one_to_one(b, out, edge_type)
         return replace(self._feat(out), spatial=a.spatial, channel_major=a.channel_major)
 
     def select(self, x: Feat, index: Tensor, path: str = "") -> Feat:
