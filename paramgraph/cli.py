@@ -93,6 +93,26 @@ def error_message(err: BaseException) -> str:
 # -- parser ----------------------------------------------------------------------------------------
 
 
+def source_parser() -> argparse.ArgumentParser:
+    """The parent parser of every command that reads a checkpoint: ``--arch``, ``--arch-kwargs``,
+    ``--input-shape`` and ``--trust-pickle`` (the options of :func:`paramgraph.convert`)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--arch", metavar="MODULE:CALLABLE",
+                        help="importable callable that builds the architecture of a state_dict "
+                        "checkpoint, e.g. mypkg.nets:make_cnn or path/to/nets.py:make_cnn (the "
+                        "current directory is importable)")
+    parser.add_argument("--arch-kwargs", metavar="JSON", default=None,
+                        help="keyword arguments for --arch as a JSON object, e.g. "
+                        "'{\"channels\": 16}'")
+    parser.add_argument("--input-shape", metavar="SHAPE", default=None,
+                        help="shape of an example input for tracing, e.g. 2,1,8,8 (not needed "
+                        "for .pt2 programs)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow unpickling files that hold more than tensors (a whole "
+                        "module, or a .pt2 with pickled parts); this can run code from the file")
+    return parser
+
+
 def add_subcommands(subparsers) -> None:
     """Register ``convert``, ``inspect``, ``restore``, ``export`` and ``draw`` on ``subparsers``.
 
@@ -103,20 +123,7 @@ def add_subcommands(subparsers) -> None:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks on errors")
 
-    source = argparse.ArgumentParser(add_help=False)
-    source.add_argument("--arch", metavar="MODULE:CALLABLE",
-                        help="importable callable that builds the architecture of a state_dict "
-                        "checkpoint, e.g. mypkg.nets:make_cnn or path/to/nets.py:make_cnn (the "
-                        "current directory is importable)")
-    source.add_argument("--arch-kwargs", metavar="JSON", default=None,
-                        help="keyword arguments for --arch as a JSON object, e.g. "
-                        "'{\"channels\": 16}'")
-    source.add_argument("--input-shape", metavar="SHAPE", default=None,
-                        help="shape of an example input for tracing, e.g. 2,1,8,8 (not needed "
-                        "for .pt2 programs)")
-    source.add_argument("--trust-pickle", action="store_true",
-                        help="allow unpickling files that hold more than tensors (a whole "
-                        "module, or a .pt2 with pickled parts); this can run code from the file")
+    source = source_parser()
 
     p = subparsers.add_parser(
         "convert", parents=[source, debug], help="convert checkpoints into graph files",

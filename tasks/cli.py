@@ -246,7 +246,8 @@ def _add_zoo_import(zsub, debug, quiet) -> None:
     from .zoo_kinds import IMPORT_FORMATS
 
     p = zsub.add_parser(
-        "import", parents=[debug, quiet], help="make a zoo of your own checkpoints and labels",
+        "import", parents=[pg_cli.source_parser(), debug, quiet],
+        help="make a zoo of your own checkpoints and labels",
         description="Import a folder of checkpoints with a labels.csv (a 'file' column relative "
         "to SRC, any label columns; optional per-row 'arch', 'arch_kwargs', 'input_shape'), a "
         "folder of graph files (--format pgraph), or the published Small CNN Zoo layout "
@@ -259,13 +260,6 @@ def _add_zoo_import(zsub, debug, quiet) -> None:
                    help="what SRC holds (default checkpoints)")
     p.add_argument("--labels", metavar="CSV", default=None,
                    help="the labels table (default SRC/labels.csv)")
-    p.add_argument("--arch", metavar="MODULE:CALLABLE", default=None,
-                   help="callable that builds the checkpoints' architecture, e.g. "
-                   "mynets.py:SmallCNN (not needed for .pt2 programs and graph files)")
-    p.add_argument("--arch-kwargs", metavar="JSON", default=None,
-                   help="keyword arguments for --arch, e.g. '{\"width\": 16}'")
-    p.add_argument("--input-shape", metavar="SHAPE", default=None,
-                   help="example input shape for tracing, e.g. 1,1,8,8")
     p.add_argument("--group-column", metavar="COLUMN", default=None,
                    help="labels column naming each checkpoint's group (e.g. its training run); "
                    "a group's checkpoints always share a split")
@@ -279,8 +273,6 @@ def _add_zoo_import(zsub, debug, quiet) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out checkpoints that fail (listed in the zoo) instead of "
                    "stopping with exit status 2")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow checkpoints that pickle more than tensors (can run code)")
     p.add_argument("--steps", default="final", metavar="final|all|N,N",
                    help="small-cnn-zoo: which checkpoints of each run (default final)")
     p.set_defaults(func=cmd_zoo_import)
@@ -289,7 +281,8 @@ def _add_zoo_import(zsub, debug, quiet) -> None:
 def _add_predict(subparsers, debug, threads) -> None:
     """Register ``paramgraph predict``."""
     p = subparsers.add_parser(
-        "predict", parents=[debug, threads], help="apply a trained metanet to new checkpoints",
+        "predict", parents=[pg_cli.source_parser(), debug, threads],
+        help="apply a trained metanet to new checkpoints",
         description="Predict with a run's best metanet for each checkpoint (or graph file, or "
         "directory of them): CSV with a 'file' column and one column per output (the value for "
         "regression; the class and one probability per class for classification). State_dict "
@@ -300,11 +293,6 @@ def _add_predict(subparsers, debug, threads) -> None:
     p.add_argument("-o", "--output", metavar="OUT", default=None,
                    help="output file (default: standard output)")
     p.add_argument("--json", action="store_true", help="write JSON instead of CSV")
-    p.add_argument("--arch", metavar="MODULE:CALLABLE", default=None)
-    p.add_argument("--arch-kwargs", metavar="JSON", default=None)
-    p.add_argument("--input-shape", metavar="SHAPE", default=None)
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow checkpoints that pickle more than tensors (can run code)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default=None, metavar="DEV",
                    help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
