@@ -21,11 +21,12 @@ import os
 from pathlib import Path
 
 from paramgraph.errors import ParamGraphError
+from paramgraph.formats import CHECKPOINT_SUFFIXES, GRAPH_SUFFIX
 
 from .errors import RunError, TaskError
 from .importer import FileSource, convert_source
 
-PREDICTABLE = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pt2", ".pgraph")
+PREDICTABLE = (*CHECKPOINT_SUFFIXES, GRAPH_SUFFIX)
 
 
 def input_files(inputs: list[str]) -> list[str]:
