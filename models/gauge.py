@@ -245,8 +245,7 @@ class GaugeMap(nn.Module):
         f, sums = self.section_factors(st, ev, nv)
         alpha = f
         if self.learned and st.has_scale:
-            s = self.log_scale(st, f.to(dtype), tuple(t.to(dtype) for t in sums),
-                               node_value, node_mask).to(wide)
+            s = self.log_scale(st, f, sums, node_value, node_mask).to(wide)
             alpha = f * torch.where(st.scale, s.exp(), torch.ones_like(s))
         ev, nv = apply_factors(st, alpha, ev, nv)
         return Gauged(ev.to(dtype), nv.to(dtype), alpha.to(dtype), None)
@@ -273,8 +272,7 @@ class GaugeMap(nn.Module):
         t_qk = t_vo = None
         if self.learned:  # kappa reads the canonical network: scales, and the heads' rows
             sums = _edge_sums(st, ev)
-            s = self.log_scale(st, b.to(dtype), tuple(t.to(dtype) for t in sums),
-                               nv.to(dtype), node_mask).to(ev.dtype)
+            s = self.log_scale(st, b, sums, nv, node_mask).to(ev.dtype)
             alpha = b * torch.where(st.scale, s.exp(), torch.ones_like(s))
             # the i-th singular direction of a head sits at its i-th query (value) node
             t_qk = [s[g.q] for g in st.heads.groups]
@@ -286,9 +284,15 @@ class GaugeMap(nn.Module):
 
     def log_scale(self, st: GraphStructure, f: Tensor, sums: tuple[Tensor, Tensor],
                   node_value: Tensor, node_mask: Tensor) -> Tensor:
-        """kappa: ``[N]`` log-factors in ``[-bound, bound]``, from canonical quantities only."""
+        """kappa: ``[N]`` log-factors in ``[-bound, bound]``, from canonical quantities only.
+
+        The features are computed in the dtype of ``f`` (the gauge's wide one) and only then cast
+        to the layers' dtype: a dead neuron's unit factor can pass 1e38, its canonical sums float32's
+        range, and in float32 ``inf * 0`` made NaN features for every graph batched with one.
+        """
         ss, sv = sums
         dtype = f.dtype
+        node_value = node_value.to(dtype)
         one = torch.ones_like(f)
         a = torch.where(st.plain, f, one)
         mult = _edge_multipliers(st, f)
@@ -309,7 +313,7 @@ class GaugeMap(nn.Module):
             node_value[:, 2] * norm_f * mask[:, 2], symlog(node_value[:, 3]) * mask[:, 3],
             torch.log(node_value[:, 4].clamp_min(1e-12)) * mask[:, 4],
             torch.log(fan_in) / 4, torch.log(fan_out) / 4, st.rel_depth.to(dtype),
-        ], dim=1)
+        ], dim=1).to(self.inp.weight.dtype)
         h = (self.inp(feats) + self.type_emb(st.node_type) + self.act_emb(st.node_act)
              + self.norm_emb(st.node_norm))
         h = self.mix(h)

@@ -383,6 +383,33 @@ def test_head_section_float32_invariance(attention):
     assert quasi.max() <= 2e-5, dict(zip([e.name for e in entries], quasi.tolist()))
 
 
+def test_a_nearly_dead_neuron_batched_with_a_transformer_stays_finite(attention):
+    """A zoo MLP with a hidden neuron whose outgoing weights are subnormal and incoming ones tiny (as in
+    a hetero zoo checkpoint) batched with a transformer: balancing drives that neuron's factor to
+    ~1e-22, so its edges' multipliers leave float32's range. kappa's features once went through
+    float32 there (0 * inf = NaN): every such batch predicted NaN, a whole validation split read
+    NaN, and training kept the first epoch."""
+    _, heads = _attention_graphs(torch.float32)
+    module, x = build("mlp_relu")
+    with torch.no_grad():
+        module[0].weight[2] *= 1e-6
+        module[2].weight[:, 2] = 1e-39  # subnormal in float32, as a decayed weight becomes
+    g = paramgraph.from_module(module, x)
+    dead = g.with_values(g.edge_value.float(), g.node_value.float())
+    batch = Batch.from_data_list([dead, heads[0]])
+    st = GraphStructure.of(batch)
+    assert st.heads is not None  # the transformer puts the whole batch on the head path
+    net = _random_net("quasi", torch.float32)
+    balance = net.gauge._head_section(st, batch.edge_value.double(), batch.node_value.double())[1]
+    assert balance.min() ** -2 > torch.finfo(torch.float32).max  # control: the hazard is there
+    with torch.no_grad():
+        y = net(batch)
+        gauged = net.gauge.gauge(st, batch.edge_value, batch.node_value, batch.node_mask)
+    assert torch.isfinite(y).all(), y
+    assert torch.isfinite(gauged.edge_value).all() and torch.isfinite(gauged.alpha).all()
+
+
+
 def test_degenerate_heads_keep_the_function():
     """A dead head (zero query weights: rank 0) and a head whose bilinear form has a repeated
     singular value: the gauge stays finite and keeps the function; the dead head is still
