@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 # public name -> the submodule that defines it (one table, read by __getattr__ and __dir__)
 _EXPORTS = {
     "errors": ("CheckpointError", "GraphFormatError", "ParamGraphError", "UnsupportedModuleError"),
-    "graph": ("ParamGraph", "Segment", "SegmentTable"),
+    "graph": ("ParamGraph",),
+    "layout": ("PlainGraph", "Segment", "SegmentTable", "plain_graphs"),
     "inverse": ("from_state_dict", "load_into", "to_state_dict"),
     "checkpoint": ("load_checkpoint", "save_state_dict"),
     "convert": ("convert_checkpoint",),

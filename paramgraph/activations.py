@@ -10,10 +10,14 @@ get no values; the matcher falls back to weight matching for their sets.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
-from .graph import ParamGraph
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
+
 
 _CHANNELS_LAST = (nn.Linear, nn.LayerNorm)
 _CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)

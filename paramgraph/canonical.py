@@ -22,13 +22,16 @@ module. Pure tensor code, differentiable (out-of-place), one vectorised step per
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
-from .graph import ParamGraph
 from .types import NormKind
+
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
 
 BALANCE_SWEEPS = 12  # sweeps of balance_factors (exact invariance does not depend on it)
 SECTIONS = ("balanced", "unit")

@@ -122,10 +122,16 @@ class HeadStructure:
         device = src.device
         edge_size = edge_size.long()
         offsets = torch.cumsum(edge_size, 0) - edge_size
+        if bool((edge_type == int(EdgeType.ROTARY)).any()):
+            raise ValueError("attention: rotary heads admit only scaled rotations of their q/k "
+                             "pairs; their section is not implemented")
         kv = (edge_type == int(EdgeType.ATTN_KV)).nonzero().squeeze(1)
         qk = (edge_type == int(EdgeType.ATTN_QK)).nonzero().squeeze(1)
         big = torch.full((n,), n, dtype=torch.long, device=device)
         head_k = big.scatter_reduce(0, src[kv], dst[kv], "amin")  # a head's smallest v node
+        if bool((torch.bincount(dst[qk], minlength=n) > 1).any()):
+            raise ValueError("attention: grouped-query heads (a key shared by several query "
+                             "heads) tie their maps; their section is not implemented")
         k_of_q = torch.full((n,), -1, dtype=torch.long, device=device)
         k_of_q[src[qk]] = dst[qk]
         head_v = big.scatter_reduce(0, dst[kv], head_k[src[kv]], "amin")

@@ -34,6 +34,7 @@ Head maps are left as they are with ``heads=False``, or where the attention wiri
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,9 +42,11 @@ from torch import Tensor
 
 from .align import permutable_sets
 from .canonical import ScaleStructure, canonical_factors, section_factors
-from .graph import ParamGraph
 from .symmetry import GroupElement, apply_element
 from .types import NodeType
+
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
 
 
 @dataclass

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -39,6 +40,20 @@ PROG = "paramgraph"
 
 
 # -- running commands ------------------------------------------------------------------------------
+
+
+def without_pyg(handler):
+    """``handler`` run inside :func:`paramgraph.layout.plain_graphs`: a command that reads or
+    converts one graph never batches it, so it need not pay the ~3 s of importing torch_geometric
+    (more than torch itself)."""
+    @functools.wraps(handler)
+    def run(*args, **kwargs):
+        from .layout import plain_graphs
+
+        with plain_graphs():
+            return handler(*args, **kwargs)
+
+    return run
 
 
 def run_command(args: argparse.Namespace, prog: str = PROG) -> int:
@@ -107,6 +122,11 @@ def source_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-shape", metavar="SHAPE", default=None,
                         help="shape of an example input for tracing, e.g. 2,1,8,8 (not needed "
                         "for .pt2 programs)")
+    parser.add_argument("--input-spec", metavar="SPEC", default=None,
+                        help="example inputs that are not one float tensor: "
+                        "[NAME=][DTYPE:]SHAPE[:LOW-HIGH], several separated by ';', e.g. "
+                        "int64:1,16:0-100 for token ids in [0, 100); forward arguments not "
+                        "given keep their defaults")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow unpickling files that hold more than tensors (a whole "
                         "module, or a .pt2 with pickled parts); this can run code from the file")
@@ -212,16 +232,17 @@ nonneg_float = _number_type(float, lambda v: not v < 0, "a non-negative number",
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     """``"2,1,8,8"`` -> ``(2, 1, 8, 8)``; raises ParamGraphError for anything else."""
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        shape = ()
-    if not shape or any(s < 1 for s in shape):
-        raise ParamGraphError(f"--input-shape '{text}': expected comma-separated positive "
-                              "integers, e.g. 2,1,8,8")
-    return shape
+    from .inputs import parse_shape
+
+    return None if text is None else parse_shape(text)
+
+
+def parse_input_spec(text: str | None) -> list | None:
+    """``--input-spec`` as a list of :class:`~paramgraph.inputs.InputSpec` (None if not given);
+    raises ParamGraphError naming the part that does not parse."""
+    from .inputs import parse_input_spec as parse
+
+    return None if text is None else parse(text)
 
 
 def parse_arch_kwargs(text: str | None) -> dict:
@@ -263,12 +284,12 @@ def _convert_options(args) -> dict:
     return {
         "arch": args.arch, "arch_kwargs": parse_arch_kwargs(args.arch_kwargs),
         "input_shape": parse_input_shape(args.input_shape), "trust_pickle": args.trust_pickle,
+        "input_spec": parse_input_spec(getattr(args, "input_spec", None)),
         "allow_nonfinite": getattr(args, "allow_nonfinite", False),
     }
 
 
 def _default_output(src: Path, output: str | None) -> Path:
-
     if output is None:
         out = src.with_suffix(GRAPH_SUFFIX)
     else:
@@ -281,6 +302,7 @@ def _default_output(src: Path, output: str | None) -> Path:
     return out
 
 
+@without_pyg
 def _convert_file(src: str, out: str, options: dict) -> tuple[list[str], str]:
     """Convert one file and save it; returns (warning lines, a one-line description)."""
     from .convert import convert_checkpoint
@@ -398,6 +420,7 @@ def _convert_directory(src: Path, args, options: dict) -> int:
 # -- inspect ---------------------------------------------------------------------------------------
 
 
+@without_pyg
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Handler of ``paramgraph inspect``."""
     from .convert import convert_checkpoint
@@ -563,6 +586,7 @@ def _names(names: list[str], limit: int = 6) -> str:
 # -- restore / export / draw -----------------------------------------------------------------------
 
 
+@without_pyg
 def cmd_restore(args: argparse.Namespace) -> int:
     """Handler of ``paramgraph restore``."""
     from .inverse import to_state_dict
@@ -584,6 +608,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+@without_pyg
 def cmd_export(args: argparse.Namespace) -> int:
     """Handler of ``paramgraph export``."""
     import networkx as nx
@@ -639,6 +664,7 @@ def _json_safe(obj):
     return obj
 
 
+@without_pyg
 def cmd_draw(args: argparse.Namespace) -> int:
     """Handler of ``paramgraph draw``."""
     from .draw import MAX_EDGES, MAX_NODES, draw_graph

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,9 @@ from torch import Tensor, nn
 from .architecture import build_architecture, fit_state_dict
 from .checkpoint import check_finite, load_checkpoint
 from .errors import CheckpointError, ParamGraphError
-from .graph import ParamGraph
+
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
 
 
 @dataclass
@@ -27,12 +30,14 @@ class Converted:
 
 def convert_checkpoint(path: str | os.PathLike, *, arch: str | None = None,
                        arch_kwargs: dict | None = None, input_shape: tuple[int, ...] | None = None,
-                       trust_pickle: bool = False, allow_nonfinite: bool = False) -> Converted:
+                       trust_pickle: bool = False, allow_nonfinite: bool = False,
+                       input_spec: list | None = None) -> Converted:
     """Convert one checkpoint file into a parameter graph.
 
     ``.pt2`` programs carry their architecture; a state_dict (safetensors or ``torch.save``)
-    needs ``arch`` (see :func:`build_architecture`) and ``input_shape`` to trace it; a pickled
-    module (only with ``trust_pickle``) needs ``input_shape``. Returns a :class:`Converted` whose
+    needs ``arch`` (see :func:`build_architecture`) and ``input_shape`` (or ``input_spec``, a
+    list of :class:`~paramgraph.inputs.InputSpec`: token ids, several or keyword inputs) to trace
+    it; a pickled module (only with ``trust_pickle``) needs one of them too. Returns a :class:`Converted` whose
     ``extra`` holds the state_dict entries the graph does not hold, so that graph + extra give back
     the whole state_dict.
 
@@ -72,13 +77,20 @@ def convert_checkpoint(path: str | os.PathLike, *, arch: str | None = None,
         state = obj if isinstance(obj, dict) else module.state_dict()
         if not allow_nonfinite:
             check_finite(state, p)
-        if input_shape is None:
-            raise CheckpointError(p, "tracing the architecture needs an example input shape; "
-                                  "give it with --input-shape, e.g. --input-shape 2,1,8,8")
-        meta["input_shape"] = ",".join(map(str, input_shape))
+        if input_shape is None and not input_spec:
+            raise CheckpointError(p, "tracing the architecture needs an example input; give it "
+                                  "with --input-shape, e.g. 2,1,8,8, or --input-spec, e.g. "
+                                  "int64:1,16:0-100 for token ids")
         dtype = next((t.dtype for t in module.state_dict().values() if t.is_floating_point()),
                      torch.float32)
-        example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+        if input_spec:
+            from .inputs import format_spec, make_inputs
+
+            meta["input_spec"] = format_spec(input_spec)
+            example = make_inputs(input_spec, dtype)
+        else:
+            meta["input_shape"] = ",".join(map(str, input_shape))
+            example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
         graph = _in_file(p, from_module, module, example)
     placed = set(graph.segments.names())
     extra = {k: v.detach() for k, v in state.items() if k not in placed}

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import ParamGraphError
-from .graph import ParamGraph
 from .types import EdgeType, NodeType
+
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
 
 MAX_NODES = 400
 MAX_EDGES = 5000

@@ -25,6 +25,7 @@ from __future__ import annotations
 import operator
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
@@ -32,9 +33,32 @@ from torch import Tensor
 
 from .builder import GraphBuilder
 from .errors import UnsupportedModuleError, one_line
-from .graph import ParamGraph
-from .trace import FxConverter, TracedValue, _clip, _gelu_code, _reshape_any, node_arg
+from . import attention, patterns
+from .patterns import op_name
+from .trace import (
+    Const,
+    Data,
+    FxConverter,
+    TracedValue,
+    _branch_op,
+    _clip,
+    _pad,
+    _upsample,
+    _expand_any,
+    _gelu_code,
+    _is_param,
+    _ParamView,
+    _param_of,
+    _Pieces,
+    _reshape_any,
+    _stack,
+    data_of,
+    node_arg,
+)
 from .types import Activation, NormKind
+
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
 
 SUPPORTED_EXPORT = (
     "aten linear, addmm/mm with a transposed parameter, conv1d/conv2d/conv3d/convolution "
@@ -44,8 +68,14 @@ SUPPORTED_EXPORT = (
     "hardtanh, clamp, tanh, sigmoid, sin (optionally of x * constant), x * sigmoid(x), "
     "x * gate, parameter * x (layer scale), add of two activations, cat/split/chunk/slice on "
     "features, channel shuffle, view/reshape/flatten/squeeze/unsqueeze, permute/transpose, "
-    "mean/sum/amax over positions, avg/max/adaptive pooling, in-place forms (functionalised "
-    "first), and the no-ops dropout, clone, alias, detach, contiguous, _to_copy. Attention is not "
+    "mean/sum/amax over positions, stack/softmax/sum/mul on branches side by side (selective "
+    "kernel, split attention), conv1d along the channels of one pooled channel (ECA), "
+    "pad/constant_pad_nd of positions, upsample_nearest/bilinear/..., "
+    "avg/max/adaptive pooling, in-place forms (functionalised "
+    "first), the no-ops dropout, clone, alias, detach, contiguous, _to_copy, embedding, rms_norm, "
+    "addmm with a raw [in, out] weight (GPT-2 Conv1D), constants computed from shapes (zeros, "
+    "arange, sin/cos, slice_scatter: folded), and attention written out (matmul, softmax, "
+    "scaled_dot_product_attention, rotary embeddings). nn.MultiheadAttention modules are not "
     "supported from exported programs: convert the live module with paramgraph.from_module"
 )
 
@@ -80,10 +110,12 @@ _REDUCE = {"mean": "avg", "sum": "avg", "amax": "max"}
 _BATCH_NORM = {"batch_norm", "native_batch_norm", "_native_batch_norm_legit",
                "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional"}
 _SHAPE_QUERIES = {"sym_size", "sym_numel", "sym_stride", "sym_storage_offset"}
-_ATTENTION_OPS = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+_ATTENTION_OPS = {"_scaled_dot_product_flash_attention",
                   "_scaled_dot_product_efficient_attention", "_native_multi_head_attention",
-                  "_scaled_dot_product_flash_attention_for_cpu", "bmm", "baddbmm",
-                  "softmax", "_softmax"}
+                  "_scaled_dot_product_flash_attention_for_cpu", "baddbmm"}
+# Attention written out (paramgraph.attention) on values that are not yet split into heads.
+_ATTENTION_CORE = {"scaled_dot_product_attention", "matmul", "bmm"}
+_NOT_CONSTANT = object()
 _ATTENTION_MODULES = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder",
                       "TransformerDecoderLayer", "TransformerDecoder", "Transformer")
 
@@ -157,14 +189,16 @@ class _ExportConverter(FxConverter):
         self.modules: dict = {}
         self.root = type(_root_type(ep), (), {})()  # error messages name the exported class
         sig = ep.graph_signature
-        self.tensors: dict[str, tuple[str, Tensor]] = {}
+        self.tensors: dict[str, tuple[str, Tensor] | Const] = {}
+        self.constants, self.literals = {}, {}
         for placeholder, fqn in {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
                                  **sig.inputs_to_lifted_tensor_constants}.items():
             tensor = ep.state_dict.get(fqn)
-            if tensor is None:
-                tensor = ep.constants.get(fqn)
             if isinstance(tensor, Tensor):
                 self.tensors[placeholder] = (fqn, tensor.detach())
+            elif isinstance(ep.constants.get(fqn), Tensor):  # non-persistent buffers (inv_freq)
+                self.tensors[placeholder] = Const(ep.constants[fqn].detach())
+        self.b.aliases = _aliases(ep.state_dict)
         self.user_inputs = list(sig.user_inputs)
         output = next(n for n in self.gm.graph.nodes if n.op == "output")
         results = list(output.args[0]) if isinstance(output.args[0], (tuple, list)) \
@@ -179,6 +213,9 @@ class _ExportConverter(FxConverter):
     def run(self) -> ParamGraph:
         used_inputs = [n for n in self.gm.graph.nodes if n.op == "placeholder"
                        and n.name in self.user_inputs and n in self.live]
+        self.fused, self.skip = patterns.find(  # layers written out (HF's RMSNorm, gelu_new)
+            self.gm.graph, lambda n: n.op == "placeholder" and isinstance(self.tensors.get(n.name),
+                                                                          tuple))
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 self.env[node] = self._placeholder(node, used_inputs)
@@ -187,6 +224,8 @@ class _ExportConverter(FxConverter):
                     self._output(item)
             elif node not in self.live:
                 self.env[node] = None  # counters, running-stat updates, assertions
+            elif node in self.skip or node in self.fused:
+                self.env[node] = self._written_out(node)
             elif node.op == "call_function":
                 self.env[node] = self._aten(node)
             else:
@@ -207,11 +246,7 @@ class _ExportConverter(FxConverter):
         if node.name in self.user_inputs:
             if node not in self.live:
                 return None
-            if node is not used_inputs[0]:
-                raise UnsupportedModuleError("", type(self.root).__name__, f"the program takes a "
-                                             f"second tensor input '{node.name}'; one input tensor "
-                                             "is supported")
-            return TracedValue(None, self._shape(node), -1)
+            return self._input(node, node.meta.get("val"))
         return None  # tokens and script objects: nothing reads them as activations
 
     # -- values ----------------------------------------------------------------------------------
@@ -247,10 +282,33 @@ class _ExportConverter(FxConverter):
 
     def _aten(self, node: fx.Node):
         path, t, args = self._path(node), node.target, node.args
+        branch = _branch_op(self, node)  # selective kernel / split attention branches
+        if branch is not None:
+            return branch(self, node, path)
+        if attention.reads_heads(self, node):
+            return attention.call(self, node, op_name(node))
+        folded = self._fold(node)
+        if folded is not _NOT_CONSTANT:
+            return folded
         if t is operator.getitem:
             return self._getitem(node)
-        name = _op_name(node)
+        name = op_name(node)
         _check_not_attention(node, path, name)
+        if name in _ATTENTION_CORE:
+            return attention.call(self, node, name)
+        if name == "embedding":  # aten.embedding(weight, indices, ...)
+            (w,) = self._attr_args(node, 0, ("weight",))
+            return self._embed(node, self.env.get(args[1]), w, path)
+        if name == "rms_norm":
+            (w,) = self._attr_args(node, 2, ("weight",))
+            return self._rms_norm(node, self._take(node, args[0]), path,
+                                  node_arg(node, 1, "normalized_shape"), w)
+        if name == "expand" and _is_param(self.env.get(args[0])):
+            return _ParamView(*_param_of(self.env[args[0]]), self._shape(node))
+        if name in ("expand", "expand_as"):
+            return _expand_any(self, node, path)
+        if name == "select":
+            return self._select_position(node, path)
         if name in _SHAPE_QUERIES:
             return None
         if name in ("sigmoid", "sigmoid_") and _silu_product(node, self.live) is not None:
@@ -292,6 +350,12 @@ class _ExportConverter(FxConverter):
             return self._add(node)
         if name == "cat":
             return self._cat(node)
+        if name == "stack":
+            return _stack(self, node, path)
+        if name in ("pad", "constant_pad_nd"):
+            return _pad(self, node, path)
+        if name.startswith(("upsample_", "_upsample_")):  # upsample_nearest2d, _bilinear2d, ...
+            return _upsample(self, node, path, "nearest" if "nearest" in name else "linear")
         if name in _POOL:
             return self._pool(node, self._take(node, args[0]), _POOL[name])
         if name in _POOL_TUPLE:
@@ -319,6 +383,43 @@ class _ExportConverter(FxConverter):
         raise UnsupportedModuleError(path, f"aten.{name}", "this operation is not supported; "
                                      "convert the live module with --arch instead, or rewrite the "
                                      "operation (paramgraph inspect --supported lists them)")
+
+    def _fold(self, node: fx.Node):
+        """The value of an operation on constants only (``zeros``, ``arange``, ``sin``,
+        ``slice_scatter`` of sinusoidal positions): evaluated here, as the fx front end's shape
+        pass does; an operation on token ids or masks is :class:`Data`."""
+        data = data_of(self, node, op_name(node))
+        if data is not None:
+            return data
+        inputs = [self.env.get(a) for a in node.all_input_nodes]
+        if not all(isinstance(v, Const) for v in inputs) or not hasattr(node.target, "_schema") \
+                or node.target._schema.is_mutable:
+            return _NOT_CONSTANT
+        if not inputs and not node.target._schema.returns:
+            return _NOT_CONSTANT
+
+        def value(a):
+            return self.env[a].value if isinstance(a, fx.Node) else a
+
+        args = fx.node.map_arg(node.args, value)
+        kwargs = fx.node.map_arg(node.kwargs, value)
+        with torch.no_grad():
+            out = node.target(*args, **kwargs)
+        if isinstance(out, Tensor):
+            return Const(out)
+        if isinstance(out, (tuple, list)) and all(isinstance(o, Tensor) for o in out):
+            return _Pieces([Const(o) for o in out])
+        return _NOT_CONSTANT
+
+    def _select_position(self, node: fx.Node, path: str):
+        """``aten.select(x, dim, i)`` on a dimension other than the features (``x[:, 0]``)."""
+        val = self._take(node, node.args[0])
+        dim = node.args[1] % len(val.shape)
+        if val.feat is None or dim == self._fdim(val):
+            raise UnsupportedModuleError(path, "aten.select", "it selects a single feature; "
+                                         "slices of the features are supported")
+        fdim = self._fdim(val)
+        return TracedValue(val.feat, self._shape(node), fdim - (dim < fdim))
 
     def _getitem(self, node: fx.Node):
         src, index = node.args
@@ -359,6 +460,11 @@ class _ExportConverter(FxConverter):
             x_arg, w_arg = node.args[:2]
             bias = None
         w = self.env.get(w_arg) if isinstance(w_arg, fx.Node) else None
+        if name == "addmm" and _is_param(w) and not isinstance(w, _ParamView):
+            # GPT-2's Conv1D: addmm(bias, x, W) with W stored [in, out]
+            feat = self.b.linear(self._feat(self._take(node, x_arg), "last"), w, bias, path,
+                                 transposed=True)
+            return self._result(node, feat)
         if not isinstance(w, _Transposed):
             raise UnsupportedModuleError(path, f"aten.{name}", "only a product with a transposed "
                                          "weight parameter (a linear layer) is supported; "
@@ -400,6 +506,8 @@ class _ExportConverter(FxConverter):
 
     def _slice(self, node: fx.Node, path: str):
         """``aten.slice(x, dim, start, end, step)``: all positions, or a slice of the features."""
+        if _is_param(self.env.get(node.args[0])):  # pos_embed[:, :T]: the table is read whole
+            return _ParamView(*_param_of(self.env[node.args[0]]), self._shape(node))
         val = self._take(node, node.args[0])
         n = len(val.shape)
         dim = node_arg(node, 1, "dim", 0) % n
@@ -435,7 +543,7 @@ class _ExportConverter(FxConverter):
             x, c = c, x
         # Core ATen decomposes silu into x * sigmoid(x).
         for a, b in ((x, c), (c, x)):
-            if isinstance(b, fx.Node) and _op_name(b) in ("sigmoid", "sigmoid_") \
+            if isinstance(b, fx.Node) and op_name(b) in ("sigmoid", "sigmoid_") \
                     and b.args[0] is a and _silu_product(b, self.live) is node:
                 val = self._take(node, a)
                 if {u for u in a.users if u in self.live} == {b, node}:
@@ -444,7 +552,7 @@ class _ExportConverter(FxConverter):
         # Sine(w0) exports as sin(x * w0): the scale is part of the activation, as it is when the
         # fx converter reads the Sine module.
         users = [u for u in node.users if u in self.live]
-        if isinstance(c, (int, float)) and users and all(_op_name(u) in ("sin", "sin_")
+        if isinstance(c, (int, float)) and users and all(op_name(u) in ("sin", "sin_")
                                                          for u in users):
             return self._take(node, x)
         if isinstance(c, (int, float)) or isinstance(x, (int, float)):
@@ -457,10 +565,21 @@ class _ExportConverter(FxConverter):
 def _silu_product(sigmoid: fx.Node, live: set[fx.Node]) -> fx.Node | None:
     """The ``mul(x, sigmoid(x))`` node when that is the sigmoid's only use, else None."""
     users = [u for u in sigmoid.users if u in live]
-    if len(users) != 1 or _op_name(users[0]) != "mul":
+    if len(users) != 1 or op_name(users[0]) != "mul":
         return None
     x = sigmoid.args[0]
     return users[0] if set(users[0].args[:2]) == {x, sigmoid} else None
+
+
+def _aliases(state: dict) -> dict[str, str]:
+    """Each key of a tensor held under several keys (tied embeddings: ``lm_head.weight`` is
+    ``wte.weight``) -> the next such key; the program reads all uses through one of them."""
+    by_storage: dict[tuple, list[str]] = {}
+    for key, t in state.items():
+        if isinstance(t, Tensor) and t.numel():
+            by_storage.setdefault((t.data_ptr(), tuple(t.shape), tuple(t.stride())), []).append(key)
+    return {keys[i]: keys[(i + 1) % len(keys)] for keys in by_storage.values() if len(keys) > 1
+            for i in range(len(keys))}
 
 
 def state_dict_order(ep: torch.export.ExportedProgram) -> list[str]:
@@ -494,13 +613,6 @@ def state_dict_order(ep: torch.export.ExportedProgram) -> list[str]:
         order.extend(own.get(module, ()))  # parameters first: they were added first
         stack.extend(reversed(children.get(module, [])))
     return order + rest
-
-
-def _op_name(node: fx.Node) -> str:
-    packet = getattr(node.target, "overloadpacket", None)
-    if packet is not None:
-        return packet.__name__
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def _moved_dim(node: fx.Node, name: str, dim: int, ndim: int) -> int:

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -26,9 +26,11 @@ from .atomic import atomic_path
 from .errors import GraphFormatError, one_line
 from .formats import GRAPH_FORMAT, GRAPH_FORMAT_VERSION
 from .sniff import sniff_format
-from .graph import FIELDS, FLOAT_DTYPES, ParamGraph, SegmentTable, dtype_from_name
+from .layout import FIELDS, FLOAT_DTYPES, SegmentTable, dtype_from_name, new_graph
 from .types import NODE_SLOTS
 
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
 
 
 @dataclass
@@ -161,7 +163,7 @@ def read_graph_file(path: str | os.PathLike) -> GraphFile:
         t = fields[key]
         if (dtype is None and t.dtype not in FLOAT_DTYPES) or (dtype is not None and t.dtype != dtype):
             raise GraphFormatError(f"{p}: graph field '{key}' has dtype {t.dtype}")
-    graph = ParamGraph(**fields, **scalars, segments=segments, num_nodes=num_nodes)
+    graph = new_graph(**fields, **scalars, segments=segments, num_nodes=num_nodes)
     try:
         graph.validate()
     except GraphFormatError as err:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from . import memory
 from .errors import GraphFormatError
-from .graph import ParamGraph, dtype_from_name
+from .layout import dtype_from_name
+
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
 
 
 def to_state_dict(graph: ParamGraph) -> dict[str, Tensor]:

@@ -20,6 +20,7 @@ network is still a network of the same architecture, with no extra layers).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +29,10 @@ from .align import align as align_graphs
 from .activations import forward_with_hooks
 from .align import check_same_architecture
 from .errors import ParamGraphError
-from .graph import ParamGraph
 from .inverse import from_state_dict, load_into
+
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
 
 
 def merge(graphs: Sequence[ParamGraph], weights: Sequence[float] | None = None, *,

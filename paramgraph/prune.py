@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .align import permutable_sets
 from .errors import ParamGraphError
-from .graph import ParamGraph
 from .inverse import to_state_dict
+
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
 
 
 @dataclass

@@ -33,7 +33,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .errors import GraphFormatError
-from .graph import ParamGraph, SegmentTable
+from .graph import ParamGraph
+from .layout import SegmentTable
 from .atomic import atomic_path, atomic_write
 
 FORMAT = "paramgraph-store/1"

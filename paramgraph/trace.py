@@ -9,25 +9,28 @@ transposes move the feature dimension.
 
 from __future__ import annotations
 
-import contextlib
-import io
+import inspect
 import math
 import operator
 import warnings
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
+from . import patterns
+from .patterns import op_name
 from .builder import Feat, GraphBuilder
 from .errors import UnsupportedModuleError
-from .graph import ParamGraph, SegmentTable
+from .layout import SegmentTable
 from .nn import Sine
-from .types import Activation, NormKind
+from .types import Activation, NodeType, NormKind
+
+if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometric
+    from .graph import ParamGraph
 
 SUPPORTED = (
     "Linear, Conv1d/Conv2d/Conv3d (grouped and depthwise too), BatchNorm1d/2d/3d (eval), "
@@ -39,7 +42,11 @@ SUPPORTED = (
     "TransformerEncoderLayer/TransformerEncoder (batch_first), the functional forms of these, "
     "x + y, x * gate (squeeze-excitation), x * sigmoid(x), parameter * x (layer scale), "
     "torch.cat, chunk/split/slices on features, channel shuffle, reshapes, transposes, "
-    "mean/amax over positions, and containers or custom modules built from them"
+    "mean/amax over positions, branches side by side (torch.stack or a view into (branches, C)) "
+    "with a softmax across them, their product with attention weights and their sum "
+    "(selective kernel, split attention), a convolution along the channel axis of one pooled "
+    "channel (ECA), F.pad of positions (zeros, reflect, replicate, circular), nn.Upsample and "
+    "F.interpolate, and containers or custom modules built from them"
 )
 
 _ACT_MODULES = {
@@ -88,8 +95,10 @@ _REDUCE = {"mean": "avg", "sum": "avg", "amax": "max"}
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def from_module(module: nn.Module, example_input: Tensor) -> ParamGraph:
-    """Convert ``module`` into a :class:`ParamGraph` by tracing it on ``example_input``.
+def from_module(module: nn.Module, example_input) -> ParamGraph:
+    """Convert ``module`` into a :class:`ParamGraph` by tracing it on ``example_input``: one
+    tensor, a tuple of positional inputs or a dict of keyword inputs (integer tensors are token
+    ids for embeddings, or masks); forward arguments not given keep their defaults.
 
     Returns the graph; ``paramgraph.to_state_dict(graph)`` gives back ``module.state_dict()``
     bit-exactly (every converted parameter and buffer; counters like ``num_batches_tracked`` are
@@ -108,38 +117,136 @@ def from_module(module: nn.Module, example_input: Tensor) -> ParamGraph:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"from_module expects an nn.Module, got {type(module).__name__}")
-    if _Tracer().is_leaf_module(module, ""):
+    if _Tracer().is_leaf_module(module, "") and isinstance(example_input, Tensor):
         return _from_bare_layer(module, example_input)
+    args, kwargs = _split_inputs(example_input)
+    ordered, concrete = _bind(module, args, kwargs)
     was_training = module.training
     module.eval()
     try:
         try:
-            gm = _trace(module)
+            gm = _trace(module, concrete)
         except UnsupportedModuleError as fx_error:
-            return _export_fallback(module, example_input, fx_error)
-        _propagate(module, gm, example_input)
-        return FxConverter(module, gm).run()
+            return _export_fallback(module, (args, kwargs), fx_error)
+        constants = _constant_nodes(module, gm)
+        values = _propagate(module, gm, ordered, constants)
+        converter = FxConverter(module, gm, {n: Const(v) if isinstance(v, Tensor) else None
+                                             for n, v in values.items()})
+        converter.literals = values
+        return converter.run()
     finally:
         module.train(was_training)
 
 
-class _ShapePass(ShapeProp):
-    """ShapeProp that remembers the node it is running, to name it when the forward fails."""
+def _split_inputs(example_input) -> tuple[tuple, dict]:
+    """One tensor, a tuple/list (positional) or a dict (keyword inputs; int keys are positions,
+    as :func:`paramgraph.inputs.make_inputs` gives them) as (args, kwargs)."""
+    if isinstance(example_input, dict):
+        args = tuple(example_input[i] for i in sorted(k for k in example_input
+                                                      if isinstance(k, int)))
+        return args, {k: v for k, v in example_input.items() if not isinstance(k, int)}
+    if isinstance(example_input, (tuple, list)):
+        return tuple(example_input), {}
+    return (example_input,), {}
+
+
+def _bind(module: nn.Module, args: tuple, kwargs: dict) -> tuple[list, dict]:
+    """The forward's inputs in parameter order (defaults where not given) and the parameters
+    not given, fixed to their defaults for tracing (``attn_mask=None`` takes its None branch)."""
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    names = [p.name for p in params]
+    unknown = [k for k in kwargs if k not in names]
+    if unknown or len(args) > len(params):
+        what = f"keyword inputs {unknown}" if unknown else f"{len(args)} inputs"
+        raise UnsupportedModuleError("", type(module).__name__, f"forward takes {names}, not "
+                                     f"{what}; pass inputs that match its signature")
+    ordered, concrete = [], {}
+    for i, p in enumerate(params):
+        if i < len(args):
+            ordered.append(args[i])
+        elif p.name in kwargs:
+            ordered.append(kwargs[p.name])
+        elif p.default is not p.empty:
+            ordered.append(p.default)
+            concrete[p.name] = p.default
+        else:
+            raise UnsupportedModuleError("", type(module).__name__, f"forward needs input "
+                                         f"'{p.name}', which was not given; pass it (--input-spec "
+                                         f"'...;{p.name}=SPEC')")
+    return ordered, concrete
+
+
+def _describe(inputs) -> str:
+    shapes = [tuple(t.shape) for t in inputs if isinstance(t, Tensor)]
+    return f"of shape {shapes[0]}" if len(shapes) == 1 else f"of shapes {shapes}"
+
+
+def _constant_nodes(root: nn.Module, gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes computed from no input value and no state_dict tensor (only from shapes, constants
+    and non-persistent buffers): sinusoidal positions, rotary cosines, ``arange`` positions."""
+    state = set(root.state_dict(keep_vars=True))
+    values: set[fx.Node] = set()
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" or (n.op == "get_attr" and n.target in state):
+            values.add(n)
+        elif n.op == "call_module":
+            if any(True for _ in gm.get_submodule(n.target).parameters()) \
+                    or any(a in values for a in n.all_input_nodes):
+                values.add(n)
+        elif not _shape_query(n) and any(a in values for a in n.all_input_nodes):
+            values.add(n)
+    return {n for n in gm.graph.nodes if n not in values
+            and n.op in ("get_attr", "call_function", "call_method", "call_module")}
+
+
+class _TensorMeta(NamedTuple):
+    """The part of ``ShapeProp``'s ``TensorMetadata`` the converter reads."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+class _ShapePass(fx.Interpreter):
+    """Runs the traced forward and records every node's ``tensor_meta`` (shape, dtype) as
+    ``ShapeProp`` does, without its import of ``symbolic_shapes`` (sympy, ~1.5 s: most of a small
+    conversion) and its memory-format checks. Remembers the node it is running, to name it when the
+    forward fails, and keeps the values of the constant nodes."""
 
     current: fx.Node | None = None
+    keep: set[fx.Node] = set()
 
     def run_node(self, n: fx.Node):
         self.current = n
-        return super().run_node(n)
+        result = super().run_node(n)
+        found = False
+
+        def meta(obj):
+            nonlocal found
+            if isinstance(obj, Tensor):
+                found = True
+                return _TensorMeta(obj.shape, obj.dtype)
+            return obj
+
+        tensor_meta = fx.node.map_aggregate(result, meta)
+        if found:
+            n.meta["tensor_meta"] = tensor_meta
+        n.meta["type"] = type(result)
+        if n in self.keep:
+            self.values[n] = result
+        return result
 
 
-def _propagate(module: nn.Module, gm: fx.GraphModule, example_input: Tensor) -> None:
-    """Run the traced forward on ``example_input`` to record every shape; a failure (a wrong input
-    shape, say) is one line naming the layer that failed and why."""
+def _propagate(module: nn.Module, gm: fx.GraphModule, inputs: list,
+               constants: set[fx.Node] = frozenset()) -> dict[fx.Node, object]:
+    """Run the traced forward on the example inputs to record every shape and the values of
+    ``constants`` (returned); a failure (a wrong input shape, say) is one line naming the layer
+    that failed and why."""
     interp = _ShapePass(gm)
-    try:  # ShapeProp prints the traceback of a failing node itself: keep it off the terminal
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            interp.propagate(example_input)
+    interp.keep, interp.values = constants, {}
+    try:
+        with torch.no_grad():
+            interp.run(*inputs)
     except Exception as err:
         node, cause = interp.current, err.__cause__ or err
         path, what = "", type(module).__name__
@@ -151,10 +258,11 @@ def _propagate(module: nn.Module, gm: fx.GraphModule, example_input: Tensor) -> 
                 path = _stack_path(node)
                 owner = module.get_submodule(path) if path else module
                 what = f"{type(owner).__name__}: {_target_name(node.target)}"
-        raise UnsupportedModuleError(path, what, f"the example input of shape "
-                                     f"{tuple(example_input.shape)} does not fit: "
-                                     f"{_first_line(cause)}; pass an input of the shape the "
-                                     "network expects (--input-shape)") from err
+        raise UnsupportedModuleError(path, what, f"the example input {_describe(inputs)} "
+                                     f"does not fit: {_first_line(cause)}; pass an input of the "
+                                     "shape the network expects (--input-shape; --input-spec "
+                                     "for token ids or several inputs)") from err
+    return interp.values
 
 
 def _first_line(err: BaseException) -> str:
@@ -169,7 +277,7 @@ def _stack_path(node: fx.Node) -> str:
     return next(reversed(stack.values()))[0] if stack else ""
 
 
-def _export_fallback(module: nn.Module, example_input: Tensor,
+def _export_fallback(module: nn.Module, inputs: tuple[tuple, dict],
                      fx_error: UnsupportedModuleError) -> ParamGraph:
     """Convert ``module`` through ``torch.export`` when ``torch.fx`` could not trace it; if that
     fails too, the error says what each front end found."""
@@ -178,7 +286,7 @@ def _export_fallback(module: nn.Module, example_input: Tensor,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ep = torch.export.export(module, (example_input,))
+            ep = torch.export.export(module, inputs[0], inputs[1])
     except Exception as err:
         raise UnsupportedModuleError(
             fx_error.path, fx_error.what, f"{fx_error.reason}; the torch.export fallback failed "
@@ -233,10 +341,10 @@ class _Tracer(fx.Tracer):
         return type(m).__module__.startswith("torch.nn") or isinstance(m, Sine)
 
 
-def _trace(module: nn.Module) -> fx.GraphModule:
+def _trace(module: nn.Module, concrete: dict | None = None) -> fx.GraphModule:
     tracer = _Tracer()
     try:
-        graph = tracer.trace(module)
+        graph = tracer.trace(module, concrete_args=concrete or None)
     except Exception as err:
         path = next(reversed(tracer.module_stack), "") if getattr(tracer, "module_stack", None) else ""
         sub = module.get_submodule(path) if path else module
@@ -291,6 +399,23 @@ class _AttentionOutput:
         self.value = value
 
 
+@dataclass
+class Const:
+    """A tensor computed in forward from shapes and constants only (sinusoidal positions,
+    rotary cosines, ``arange`` positions): part of the function, not of the weights."""
+
+    value: Tensor
+
+
+@dataclass
+class Data:
+    """A tensor computed from the inputs without weights: token ids (``tokens``), masks. It
+    carries no neurons; embeddings read token ids, attention scores take masks."""
+
+    shape: tuple[int, ...]
+    tokens: bool = False
+
+
 class FxConverter:
     """Walks a traced ``torch.fx`` graph node by node and calls :class:`GraphBuilder` per layer.
 
@@ -300,18 +425,21 @@ class FxConverter:
     these methods. Nodes are dispatched through the tables at the end of this module.
     """
 
-    def __init__(self, root: nn.Module, gm: fx.GraphModule):
+    def __init__(self, root: nn.Module, gm: fx.GraphModule, constants: dict | None = None):
         self.root = root
         self.gm = gm
         self.b = GraphBuilder()
         self.env: dict[fx.Node, object] = {}
         self.called: set[str] = set()
         self.modules = dict(root.named_modules())
+        self.constants: dict[fx.Node, Const | None] = constants or {}
+        self.literals: dict[fx.Node, object] = {}  # values of constant nodes (sizes too)
 
     # -- driver ----------------------------------------------------------------------------------
 
     def run(self) -> ParamGraph:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        self.fused, self.skip = patterns.find(self.gm.graph, lambda n: n.op == "get_attr")
         for node in self.gm.graph.nodes:
             self.env[node] = self._convert(node, placeholders)
         placed = {s.name for s in self.b.segments}
@@ -324,14 +452,12 @@ class FxConverter:
         return self.b.finalize(unplaced, order=keys)
 
     def _convert(self, node: fx.Node, placeholders):
+        if node in self.constants:
+            return self.constants[node]
+        if node in self.skip or node in self.fused:
+            return self._written_out(node)
         if node.op == "placeholder":
-            if node is not placeholders[0]:
-                if node.users:
-                    raise UnsupportedModuleError("", type(self.root).__name__,
-                                                 f"forward takes a second tensor input '{node.name}'; "
-                                                 "one input tensor is supported")
-                return None
-            return TracedValue(None, self._shape(node), -1)
+            return self._input(node, node.meta.get("tensor_meta"))
         if node.op == "get_attr":
             return (node.target, _fetch_attr(self.root, node.target))
         if node.op == "call_module":
@@ -342,6 +468,16 @@ class FxConverter:
             self._output(node.args[0])
             return None
         raise UnsupportedModuleError(self._path(node), node.op, "unknown fx operation")
+
+    def _input(self, node: fx.Node, meta) -> TracedValue | Data | None:
+        """A forward input: float features (their layout is fixed by the first layer that reads
+        them), integer token ids or masks (:class:`Data`), or a non-tensor default (None)."""
+        dtype = getattr(meta, "dtype", None)
+        if not node.users or dtype is None:
+            return None
+        if not dtype.is_floating_point:
+            return Data(self._shape(node), tokens=True)
+        return TracedValue(None, self._shape(node), -1)
 
     def _output(self, out):
         if isinstance(out, (tuple, list)):
@@ -438,11 +574,15 @@ class FxConverter:
 
     def _conv(self, node, val: TracedValue, path, weight, bias, groups: int = 1) -> TracedValue:
         if val.feat is not None and self._fdim(val) != 1:
-            raise UnsupportedModuleError(path, "convolution", "its input's channels are not in "
-                                         "dimension 1: it slides along the features (as ECA "
-                                         "attention's conv over the channel axis does), sharing "
-                                         "one kernel across them, which a parameter graph cannot "
-                                         "represent")
+            if not _one_channel_along_features(val):
+                raise UnsupportedModuleError(path, "convolution", "its input's channels are not "
+                                             "in dimension 1; a convolution along the features "
+                                             "is supported over one channel whose only "
+                                             "non-trivial dimension they are (ECA attention: "
+                                             "y.view(B, 1, C))")
+            # ECA: the features are the positions of the conv's single input channel
+            feat = self.b.channel_conv(val.feat, weight, bias, path, groups)
+            return self._result(node, feat, 1)
         feat = self.b.conv(self._feat(val, "channels"), weight, bias, path, groups)
         return self._result(node, feat, 1)
 
@@ -487,6 +627,20 @@ class FxConverter:
         params = {k: v for k, v in (("norm_weight", self._param(path, "weight", m.weight)),
                                     ("norm_bias", self._param(path, "bias", m.bias))) if v is not None}
         return self.b.norm(feat, NormKind.LAYER, params, path)
+
+    def _written_out(self, node: fx.Node):
+        """A layer written out in tensor operations (:mod:`paramgraph.patterns`): at its last
+        node, the layer of its input; its inner nodes carry nothing."""
+        f = self.fused.get(node)
+        if f is None:
+            return None
+        val = self._take(node, f.x)
+        if patterns.uses(f.x) <= self.skip | {node}:  # read by the pattern alone
+            val = self.env[f.x]
+        if f.kind == "gelu_tanh":
+            return self._activation(node, val, Activation.GELU_TANH)
+        weight = None if f.weight is None else _param_of(self.env[f.weight])
+        return self._rms_norm(node, val, self._path(node), (val.shape[-1],), weight)
 
     def _activation(self, node, val: TracedValue, act: Activation) -> TracedValue:
         feat = self._feat(val, "channels")
@@ -558,6 +712,16 @@ class FxConverter:
     # -- functions and methods -------------------------------------------------------------------
 
     def _call(self, node: fx.Node):
+        from . import attention
+
+        branch = _branch_op(self, node)  # before attention, which reads split features as heads
+        if branch is not None:
+            return branch(self, node, self._path(node))
+        if attention.reads_heads(self, node):
+            return attention.call(self, node, op_name(node))
+        data = data_of(self, node, op_name(node))
+        if data is not None:
+            return data  # masks and positions computed from the inputs
         table = _METHOD_HANDLERS if node.op == "call_method" else _FUNCTION_HANDLERS
         handler = table.get(node.target)
         if handler is None and node.op == "call_function" \
@@ -591,11 +755,18 @@ class FxConverter:
             return None
         if isinstance(val, _Pieces):
             return val.pieces[index]
+        if _is_param(val):  # pos_embed[:, :T]: the table is read whole (unused rows too)
+            name, tensor = _param_of(val)
+            return _ParamView(name, tensor, self._shape(node))
         if not isinstance(val, TracedValue):
             return None  # indexing a shape tuple
         val = self._take(node, src)
         fdim = self._fdim(val)
         items = index if isinstance(index, tuple) else (index,)
+        if any(i is None for i in items) and len(val.shape) >= 3 and val.feat is not None:
+            from . import attention  # a new axis on a single key/value head (repeat_kv)
+
+            return attention.call(self, node, "getitem")
         if any(i is Ellipsis or i is None or isinstance(i, (fx.Node, Tensor)) for i in items):
             raise UnsupportedModuleError(self._path(node), "indexing", f"index {index!r} is not "
                                          "supported (use plain ints and slices)")
@@ -621,15 +792,8 @@ class FxConverter:
         feat = self._feat(val, "channels")
         size = feat.size
         how = node_arg(node, 1, "chunks" if name == "chunk" else "split_size_or_sections")
-        if name == "split_with_sizes":
-            sizes = list(how)
-        elif name == "chunk":
-            step = -(-size // how)
-            sizes = [min(step, size - i) for i in range(0, size, step)]
-        elif isinstance(how, int):
-            sizes = [min(how, size - i) for i in range(0, size, how)]
-        else:
-            sizes = list(how)
+        how = self.literals.get(how, how) if isinstance(how, fx.Node) else how
+        sizes = split_sizes(name, how, size)
         pieces, start = [], 0
         for k in sizes:
             part = self.b.select(feat, torch.arange(start, start + k), self._path(node))
@@ -671,8 +835,12 @@ class FxConverter:
             fx_a, fx_b = self._feat(xa, layout), self._feat(xb, layout)
             out = self._shape(node)
             return TracedValue(self.b.product(fx_a, fx_b, path), out, len(out) + fd)
+        rotary = any(isinstance(v, TracedValue) and len(v.shape) == 4 for v in (va, vb)) and \
+            any(isinstance(v, Const) and v.value.dim() >= 2 for v in (va, vb))
         raise UnsupportedModuleError(path, self._owner(path, f"{node.op} "
                                                        f"{_target_name(node.target)}"),
+                                     "a rotary embedding on a single attention head (multi-query "
+                                     "attention with RoPE) is not supported yet" if rotary else
                                      "a value times a constant is not supported; fold the "
                                      "constant into the layer before it")
 
@@ -707,7 +875,9 @@ class FxConverter:
         pre, size = math.prod(shape[:fdim]), shape[fdim]
         cum = [math.prod(out[:j]) for j in range(len(out))]
         for j, n in enumerate(out):
-            if cum[j] == pre and n == size:  # the feature dimension survives untouched
+            # the feature dimension survives untouched; one feature is told from a batch of one
+            # by the leading dimensions (ECA's gate: (1, 1, C) -> (1, C, 1, 1) is a flatten)
+            if cum[j] == pre and n == size and (size > 1 or tuple(out[:j]) == shape[:fdim]):
                 return TracedValue(val.feat, out, j)
         for j in range(len(out) - 1):  # the start of a channel shuffle: (C) -> (groups, C/groups)
             if cum[j] == pre and out[j] > 1 and out[j + 1] > 1 and out[j] * out[j + 1] == size \
@@ -719,8 +889,12 @@ class FxConverter:
             for i in range(1, fdim):
                 if cum[j] == math.prod(shape[:i]) and n == math.prod(shape[i : fdim + 1]):
                     return TracedValue(self.b.flatten(val.feat, n // size, False), out, j)  # (pos, C)
-        raise UnsupportedModuleError(self._path(node), f"reshape {shape} -> {out}", "it splits or "
-                                     "scatters the feature dimension")
+        run = _pooled_split(shape, fdim, out)
+        if run is not None:  # a pooled vector viewed as (cardinality, radix, C / cardinality)
+            return TracedValue(val.feat, out, fdim, split=run)
+        from . import attention  # features split into heads (and q/k/v): a head view
+
+        return attention.reshape(self, node, val, out)
 
     def _transpose(self, node: fx.Node, val: TracedValue) -> TracedValue:
         if val.feat is None:
@@ -741,17 +915,25 @@ class FxConverter:
         return TracedValue(val.feat, self._shape(node), new)
 
     def _swap_split(self, node: fx.Node, val: TracedValue, dims) -> TracedValue:
-        """A channel shuffle's transpose: the two split feature dimensions swap, which reorders
-        the channels (a fixed permutation; no neurons are added)."""
-        n, fdim = len(val.shape), self._fdim(val)
-        if dims is None or sorted(d % n for d in dims) != [fdim, fdim + 1] or len(val.split) != 2:
-            raise UnsupportedModuleError(self._path(node), "transpose", "only a swap of the two "
-                                         "halves of a split feature dimension (a channel shuffle) "
-                                         "is supported")
-        a, b = val.split
-        order = torch.arange(a * b).view(a, b).t().reshape(-1)
-        return TracedValue(self.b.select(val.feat, order, self._path(node)), self._shape(node),
-                           fdim, split=(b, a))
+        """A transpose of two split feature dimensions (a channel shuffle's, or split attention's
+        (cardinality, radix) swap), which reorders the channels (a fixed permutation; no
+        neurons are added)."""
+        n, fdim, k = len(val.shape), self._fdim(val), len(val.split)
+        axes = sorted(d % n - fdim for d in dims) if dims is not None else None
+        if axes is None or axes[0] < 0 or axes[1] >= k:
+            raise UnsupportedModuleError(self._path(node), "transpose", "only a swap of two "
+                                         "split feature dimensions (a channel shuffle) is "
+                                         "supported")
+        order = list(range(k))
+        order[axes[0]], order[axes[1]] = axes[1], axes[0]
+        return self._permute_split(node, val, order)
+
+    def _permute_split(self, node: fx.Node, val: TracedValue, order: list[int]) -> TracedValue:
+        """The split feature dimensions in the order ``order`` (a permutation of them; the
+        other dimensions stay): the channels are read in that order."""
+        index = torch.arange(val.feat.size).view(val.split).permute(order).reshape(-1)
+        return TracedValue(self.b.select(val.feat, index, self._path(node)), self._shape(node),
+                           self._fdim(val), split=tuple(val.split[i] for i in order))
 
     def _reduce(self, node: fx.Node, how: str) -> TracedValue:
         val = self._take(node, node.args[0])
@@ -771,10 +953,19 @@ class FxConverter:
 
     def _add(self, node: fx.Node) -> TracedValue:
         a, b = node.args[:2]
+        va, vb = (self.env.get(x) if isinstance(x, fx.Node) else x for x in (a, b))
+        if isinstance(vb, TracedValue) and not isinstance(va, TracedValue):
+            a, b, va, vb = b, a, vb, va
+        if isinstance(va, TracedValue) and (_is_param(vb) or isinstance(vb, Const)) \
+                and node_arg(node, 2, "alpha", 1) == 1:
+            return self._add_table(node, self._take(node, a), vb)
         if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or node_arg(node, 2, "alpha", 1) != 1:
             raise UnsupportedModuleError(self._path(node), "add", "only the sum of two traced "
                                          "activations is supported (no constants or parameters)")
         va, vb = self._take(node, a), self._take(node, b)
+        if _broadcast_features(va, vb):  # wte(idx) [B, T, d] + wpe(pos) [T, d]
+            feat = self.b.add(self._feat(va, "last"), self._feat(vb, "last"), self._path(node))
+            return self._result(node, feat)
         if va.shape != vb.shape or self._fdim(va) != self._fdim(vb):
             raise UnsupportedModuleError(self._path(node), "add", f"operand shapes {va.shape} and "
                                          f"{vb.shape} differ; broadcasting is not supported")
@@ -783,15 +974,87 @@ class FxConverter:
         fdim = va.fdim if va.feat is not None else vb.fdim
         return TracedValue(feat, self._shape(node), fdim)
 
+    def _add_table(self, node: fx.Node, val: TracedValue, addend) -> TracedValue:
+        """``x + pos_embed`` (a learned table over positions: POSITION nodes, EMBED edges), ``x +
+        bias`` (bias-only neurons) or ``x + constant`` (sinusoidal positions: CONSTANT nodes,
+        which pin the features), all joined to ``x`` as a residual addition."""
+        path = self._path(node)
+        if self._fdim(val) != len(val.shape) - 1 and val.feat is not None:
+            raise UnsupportedModuleError(path, "add", "a table is added to features that are not "
+                                         "in the last dimension")
+        feat = self._feat(val, "last")
+        if isinstance(addend, Const):
+            if addend.value.shape[-1:] not in ((feat.size,), (1,)):
+                raise UnsupportedModuleError(path, "add", f"a constant of shape "
+                                             f"{tuple(addend.value.shape)} is added to "
+                                             f"{feat.size} features")
+            other = self.b.constant(feat.size)
+        else:
+            name, tensor = _param_of(addend)
+            if tensor.shape[-1:] != (feat.size,):
+                raise UnsupportedModuleError(path, "add", f"parameter '{name}' of shape "
+                                             f"{tuple(tensor.shape)} is added to {feat.size} "
+                                             "features (the last dimension)")
+            rows = math.prod(tensor.shape[:-1])
+            other = self.b.token((name, tensor), path) if rows == 1 else \
+                self.b.embedding((name, tensor), NodeType.POSITION, path)
+        return self._result(node, self.b.add(feat, other, path))
+
+    def _embed(self, node: fx.Node, index, table: tuple[str, Tensor], path: str) -> TracedValue:
+        """An embedding lookup: token ids (an integer input) read TOKEN nodes, a constant index
+        (``arange`` positions) POSITION nodes."""
+        if isinstance(index, Data) and index.tokens:
+            source = NodeType.TOKEN
+        elif isinstance(index, Const) and not index.value.is_floating_point():
+            source = NodeType.POSITION
+        else:
+            raise UnsupportedModuleError(path, self._owner(path, "embedding"), "its indices are "
+                                         "neither an integer input (token ids) nor computed from "
+                                         "shapes alone (positions); pass token ids as an integer "
+                                         "input (--input-spec int64:...)")
+        return self._result(node, self.b.embedding(table, source, path))
+
+    def _rms_norm(self, node, val: TracedValue, path, shape, weight) -> TracedValue:
+        feat = self._feat(val, "last")
+        self._check_ln(path, shape, feat, val)
+        params = {"norm_weight": weight} if weight is not None else {}
+        return self._result(node, self.b.norm(feat, NormKind.RMS, params, path))
+
     def _cat(self, node: fx.Node) -> TracedValue:
-        parts = [self._take(node, a) for a in node.args[0]]
         dim = node_arg(node, 1, "dim", 0)
+        if any(_is_param(self.env.get(a)) for a in node.args[0]):
+            return self._cat_positions(node, dim)
+        parts = [self._take(node, a) for a in node.args[0]]
+        if parts[0].feat is not None and dim % len(parts[0].shape) != self._fdim(parts[0]):
+            return self._cat_positions(node, dim)
         fdim = self._fdim(parts[0])
         if dim % len(parts[0].shape) != fdim or any(self._fdim(p) != fdim for p in parts):
             raise UnsupportedModuleError(self._path(node), "cat", "only concatenation along the "
                                          "feature dimension is supported")
         feat = self.b.concat([self._feat(p, "channels") for p in parts], self._path(node))
         return TracedValue(feat, self._shape(node), fdim)
+
+    def _cat_positions(self, node: fx.Node, dim: int) -> TracedValue:
+        """``cat([cls_token, x], dim=1)``: learned tokens (bias-only neurons) and values joined
+        along positions, each feature one SEQUENCE neuron."""
+        path = self._path(node)
+        vals = [self.env.get(a) for a in node.args[0]]
+        traced = [v for v in vals if isinstance(v, TracedValue) and v.feat is not None]
+        if not traced:
+            raise UnsupportedModuleError(path, "cat", "only learned tokens joined to a value "
+                                         "with neurons are supported")
+        n, fdim = len(traced[0].shape), self._fdim(traced[0])
+        if dim % n == fdim or any(self._fdim(v) != fdim or len(v.shape) != n for v in traced) \
+                or fdim != n - 1:
+            raise UnsupportedModuleError(path, "cat", "its parts do not carry their features in "
+                                         "the last dimension")
+        feats = []
+        for a, v in zip(node.args[0], vals):
+            if _is_param(v):
+                feats.append(self.b.token(_param_of(v), path))
+            else:
+                feats.append(self._feat(self._take(node, a), "last"))
+        return TracedValue(self.b.sequence(feats, path), self._shape(node), fdim)
 
 
 # -- declarative dispatch ----------------------------------------------------------------------------
@@ -903,8 +1166,295 @@ def _silu_half(node: fx.Node) -> _SiluHalf | None:
     return None
 
 
+def _upsample(c: FxConverter, node: fx.Node, path: str, mode: str) -> TracedValue:
+    """Upsampling (``nn.Upsample``, ``F.interpolate``): each output position of a channel is a
+    fixed combination of that channel's input positions, so every channel's scale, sign and
+    order pass through. Nearest copies positions (nothing changes for the graph); the other
+    modes average them, like a pooling (an activation after them does not fold back)."""
+    val = c._take(node, node.args[0])
+    if mode in ("nearest", "nearest-exact"):
+        if val.feat is not None and c._fdim(val) != 1:
+            raise UnsupportedModuleError(path, c._owner(path, "upsample"), "its features are "
+                                         "not in dimension 1")
+        return TracedValue(val.feat, c._shape(node), val.fdim)
+    return c._pool(node, val, "avg")
+
+
+def _upsample_module(c: FxConverter, node: fx.Node, path: str, m: nn.Upsample):
+    return _upsample(c, node, path, m.mode)
+
+
+def _interpolate_function(c: FxConverter, node: fx.Node, path: str):
+    return _upsample(c, node, path, node_arg(node, 3, "mode", "nearest"))
+
+
 def _batch_norm_module(c: FxConverter, node: fx.Node, path: str, m: nn.Module):
     return c._batch_norm(node, c._take(node, node.args[0]), path, m)
+
+
+# Operations that keep token ids token ids (HF's input_ids.view(-1, seq_len)).
+_ID_VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unsqueeze", "squeeze", "contiguous",
+             "clone", "to", "_to_copy", "alias", "expand", "long", "int", "getitem", "slice"}
+
+
+def data_of(c: FxConverter, node: fx.Node, name: str) -> Data | None:
+    """The :class:`Data` value of an operation that reads inputs without neurons (token ids,
+    masks) and nothing else, or None."""
+    inputs = [c.env.get(a) for a in node.all_input_nodes]
+    if not any(isinstance(v, Data) for v in inputs) \
+            or not all(v is None or isinstance(v, (Data, Const)) for v in inputs):
+        return None
+    tokens = name in _ID_VIEWS and all(v.tokens for v in inputs if isinstance(v, Data))
+    return Data(c._shape(node), tokens=tokens)
+
+
+def _broadcast_features(a: TracedValue, b: TracedValue) -> bool:
+    """Two values with features in their last dimension whose other dimensions broadcast."""
+    if a.shape == b.shape or a.feat is None or b.feat is None or a.feat.size != b.feat.size:
+        return False
+    if a.fdim % len(a.shape) != len(a.shape) - 1 or b.fdim % len(b.shape) != len(b.shape) - 1:
+        return False
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _is_param(val) -> bool:
+    """A state_dict tensor (``(name, tensor)``) or a view of one."""
+    return isinstance(val, _ParamView) or (isinstance(val, tuple) and len(val) == 2
+                                           and isinstance(val[1], Tensor))
+
+
+def _param_of(val) -> tuple[str, Tensor]:
+    return (val.name, val.tensor) if isinstance(val, _ParamView) else val
+
+
+def _expand_any(c: FxConverter, node: fx.Node, path: str):
+    """``cls_token.expand(B, -1, -1)``, or an activation expanded along its positions."""
+    val = c.env.get(node.args[0])
+    if _is_param(val):
+        return _ParamView(*_param_of(val), c._shape(node))
+    val = c._take(node, node.args[0])
+    if val.feat is not None and c._shape(node)[c._fdim(val)] != val.shape[c._fdim(val)]:
+        raise UnsupportedModuleError(path, "expand", "it repeats the features")
+    return TracedValue(val.feat, c._shape(node), val.fdim)
+
+
+# -- branches side by side: selective kernel (SKNet) and split attention (ResNeSt) -----------------
+# Their branch outputs are stacked (torch.stack) or viewed (x.view(B, radix, C, H, W)) into a
+# split feature dimension (branches, C). A softmax across its first dimension, a sum over it,
+# the product of two such values and transposes inside it are read here, before the attention
+# reader (paramgraph.attention) takes other operations on split features as attention heads.
+
+
+def _one_channel_along_features(val: TracedValue) -> bool:
+    """Whether ``val`` is one channel (dimension 1 of size 1) whose only dimension of size > 1
+    beyond the batch is the features: what ECA's ``y.view(B, 1, C)`` gives its Conv1d."""
+    fdim = val.fdim % len(val.shape)
+    return val.split is None and fdim >= 2 and val.shape[1] == 1 and all(
+        k == 1 for i, k in enumerate(val.shape[2:], 2) if i != fdim)
+
+
+def _pooled_split(shape: tuple[int, ...], fdim: int, out: tuple[int, ...]):
+    """The split dimensions when a pooled feature vector (only singletons after its features) is
+    viewed with the same leading dimensions as the shortest run ``out[fdim:fdim + m]``, m >= 2,
+    covering the features and followed by singletons only (split attention's radix softmax:
+    ``(B, C * r, 1, 1) -> (B, cardinality, r, C / cardinality)``); None otherwise."""
+    size = shape[fdim]
+    if math.prod(shape[fdim + 1:]) != 1 or tuple(out[:fdim]) != tuple(shape[:fdim]):
+        return None
+    for m in range(2, len(out) - fdim + 1):
+        if math.prod(out[fdim:fdim + m]) == size and math.prod(out[fdim + m:]) == 1:
+            return tuple(out[fdim:fdim + m])
+    return None
+
+
+def _branch_op(c: FxConverter, node: fx.Node) -> Handler | None:
+    """The handler of ``node`` when it works on branches side by side (its first argument has a
+    split feature dimension whose first dimension is the branches), else None."""
+    arg = node.args[0] if node.args else None
+    val = c.env.get(arg) if isinstance(arg, fx.Node) else None
+    if not (isinstance(val, TracedValue) and val.split is not None and val.feat is not None):
+        return None
+    if _shape_query(node):
+        return _nothing
+    name, n, fdim = op_name(node), len(val.shape), c._fdim(val)
+    if name in ("softmax", "_softmax"):
+        dim = node_arg(node, 1, "dim")
+        return _branch_softmax if isinstance(dim, int) and dim % n == fdim else None
+    if name in _REDUCE:
+        dims = node_arg(node, 1, "dim")
+        dims = [d % n for d in (dims if isinstance(dims, (tuple, list)) else (dims,))] \
+            if dims is not None else None
+        if dims != [fdim]:
+            return None
+        return _branch_sum if name == "sum" else _branch_mean
+    if name in ("mul", "mul_") and len(node.args) >= 2:
+        other = c.env.get(node.args[1]) if isinstance(node.args[1], fx.Node) else None
+        same = isinstance(other, TracedValue) and other.split == val.split \
+            and c._fdim(other) - len(other.shape) == fdim - n
+        return _branch_product if same else None
+    if name == "transpose" and len(node.args) >= 3:
+        axes = sorted(d % n - fdim for d in node.args[1:3])
+        return _branch_transpose if axes[0] >= 0 and axes[1] < len(val.split) else None
+    if name == "permute":  # core ATen writes that transpose as a permute
+        return _branch_permute if _split_order(node, val, fdim) is not None else None
+    return None
+
+
+def split_sizes(name: str, how, size: int) -> list[int]:
+    """The piece sizes of ``split``/``chunk``/``split_with_sizes`` of a dimension of ``size``:
+    ``how`` is the chunk count, one piece size, or the list of sizes."""
+    if name == "chunk":
+        step = -(-size // how)
+        return [min(step, size - i) for i in range(0, size, step)]
+    if isinstance(how, int):
+        return [min(how, size - i) for i in range(0, size, how)]
+    return list(how)
+
+
+def _split_order(node: fx.Node, val: TracedValue, fdim: int) -> list[int] | None:
+    """The order of the split dimensions a ``permute`` gives them, when it moves nothing else."""
+    dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) \
+        else node.args[1:]
+    n, k = len(val.shape), len(val.split)
+    dims = [d % n for d in dims]
+    inside = range(fdim, fdim + k)
+    if any(d != i for i, d in enumerate(dims) if i not in inside) \
+            or sorted(dims[fdim:fdim + k]) != list(inside):
+        return None
+    return [d - fdim for d in dims[fdim:fdim + k]]
+
+
+def _branch_permute(c: FxConverter, node: fx.Node, path: str) -> TracedValue:
+    val = c._take(node, node.args[0])
+    return c._permute_split(node, val, _split_order(node, val, c._fdim(val)))
+
+
+def _branch_transpose(c: FxConverter, node: fx.Node, path: str) -> TracedValue:
+    """A transpose inside the split dimensions (split attention's (cardinality, radix) swap)."""
+    return c._swap_split(node, c._take(node, node.args[0]), node.args[1:3])
+
+
+def _with_split(feat: Feat, shape: tuple[int, ...], fdim: int, split) -> TracedValue:
+    """A value whose features span dimensions ``split`` from ``fdim``: a plain one when at most
+    one of them is larger than 1."""
+    big = [i for i, k in enumerate(split) if k != 1]
+    if len(big) <= 1:
+        return TracedValue(feat, shape, fdim + (big[0] if big else 0))
+    return TracedValue(feat, shape, fdim, split=tuple(split))
+
+
+def _branch_softmax(c: FxConverter, node: fx.Node, path: str) -> TracedValue:
+    """``softmax(x, dim)`` across the branches (:meth:`GraphBuilder.softmax`)."""
+    val = c._take(node, node.args[0])
+    return replace(val, feat=c.b.softmax(val.feat, val.split[0]))
+
+
+def _branch_sum(c: FxConverter, node: fx.Node, path: str) -> TracedValue:
+    """``x.sum(dim)`` over the branches (:meth:`GraphBuilder.branch_sum`)."""
+    val = c._take(node, node.args[0])
+    fdim = c._fdim(val)
+    feat = c.b.branch_sum(val.feat, val.split[0], path)
+    keep = node_arg(node, 2, "keepdim", False)
+    return _with_split(feat, c._shape(node), fdim + 1 if keep else fdim, val.split[1:])
+
+
+def _pad(c: FxConverter, node: fx.Node, path: str) -> TracedValue:
+    """``F.pad`` of positions (timm's "same" padding before a convolution): the neurons are
+    untouched. Zeros, reflection, replication and wrapping commute with every channel's scale,
+    sign and order; a non-zero constant would not (it does not scale with its channel)."""
+    val = c._take(node, node.args[0])
+    nd = op_name(node) == "constant_pad_nd"  # aten.constant_pad_nd(x, pad, value)
+    pad = node_arg(node, 1, "pad")
+    mode = "constant" if nd else node_arg(node, 2, "mode", "constant")
+    value = node_arg(node, 2 if nd else 3, "value", 0) or 0
+    n = len(val.shape)
+    padded = {n - 1 - i // 2 for i, p in enumerate(pad) if p}
+    if val.feat is not None and (val.split is not None or c._fdim(val) in padded):
+        raise UnsupportedModuleError(path, c._owner(path, "pad"), "it pads the features; only "
+                                     "padding positions is supported")
+    if mode == "constant" and value != 0:
+        raise UnsupportedModuleError(path, c._owner(path, "pad"), f"it pads with the constant "
+                                     f"{value}, which does not scale with its channel; pad with "
+                                     "zeros")
+    return TracedValue(val.feat, c._shape(node), val.fdim)
+
+
+def _branch_mean(c: FxConverter, node: fx.Node, path: str):
+    raise UnsupportedModuleError(path, c._owner(path, op_name(node)), "it reduces over the "
+                                 "branches of a split feature dimension with a mean or max; only "
+                                 "their sum is supported (fold a 1 / branches factor into the "
+                                 "layer that reads it)")
+
+
+def _branch_product(c: FxConverter, node: fx.Node, path: str) -> TracedValue:
+    """The branches times their attention weights, both split alike
+    (:meth:`GraphBuilder.product` with ``branches``)."""
+    a, b = (c._take(node, x) for x in node.args[:2])
+    out = c._shape(node)
+    feat = c.b.product(a.feat, b.feat, path, branches=a.split[0])
+    return TracedValue(feat, out, len(out) + c._fdim(a) - len(a.shape), split=a.split)
+
+
+def _stack(c: FxConverter, node: fx.Node, path: str) -> TracedValue:
+    """``torch.stack(values, dim)`` right before their features: the branch outputs of a
+    selective-kernel block side by side, features split (branches, C)."""
+    parts = [c._take(node, a) for a in node_arg(node, 0, "tensors")]
+    feats = [c._feat(p, "channels") for p in parts]
+    fdim = c._fdim(parts[0])
+    dim = node_arg(node, 1, "dim", 0) % (len(parts[0].shape) + 1)
+    if dim != fdim or any(p.shape != parts[0].shape or c._fdim(p) != fdim for p in parts):
+        raise UnsupportedModuleError(path, c._owner(path, "stack"), "only values of one shape "
+                                     "stacked right before their features (dim = their feature "
+                                     "dimension, as a selective-kernel block stacks its "
+                                     "branches) are supported")
+    return TracedValue(c.b.concat(feats, path), c._shape(node), fdim,
+                       split=(len(parts), feats[0].size))
+
+
+def _embedding_module(c: FxConverter, node: fx.Node, path: str, m: nn.Embedding):
+    if m.max_norm is not None:
+        raise UnsupportedModuleError(path, "Embedding", "max_norm renormalises the table in "
+                                     "forward; convert a table without max_norm")
+    return c._embed(node, c.env.get(node.args[0]), c._param(path, "weight", m.weight), path)
+
+
+def _embedding_function(c: FxConverter, node: fx.Node, path: str):
+    (w,) = c._attr_args(node, 1, ("weight",))
+    return c._embed(node, c.env.get(node.args[0]), w, path)
+
+
+def _rms_norm_module(c: FxConverter, node: fx.Node, path: str, m: nn.Module):
+    return c._rms_norm(node, c._take(node, node.args[0]), path, m.normalized_shape,
+                       c._param(path, "weight", m.weight))
+
+
+def _rms_norm_function(c: FxConverter, node: fx.Node, path: str):
+    (w,) = c._attr_args(node, 2, ("weight",))
+    return c._rms_norm(node, c._take(node, node.args[0]), path,
+                       node_arg(node, 1, "normalized_shape"), w)
+
+
+def _addmm_function(c: FxConverter, node: fx.Node, path: str):
+    """``torch.addmm(bias, x, W)`` with W ``[in, out]`` (GPT-2's Conv1D): a linear layer whose
+    weight is stored transposed."""
+    if node_arg(node, 3, "beta", 1) != 1 or node_arg(node, 4, "alpha", 1) != 1:
+        raise UnsupportedModuleError(path, "addmm", "beta/alpha other than 1 are not supported")
+    (bias,) = c._attr_args(node, 0, ("bias",))
+    (w,) = c._attr_args(node, 2, ("weight",))
+    val = c._take(node, node.args[1])
+    feat = c.b.linear(c._feat(val, "last"), w, bias, path, transposed=True)
+    return c._result(node, feat)
+
+
+def _heads_function(c: FxConverter, node: fx.Node, path: str):
+    """Attention products and ``F.scaled_dot_product_attention`` (:mod:`paramgraph.attention`)."""
+    from . import attention
+
+    return attention.call(c, node, op_name(node))
 
 
 def _layer_norm_module(c: FxConverter, node: fx.Node, path: str, m: nn.LayerNorm):
@@ -953,6 +1503,9 @@ _MODULE_HANDLERS: dict[type, Handler] = {
     nn.Hardtanh: _hardtanh_module,
     nn.GELU: _gelu_module,
     nn.Sigmoid: _sigmoid_module,
+    nn.Upsample: _upsample_module,  # and its subclasses UpsamplingNearest2d/Bilinear2d
+    nn.Embedding: _embedding_module,
+    nn.RMSNorm: _rms_norm_module,
 }
 
 
@@ -1059,6 +1612,12 @@ _FUNCTION_HANDLERS: dict[object, Handler] = {
     getattr: _nothing,
     operator.getitem: _on_node(FxConverter._getitem),
     torch._assert: _assert,
+    fx._symbolic_trace._assert_is_none: _assert,
+    F.embedding: _embedding_function,
+    F.rms_norm: _rms_norm_function,
+    torch.addmm: _addmm_function,
+    **dict.fromkeys((torch.matmul, operator.matmul, F.scaled_dot_product_attention),
+                    _heads_function),
     **{f: _on_input(FxConverter._activation, act) for f, act in _ACT_FUNCTIONS.items()},
     **dict.fromkeys(_TRANSPARENT_FUNCTIONS, _on_input(_passthrough)),
     **dict.fromkeys(_RESHAPE_FUNCTIONS, _reshape_any),
@@ -1076,11 +1635,14 @@ _FUNCTION_HANDLERS: dict[object, Handler] = {
                      operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
                      operator.and_, operator.or_, operator.not_), _size_arithmetic),
     torch.cat: _on_node(FxConverter._cat),
+    torch.stack: _stack,
     **{f: _on_input(FxConverter._pool, how) for f, how in _POOL_FUNCTIONS.items()},
     **{getattr(torch, name): _on_node(FxConverter._reduce, how) for name, how in _REDUCE.items()},
     F.linear: _linear_function,
     **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), _conv_function),
     F.layer_norm: _layer_norm_function,
+    F.pad: _pad,
+    F.interpolate: _interpolate_function,
 }
 
 _METHOD_HANDLERS: dict[str, Handler] = {
@@ -1092,6 +1654,8 @@ _METHOD_HANDLERS: dict[str, Handler] = {
     **dict.fromkeys(("add", "add_"), _on_node(FxConverter._add)),
     **dict.fromkeys(("mul", "mul_"), _on_node(FxConverter._mul)),
     **dict.fromkeys(("chunk", "split"), _on_node(FxConverter._split)),
+    **dict.fromkeys(("expand", "expand_as"), _expand_any),
+    "matmul": _heads_function,
     **dict.fromkeys(("sigmoid", "sigmoid_"), _sigmoid_module),
     **dict.fromkeys(("clamp", "clip", "clamp_min", "clamp_", "clamp_min_"), _clamp_function),
     **{name: _on_node(FxConverter._reduce, how) for name, how in _REDUCE.items()},

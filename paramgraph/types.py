@@ -23,10 +23,19 @@ class NodeType(IntEnum):
     ATTN_K = 7  # key dimension of an attention head
     ATTN_V = 8  # value dimension of an attention head (the out-projection reads these)
     PRODUCT = 9  # elementwise product of two values (a squeeze-excitation gate times its input)
+    TOKEN = 10  # one token of an embedding table's vocabulary (a one-hot input: fixed)
+    POSITION = 11  # one position of a learned positional embedding (a one-hot input: fixed)
+    CONSTANT = 12  # a feature of a constant added in forward (sinusoidal positions): fixed
+    SEQUENCE = 13  # features of values joined along positions (a CLS token and the patch tokens)
+    # One channel whose positions are the features of another value: what a convolution sliding
+    # along the channel axis reads (ECA attention's Conv1d over the pooled channel vector).
+    CHANNEL_MAP = 14
 
 
 # The node types of an attention block's query, key and value dimensions.
 ATTENTION_NODE_TYPES = (NodeType.ATTN_Q, NodeType.ATTN_K, NodeType.ATTN_V)
+# Node types whose order is part of the function: never permuted.
+FIXED_NODE_TYPES = (NodeType.INPUT, NodeType.TOKEN, NodeType.POSITION, NodeType.CONSTANT)
 
 
 class EdgeType(IntEnum):
@@ -45,6 +54,10 @@ class EdgeType(IntEnum):
     ATTN_QK = 10  # pairs query dimension i with key dimension i of the same head
     ATTN_KV = 11  # connects every key dimension to every value dimension of the same head
     PRODUCT = 12  # identity wiring of an operand into a PRODUCT neuron (x * gate)
+    EMBED = 13  # one entry of an embedding table: token (or position) -> feature
+    SEQUENCE = 14  # identity wiring of one part of a concatenation along positions
+    ROTARY = 15  # pairs the two dimensions of a query (key) head that a rotary embedding rotates
+    CHANNEL_MAP = 16  # feature i into a CHANNEL_MAP neuron, one edge per position, in position order
 
 
 WEIGHT_EDGE_TYPES = (
@@ -55,6 +68,7 @@ WEIGHT_EDGE_TYPES = (
     EdgeType.ATTN_IN_K,
     EdgeType.ATTN_IN_V,
     EdgeType.ATTN_OUT,
+    EdgeType.EMBED,
 )
 
 class Activation(IntEnum):
@@ -78,6 +92,9 @@ class Activation(IntEnum):
     HARDTANH = 15  # clip to [-m, m] (symmetric limits: odd)
     SOFTSIGN = 16
     CLIP = 17  # clip to an asymmetric range other than ReLU6's [0, 6]
+    # softmax across the branches of a branched node set (selective kernel, split attention):
+    # node (r, j) is normalised together with the nodes (r', j) of the other branches
+    SOFTMAX = 18
 
 
 # f(q z) = q f(z) for q > 0: a positive per-neuron scaling passes through.
@@ -98,6 +115,7 @@ class NormKind(IntEnum):
     GROUP = 3  # GroupNorm: statistics over groups of channels (the groups permute as blocks)
     INSTANCE = 4  # InstanceNorm: statistics per channel and sample
     SCALE = 5  # a learned per-channel multiplier (layer scale): norm_weight only, no statistics
+    RMS = 6  # RMSNorm over the features: norm_weight only, no mean subtracted
 
 
 class HeadRole(IntEnum):
@@ -109,6 +127,10 @@ class HeadRole(IntEnum):
     # GROUP + k: channels of a grouped convolution or GroupNorm (node_head = the group). Groups
     # permute as blocks; inside a block, the channels of each role k permute among themselves.
     GROUP = 3
+    # Query and key dimensions of a rotary head: they stay in place inside the head (each pair
+    # has its own frequency); per pair only a scaled 2-D rotation commutes with the embedding.
+    # Kept far above GROUP + k.
+    QK_ROTARY = 100
 
 
 # Columns of ``ParamGraph.node_value``. A node carries its bias and the per-neuron parameters and

@@ -76,6 +76,51 @@ class ViT(nn.Module):
         return self.head(self.encoder(tokens).mean(dim=1))
 
 
+class GPT2Block(nn.Module):
+    """GPT-2's block: LayerNorm, a fused qkv in GPT-2's transposed Conv1D layout (addmm),
+    causal scaled-dot-product attention, a GELU (tanh) MLP."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        shapes = {"c_attn": (dim, 3 * dim), "c_proj": (dim, dim), "c_fc": (dim, 4 * dim),
+                  "mlp_proj": (4 * dim, dim)}
+        for name, (i, o) in shapes.items():  # [in, out] weights, as GPT-2's Conv1D stores them
+            self.register_parameter(f"{name}_weight", nn.Parameter(torch.randn(i, o) * 0.02))
+            self.register_parameter(f"{name}_bias", nn.Parameter(torch.zeros(o)))
+
+    def _conv1d(self, name: str, x):
+        w, b = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
+        return torch.addmm(b, x.view(-1, x.size(-1)), w).view(x.size()[:-1] + (w.shape[1],))
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self._conv1d("c_attn", self.ln_1(x)).split(c, dim=2)
+        q, k, v = (y.view(b, t, self.heads, c // self.heads).transpose(1, 2) for y in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self._conv1d("c_proj", y.transpose(1, 2).reshape(b, t, c))
+        h = F.gelu(self._conv1d("c_fc", self.ln_2(x)), approximate="tanh")
+        return x + self._conv1d("mlp_proj", h)
+
+
+class GPT2(nn.Module):
+    """GPT-2 small without its (tied) head: 50,257-token and 1,024-position embeddings, 12
+    blocks of width 768 with 12 heads, final LayerNorm: 124.4M parameters."""
+
+    def __init__(self, vocab=50257, positions=1024, dim=768, depth=12, heads=12):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, dim), nn.Embedding(positions, dim)
+        self.h = nn.ModuleList(GPT2Block(dim, heads) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(dim)
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x)
+
+
 def resnet18() -> tuple[nn.Module, torch.Tensor]:
     return ResNet18().eval(), torch.randn(1, 3, 32, 32)
 
@@ -90,7 +135,12 @@ def wide_mlp() -> tuple[nn.Module, torch.Tensor]:
     return net.eval(), torch.randn(2, 1024)
 
 
-MODELS = {"resnet18": resnet18, "vit_small": vit_small, "wide_mlp": wide_mlp}
+def gpt2_small() -> tuple[nn.Module, torch.Tensor]:
+    return GPT2().eval(), torch.randint(0, 50257, (1, 16))
+
+
+MODELS = {"resnet18": resnet18, "vit_small": vit_small, "wide_mlp": wide_mlp,
+          "gpt2_small": gpt2_small}
 
 
 def _torchvision(name: str):

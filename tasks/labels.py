@@ -230,13 +230,12 @@ def source_options(table: LabelTable, row: LabelRow, defaults: dict) -> dict:
 
 def parse_shape(text: str, where: str) -> tuple[int, ...]:
     """``"1,3,32,32"`` (or ``1x3x32x32``, or ``[1, 3, 32, 32]``) as a tuple; :class:`ZooError`
-    naming ``where`` otherwise."""
-    parts = [p for p in re.split(r"[,x\s\[\]()]+", text.strip()) if p]
+    naming ``where`` otherwise (the grammar is :func:`paramgraph.inputs.parse_shape`'s)."""
+    from paramgraph.errors import ParamGraphError
+    from paramgraph.inputs import parse_shape as parse
+
     try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if not shape or any(s < 1 for s in shape):
+        return parse(text)
+    except ParamGraphError:
         raise ZooError(f"{where}: '{text}' is not a shape; expected positive integers such as "
-                       "1,3,32,32")
-    return shape
+                       "1,3,32,32") from None

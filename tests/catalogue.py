@@ -656,12 +656,199 @@ class VGGTiny(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+class ECA(nn.Module):
+    """timm's EcaModule: the pooled channel vector through a Conv1d with one input and one output
+    channel that slides along the channels (zero padding, no bias), a sigmoid gate per channel."""
+
+    def __init__(self, kernel: int = 3):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        y = x.mean((2, 3)).view(x.shape[0], 1, -1)
+        y = self.gate(self.conv(y)).view(x.shape[0], -1, 1, 1)
+        return x * y.expand_as(x)
+
+
+class ECABlock(nn.Module):
+    """ecaresnet's basic block: ECA on the branch, before the residual addition."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.eca = ECA(3)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.eca(self.bn2(self.conv2(out))) + x)
+
+
+class ECAResNetTiny(nn.Module):
+    """A stem, an ECA basic block, then a conv stage (SiLU) gated by ECA with a 5-tap kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6),
+                                  nn.ReLU())
+        self.block = ECABlock(6)
+        self.stage = nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False),
+                                   nn.BatchNorm2d(8), nn.SiLU(), ECA(5))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.stage(self.block(self.stem(x))).mean((2, 3)))
+
+
+class SelectiveKernel(nn.Module):
+    """timm's SelectiveKernel (SKNet): branches with 3x3 kernels of dilation 1, 2, ... (conv-BN-
+    ReLU) read the input's equal parts (``split``) or all of it, are stacked, and are weighted by
+    an attention over them: the branches' sum, pooled, a 1x1 reduce conv with BN and ReLU, a 1x1
+    select conv to C channels per branch and a softmax across the branches; the weighted
+    branches are summed."""
+
+    def __init__(self, c: int, paths: int = 2, split: bool = True, attn: int = 4):
+        super().__init__()
+        self.paths_n, self.split_size = paths, (c // paths if split else 0)
+        cin = c // paths if split else c
+        self.paths = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(cin, c, 3, padding=d, dilation=d, bias=False),
+                          nn.BatchNorm2d(c), nn.ReLU()) for d in range(1, paths + 1)])
+        self.fc_reduce = nn.Conv2d(c, attn, 1, bias=False)
+        self.bn, self.act = nn.BatchNorm2d(attn), nn.ReLU()
+        self.fc_select = nn.Conv2d(attn, c * paths, 1, bias=False)
+
+    def forward(self, x):
+        if self.split_size:
+            parts = torch.split(x, self.split_size, 1)
+            outs = [op(parts[i]) for i, op in enumerate(self.paths)]
+        else:
+            outs = [op(x) for op in self.paths]
+        x = torch.stack(outs, dim=1)
+        torch._assert(x.shape[1] == self.paths_n, "one slot per branch")
+        a = x.sum(1).mean((2, 3), keepdim=True)
+        a = self.fc_select(self.act(self.bn(self.fc_reduce(a))))
+        b, c, h, w = a.shape
+        a = torch.softmax(a.view(b, self.paths_n, c // self.paths_n, h, w), dim=1)
+        return torch.sum(x * a, dim=1)
+
+
+class SKBlock(nn.Module):
+    """timm's SelectiveKernelBasic: a selective-kernel conv, a 3x3 conv with BN, residual."""
+
+    def __init__(self, c: int, **kw):
+        super().__init__()
+        self.conv1 = SelectiveKernel(c, **kw)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(self.conv1(x))) + x)
+
+
+class SKNetTiny(nn.Module):
+    """Two selective-kernel blocks: two branches on the halves of the input (as skresnet18),
+    then three branches on all of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
+                                  nn.ReLU())
+        self.blocks = nn.Sequential(SKBlock(4), SKBlock(4, paths=3, split=False))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class SplitAttention(nn.Module):
+    """timm's SplitAttn (ResNeSt): a grouped 3x3 conv (``cardinality * radix`` groups) makes
+    ``radix`` branches of C channels (BN, ReLU), viewed (B, radix, C, H, W); their sum, pooled,
+    goes through fc1 (grouped by cardinality, bias), BN, ReLU and fc2 to radix * C (bias); the
+    radix softmax (view (B, cardinality, radix, -1), transpose, softmax across radix) weights
+    the branches, which are summed."""
+
+    def __init__(self, cin: int, c: int, radix: int = 2, card: int = 1, attn: int = 4):
+        super().__init__()
+        self.radix, self.card = radix, card
+        self.conv = nn.Conv2d(cin, c * radix, 3, padding=1, groups=card * radix, bias=False)
+        self.bn0, self.act0 = nn.BatchNorm2d(c * radix), nn.ReLU()
+        self.fc1 = nn.Conv2d(c, attn, 1, groups=card)
+        self.bn1, self.act1 = nn.BatchNorm2d(attn), nn.ReLU()
+        self.fc2 = nn.Conv2d(attn, c * radix, 1, groups=card)
+
+    def forward(self, x):
+        x = self.act0(self.bn0(self.conv(x)))
+        b, rc, h, w = x.shape
+        x = x.reshape((b, self.radix, rc // self.radix, h, w))
+        gap = x.sum(dim=1).mean((2, 3), keepdim=True)
+        attn = self.fc2(self.act1(self.bn1(self.fc1(gap))))
+        attn = attn.view(b, self.card, self.radix, -1).transpose(1, 2)
+        attn = F.softmax(attn, dim=1).reshape(b, -1).view(b, -1, 1, 1)
+        out = x * attn.reshape((b, self.radix, rc // self.radix, 1, 1))
+        return out.sum(dim=1).contiguous()
+
+
+class ResNeStBlock(nn.Module):
+    """ResNeSt's bottleneck: 1x1 conv-BN-ReLU, split attention, 1x1 conv-BN, residual."""
+
+    def __init__(self, c: int, width: int, **kw):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2 = SplitAttention(width, width, **kw)
+        self.conv3, self.bn3 = nn.Conv2d(width, c, 1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        out = self.conv2(F.relu(self.bn1(self.conv1(x))))
+        return F.relu(self.bn3(self.conv3(out)) + x)
+
+
+class ResNeStTiny(nn.Module):
+    """A radix-2 block of cardinality 1 (resnest14d's) and one of cardinality 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
+                                  nn.ReLU())
+        self.blocks = nn.Sequential(ResNeStBlock(4, 4), ResNeStBlock(4, 4, card=2))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class HRNetFuseTiny(nn.Module):
+    """HRNet's multi-resolution fusion: a full- and a half-resolution branch, each brought to the
+    other's resolution (nearest and bilinear upsampling, a strided conv) and added."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
+                                  nn.ReLU())
+        self.low = nn.Sequential(nn.Conv2d(4, 6, 3, 2, 1, bias=False), nn.BatchNorm2d(6),
+                                 nn.ReLU())
+        self.up = nn.Sequential(nn.Conv2d(6, 4, 1, bias=False), nn.BatchNorm2d(4),
+                                nn.Upsample(scale_factor=2, mode="nearest"))
+        self.down = nn.Sequential(nn.Conv2d(4, 6, 3, 2, 1, bias=False), nn.BatchNorm2d(6))
+        self.head = nn.Conv2d(6, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        high = self.stem(x)
+        low = self.low(high)
+        high, low = F.relu(high + self.up(low)), F.relu(low + self.down(high))
+        smooth = F.interpolate(self.head(low), scale_factor=2.0, mode="bilinear")
+        return self.fc(torch.tanh(high + smooth).mean((2, 3)))
+
+
 # name -> factory of the look-alikes (the issue's "done when" list), shared by the tests
 CNN_LOOKALIKES: dict[str, Callable[[], nn.Module]] = {
     "mobilenet_v2_tiny": MobileNetV2Tiny, "mobilenet_v3_tiny": MobileNetV3Tiny,
     "efficientnet_tiny": EfficientNetTiny, "convnext_tiny": ConvNeXtTiny,
     "resnext_tiny": ResNeXtTiny, "groupnorm_resnet_tiny": GroupNormResNet,
     "shufflenet_v2_tiny": ShuffleNetTiny, "densenet_tiny": DenseNetTiny, "vgg_tiny": VGGTiny,
+    "ecaresnet_tiny": ECAResNetTiny, "sknet_tiny": SKNetTiny, "resnest_tiny": ResNeStTiny,
+    "hrnet_fuse_tiny": HRNetFuseTiny,
 }
 
 
@@ -680,9 +867,12 @@ def _entries() -> list[Entry]:
                      tags=("mlp", act, "cnn-act") + (("no-export",) if act == "softsign" else ()),
                      input_scale=30.0))
     for i, (name, factory) in enumerate(CNN_LOOKALIKES.items()):
+        # wide input scales: ReLU6's clip shows, and no ReLU of a few channels stays dead nor a
+        # softmax across branches flat (the per-neuron oracle needs every neuron to matter)
+        wide = name.startswith(("mobilenet", "sknet", "resnest"))
         out.append(E(name, lambda factory=factory, i=i: randomize(factory(), 300 + i),
                      (2, 3 if name != "groupnorm_resnet_tiny" else 2, 8, 8),
-                     tags=("cnn", "lookalike"), input_scale=10.0 if "mobilenet" in name else 1.0))
+                     tags=("cnn", "lookalike"), input_scale=10.0 if wide else 1.0))
     out += [
         E("mlp_torch_sin", lambda: randomize(TorchSinMLP(), 120), (6, 2), tags=("mlp", "sin")),
         E("mlp_nobias_relu", lambda: randomize(mlp("relu", (3, 6, 4), bias=False), 121), (4, 3),
@@ -825,3 +1015,220 @@ def random_inputs(entry: Entry, batch: int = 16, seed: int = 1) -> torch.Tensor:
     lo, hi = -math.log(entry.input_scale), math.log(entry.input_scale)
     scale = torch.linspace(lo, hi, batch, dtype=torch.float64).exp()
     return x * scale.view((batch,) + (1,) * (x.dim() - 1))
+
+
+# -- transformers people use (issue 14): pure-torch look-alikes of ViT, GPT-2 and LLaMA -----------
+# Not in ``catalogue()``: some take token ids, and the metanet tests' float inputs do not fit them.
+# ``TRANSFORMER_LOOKALIKES`` maps a name to (factory, example inputs); tests/test_transformers.py
+# runs them.
+
+class FusedAttention(nn.Module):
+    """timm's Attention: one Linear(d, 3d), reshape/permute/unbind, eager softmax(q k^T) v."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, attn_mask=None):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        if attn_mask is not None:
+            attn = attn + attn_mask
+        x = attn.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class SdpaAttention(nn.Module):
+    """Separate q/k/v projections, view/transpose, F.scaled_dot_product_attention."""
+
+    def __init__(self, dim=8, heads=2, causal=False):
+        super().__init__()
+        self.heads, self.causal = heads, causal
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = (f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out(y.transpose(1, 2).reshape(b, n, c))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, attn: nn.Module, dim=8, hidden=12):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), attn
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class ViTCls(nn.Module):
+    """Patch embedding, a CLS token concatenated to the patches, learned positions (a parameter),
+    two pre-norm blocks with fused qkv, final norm, head on the CLS token."""
+
+    def __init__(self, channels=3, dim=8, heads=2, classes=3, patches=4):
+        super().__init__()
+        self.patch = nn.Conv2d(channels, dim, 4, 4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, patches + 1, dim))
+        self.blocks = nn.Sequential(*(ViTBlock(FusedAttention(dim, heads), dim) for _ in range(2)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class ViTSinusoidal(nn.Module):
+    """Sinusoidal positions computed in forward with item assignment (GMN's make_transformer),
+    separate q/k/v with F.scaled_dot_product_attention, mean pooling."""
+
+    def __init__(self, channels=3, dim=8, heads=2, classes=3, layernorm_bias=False):
+        super().__init__()
+        self.dim = dim
+        self.patch = nn.Conv2d(channels, dim, 4, 4)
+        self.block = ViTBlock(SdpaAttention(dim, heads), dim)
+        self.norm = nn.LayerNorm(dim, bias=layernorm_bias)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        n = x.shape[1]
+        pe = torch.zeros(n, self.dim, dtype=x.dtype)
+        pos = torch.arange(n, dtype=x.dtype).unsqueeze(1)
+        div = torch.exp(torch.arange(0, self.dim, 2, dtype=x.dtype) * (-math.log(1e4) / self.dim))
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)
+        x = x + pe
+        return self.head(self.norm(self.block(x)).mean(dim=1))
+
+
+class Conv1D(nn.Module):
+    """GPT-2's Conv1D: a linear layer with its weight stored [in, out]."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        size = x.size()[:-1] + (self.nf,)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size)
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.c_attn, self.c_proj = Conv1D(3 * dim, dim), Conv1D(dim, dim)
+        self.c_fc, self.mlp_proj = Conv1D(4 * dim, dim), Conv1D(dim, 4 * dim)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(c, dim=2)
+        q, k, v = (y.view(b, t, self.heads, c // self.heads).transpose(1, 2) for y in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class GPTLike(nn.Module):
+    """GPT-2: token and position embeddings (positions from arange), blocks with a fused Conv1D
+    qkv and causal SDPA, final norm, a language-model head."""
+
+    def __init__(self, vocab=11, positions=8, dim=8, heads=2, layers=2):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, dim), nn.Embedding(positions, dim)
+        self.h = nn.ModuleList(GPTBlock(dim, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, idx):
+        pos = torch.arange(0, idx.size(1), dtype=torch.long)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def rotate_half(x):
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class LlamaBlock(nn.Module):
+    """RMSNorm, q/k/v without bias, rotary embeddings (rotate_half), causal SDPA, SwiGLU."""
+
+    def __init__(self, dim=8, heads=2, hidden=12):
+        super().__init__()
+        self.heads = heads
+        self.input_layernorm, self.post_attention_layernorm = nn.RMSNorm(dim), nn.RMSNorm(dim)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(dim, dim, bias=False)
+                                                              for _ in range(4))
+        self.gate_proj, self.up_proj = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x, cos, sin):
+        b, t, c = x.shape
+        h = self.input_layernorm(x)
+        q, k, v = (f(h).view(b, t, self.heads, -1).transpose(1, 2)
+                   for f in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o_proj(y.transpose(1, 2).reshape(b, t, c))
+        h = self.post_attention_layernorm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class LlamaLike(nn.Module):
+    """LLaMA: token embedding, rotary cosines/sines from a non-persistent inv_freq buffer,
+    blocks, final RMSNorm, head."""
+
+    def __init__(self, vocab=11, dim=8, heads=2, layers=2):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList(LlamaBlock(dim, heads) for _ in range(layers))
+        self.norm = nn.RMSNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        d = dim // heads
+        self.register_buffer("inv_freq", 1.0 / 1e4 ** (torch.arange(0, d, 2).float() / d),
+                             persistent=False)
+
+    def forward(self, idx):
+        x = self.embed_tokens(idx)
+        pos = torch.arange(idx.shape[1], dtype=self.inv_freq.dtype)
+        freqs = torch.outer(pos, self.inv_freq.to(x.dtype))
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.lm_head(self.norm(x))
+
+
+def _tokens(vocab: int, shape=(2, 6)) -> Callable[[int], torch.Tensor]:
+    return lambda seed: torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _images(shape=(2, 3, 8, 8)) -> Callable[[int], torch.Tensor]:
+    return lambda seed: torch.randn(shape, generator=torch.Generator().manual_seed(seed),
+                                    dtype=torch.float64)
+
+
+TRANSFORMER_LOOKALIKES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor]]] = {
+    "vit_cls_learned_pos": (lambda: randomize(ViTCls(), 400), _images()),
+    "vit_sinusoidal": (lambda: randomize(ViTSinusoidal(), 401), _images()),
+    "gpt_decoder": (lambda: randomize(GPTLike(), 402), _tokens(11)),
+    "llama_block": (lambda: randomize(LlamaLike(), 403), _tokens(11)),
+}

@@ -11,6 +11,7 @@ controls that show the function check fails when the recorded group is wrong.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -21,6 +22,7 @@ from torch import nn
 import paramgraph as pg
 from catalogue import (
     CNN_LOOKALIKES,
+    ECA,
     assert_state_equal,
     get,
     output,
@@ -165,6 +167,103 @@ def test_functional_and_clamp_forms_of_activations():
     assert graph.node_act[copies].tolist() == [int(Activation.HARDSWISH)] * 4
 
 
+# -- attention over channels and over branches: ECA, selective kernel, split attention ------------
+
+def _nodes(graph, name):
+    seg = graph.segments[name]
+    return torch.arange(seg.start, seg.start + seg.count)
+
+
+def test_eca_conv_slides_along_the_channels_and_pins_their_order():
+    _, _, graph = convert64("ecaresnet_tiny")
+    maps = (graph.node_type == int(NodeType.CHANNEL_MAP)).nonzero().squeeze(1)
+    assert maps.numel() == 2  # one per ECA module: the channel its Conv1d reads
+    src, dst = graph.edge_index
+    for node, channels, gated, kernel in ((maps[0], 6, "block.bn2.bias", 3),
+                                          (maps[1], 8, "stage.1.bias", 5)):
+        into = (dst == node) & (graph.edge_type == int(EdgeType.CHANNEL_MAP))
+        # the gated channels, in order, are the positions of the map
+        assert torch.equal(src[into], _nodes(graph, gated))
+        out = (src == node).nonzero().squeeze(1)
+        assert graph.edge_type[out].tolist() == [int(EdgeType.CONV)]
+        assert int(graph.edge_size[out]) == kernel  # the shared kernel, stored once
+        assert bool((graph.perm_group[_nodes(graph, gated)] == -1).all())
+    # the branch's inner channels still permute and scale; the stream tied to ECA does not
+    inner = _nodes(graph, "block.bn1.bias")
+    assert bool((graph.perm_group[inner] >= 0).all()) and bool(graph.node_scale[inner].all())
+    assert bool((graph.perm_group[_nodes(graph, "stem.1.bias")] == -1).all())
+
+
+def test_eca_channel_symmetry_is_only_the_reversal():
+    """Why ECA's channels are fixed: its Conv1d mixes neighbouring channels, so permuting them
+    keeps the function only for the order's automorphisms, identity and reversal (with the kernel
+    flipped); the graph's permutation group cannot express the flip, and records none."""
+    eca = randomize(ECA(3), 9).double()
+    x = torch.randn(4, 8, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    flipped = copy.deepcopy(eca)
+    with torch.no_grad():
+        flipped.conv.weight.copy_(eca.conv.weight.flip(-1))
+    y = output(eca, x).view(x.shape)
+
+    def permuted_error(m, perm):  # ECA of permuted channels against ECA's output permuted
+        return relative_error(output(m, x[:, perm]), y[:, perm].reshape(-1))
+
+    reverse = torch.arange(7, -1, -1)
+    assert permuted_error(flipped, reverse) < 1e-14
+    assert permuted_error(eca, reverse) > 1e-3  # the kernel must flip with the order
+    for seed in range(3):  # any other permutation breaks it, with either kernel
+        perm = torch.randperm(8, generator=torch.Generator().manual_seed(seed))
+        assert not torch.equal(perm, reverse) and not torch.equal(perm, torch.arange(8))
+        for m in (eca, flipped):
+            assert permuted_error(m, perm) > 1e-3
+
+
+def test_selective_kernel_branches_share_one_permutation():
+    _, _, graph = convert64("sknet_tiny")
+    for block, paths in (("blocks.0.conv1", 2), ("blocks.1.conv1", 3)):
+        branches = torch.cat([_nodes(graph, f"{block}.paths.{r}.1.bias") for r in range(paths)])
+        group = graph.perm_group[branches]
+        assert bool((group >= 0).all()) and group.unique().numel() == 1
+        assert graph.perm_pos[branches].tolist() == list(range(4)) * paths
+        # the select conv's outputs (softmax across branches), the products and the branch sum
+        # share that permutation, channel j of every branch at position j
+        shared = graph.perm_group == group[0]
+        soft = shared & (graph.node_act == int(Activation.SOFTMAX))
+        assert int(soft.sum()) == 4 * paths
+        assert graph.perm_pos[soft].tolist() == list(range(4)) * paths
+        assert int((shared & (graph.node_type == int(NodeType.PRODUCT))).sum()) == 4 * paths
+        assert not bool((graph.node_scale | graph.node_sign)[branches].any())
+        assert not bool((graph.node_scale | graph.node_sign)[soft].any())
+        # the attention's hidden units permute on their own, and scale through BN + ReLU
+        hidden = _nodes(graph, f"{block}.bn.bias")
+        assert graph.perm_group[hidden].unique().numel() == 1
+        assert int(graph.perm_group[hidden][0]) not in (-1, int(group[0]))
+        assert bool(graph.node_scale[hidden].all())
+    # the first block's branches read the two halves of the stream: each half permutes alone
+    stream = _nodes(graph, "stem.1.bias")
+    assert graph.perm_pos[stream].tolist() == [0, 1, 0, 1]
+    assert graph.perm_group[stream][0] != graph.perm_group[stream][2] >= 0
+
+
+def test_split_attention_radix_branches_and_input_runs():
+    _, _, graph = convert64("resnest_tiny")
+    branches = _nodes(graph, "blocks.0.conv2.bn0.bias")  # radix 2 x 4 channels
+    logits = _nodes(graph, "blocks.0.conv2.fc2.bias")  # softmax across the radix
+    for nodes in (branches, logits):
+        assert graph.perm_pos[nodes].tolist() == [0, 1, 2, 3] * 2
+    assert graph.perm_group[branches].unique().tolist() == \
+        graph.perm_group[logits].unique().tolist() != [-1]
+    assert bool((graph.node_act[logits] == int(Activation.SOFTMAX)).all())
+    # radix group r of the grouped conv reads half r of its input: the halves permute alone
+    inputs = _nodes(graph, "blocks.0.bn1.bias")
+    assert graph.perm_pos[inputs].tolist() == [0, 1, 0, 1]
+    assert len(set(graph.perm_group[inputs].tolist())) == 2
+    hidden = _nodes(graph, "blocks.0.conv2.bn1.bias")
+    assert bool(graph.node_scale[hidden].all()) and bool((graph.perm_group[hidden] >= 0).all())
+    # cardinality 2 shuffles (cardinality, radix) before the softmax: recorded as fixed
+    assert bool((graph.perm_group[_nodes(graph, "blocks.1.conv2.bn0.bias")] == -1).all())
+
+
 # -- controls: the function check fails when the recorded group is wrong ---------------------------
 
 def test_control_permuting_across_groups_is_caught():
@@ -199,7 +298,8 @@ def test_control_permuting_across_groups_is_caught():
 
 
 def test_control_a_scale_claimed_through_relu6_or_a_gate_breaks_the_function():
-    for name, act in (("mlp_relu6", Activation.RELU6), ("mobilenet_v3_tiny", None)):
+    for name, act in (("mlp_relu6", Activation.RELU6), ("mobilenet_v3_tiny", None),
+                      ("sknet_tiny", Activation.SOFTMAX)):
         entry, module, graph = convert64(name)
         wrong = copy.copy(graph)
         if act is not None:
@@ -213,6 +313,76 @@ def test_control_a_scale_claimed_through_relu6_or_a_gate_breaks_the_function():
         moved = pg.random_symmetry(wrong, generator=torch.Generator().manual_seed(0),
                                    permutations=False, signs=False)
         assert moved_error(entry, module, moved) > 1e-6, name
+
+
+def _swap(graph, pairs) -> pg.GroupElement:
+    """The node permutation exchanging each pair (a, b) of ``pairs``, nothing else."""
+    n = graph.num_nodes
+    perm = torch.arange(n)
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return pg.GroupElement(perm, torch.ones(n, dtype=torch.float64), {}, {})
+
+
+def test_control_permuting_what_eca_reads_breaks_the_function():
+    """Claim a permutation for the channels an ECA module reads (with the products tied to them):
+    the graph still maps onto itself, but the function moves, since the Conv1d mixes
+    neighbouring channels."""
+    entry, module, graph = convert64("ecaresnet_tiny")
+    gated = _nodes(graph, "stage.1.bias")
+    src, dst = graph.edge_index
+    products = dst[(graph.edge_type == int(EdgeType.PRODUCT)) & torch.isin(src, gated)]
+    group, pos = graph.perm_group.clone(), graph.perm_pos.clone()
+    new = int(group.max()) + 1
+    for nodes in (gated, products):
+        group[nodes], pos[nodes] = new, torch.arange(8)
+    wrong = copy.copy(graph)
+    wrong.perm_group, wrong.perm_pos = group, pos
+    moved = pg.random_symmetry(wrong, generator=torch.Generator().manual_seed(0), scales=False,
+                               signs=False)
+    assert states_differ(pg.to_state_dict(moved), reference_state(module))
+    assert moved_error(entry, module, moved) > 1e-3
+
+
+def test_control_branches_permuted_apart_are_refused_and_break_the_function():
+    """Swapping channels 0 and 1 in every branch of a selective-kernel block (and in what reads
+    them) keeps the function; in one branch only it does not: the graph refuses that
+    permutation, and done on the weights it changes the output."""
+    entry, module, graph = convert64("sknet_tiny")
+    first = _nodes(graph, "blocks.0.conv1.paths.0.1.bias")
+    members = graph.perm_group == graph.perm_group[first[0]]
+    zeros = (members & (graph.perm_pos == 0)).nonzero().squeeze(1)
+    together = pg.apply_element(graph, _swap(graph, [(int(z), int(z) + 1) for z in zeros]))
+    assert states_differ(pg.to_state_dict(together), reference_state(module))
+    assert moved_error(entry, module, together) < 1e-12
+    with pytest.raises(ValueError, match="does not map the graph onto itself"):
+        pg.apply_element(graph, _swap(graph, [(int(first[0]), int(first[1]))]))
+    wrong = copy.deepcopy(module)
+    sk = wrong.blocks[0].conv1
+    with torch.no_grad():  # branch 0's conv rows, BN entries and attention rows only
+        conv, bn = sk.paths[0][0], sk.paths[0][1]
+        for t in (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                  sk.fc_select.weight):
+            t[[0, 1]] = t[[1, 0]].clone()
+    x = random_inputs(entry)
+    assert relative_error(output(wrong, x), output(module, x)) > 1e-3
+
+
+def test_control_the_halves_two_branches_read_do_not_mix():
+    """The stream's halves feed different branches: merging them into one permutable set lets
+    a permutation move a channel into the other branch's half, which the graph refuses."""
+    _, _, graph = convert64("sknet_tiny")
+    stream = _nodes(graph, "stem.1.bias")
+    low, high = (int(graph.perm_group[stream[i]]) for i in (0, 2))
+    group, pos = graph.perm_group.clone(), graph.perm_pos.clone()
+    pos[group == high] += 2
+    group[group == high] = low
+    wrong = copy.copy(graph)
+    wrong.perm_group, wrong.perm_pos = group, pos
+    with pytest.raises(ValueError, match="does not map the graph onto itself"):
+        for seed in range(5):  # some draw moves a channel across the halves
+            pg.random_symmetry(wrong, generator=torch.Generator().manual_seed(seed),
+                               scales=False, signs=False)
 
 
 # -- the torch.export fallback and .pt2 programs ---------------------------------------------------
@@ -284,6 +454,25 @@ def test_pt2_with_in_place_ops_is_functionalised():
     assert torch.equal(graph.perm_group, live.perm_group)
 
 
+@pytest.mark.parametrize("name", ["ecaresnet_tiny", "sknet_tiny", "resnest_tiny",
+                                  "hrnet_fuse_tiny"])
+def test_branch_and_channel_attention_read_alike_from_pt2_programs(name):
+    """Both forms of an exported program (core ATen writes split attention's transpose as a
+    permute; upsampling is aten.upsample_*) give the live module's graph and symmetry record."""
+    entry = get(name)
+    module, x = entry.build(), entry.example_input()
+    live = pg.from_module(module, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(module, (x,))
+        programs = (ep, ep.run_decompositions())
+    for program in programs:
+        graph = from_exported(program)
+        assert_state_equal(pg.to_state_dict(graph), reference_state(module))
+        for key in ("edge_index", "edge_type", "node_act", "perm_group", "perm_pos", "node_scale"):
+            assert torch.equal(getattr(graph, key), getattr(live, key)), key
+
+
 # -- one-line errors -------------------------------------------------------------------------------
 
 def test_wrong_input_shape_is_one_line_naming_the_layer(capfd):
@@ -311,6 +500,40 @@ def test_refusals_name_the_operation_and_what_to_do():
     msg = str(info.value)
     assert msg.startswith("the root module (Scaled: call_function mul)")
     assert "constant" in msg and "fold" in msg and "\n" not in msg
+
+
+class _MeanOfBranches(nn.Module):
+    """Two branches stacked and averaged (a mean over the branches is sum / branches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.stack([self.a(x), self.b(x)], dim=1).mean(dim=1)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_mean_over_branches_and_a_wide_channel_conv_are_refused_in_one_line():
+    with pytest.raises(pg.UnsupportedModuleError) as info:
+        pg.from_module(_MeanOfBranches(), torch.randn(2, 3, 6, 6))
+    msg = str(info.value)
+    assert "\n" not in msg and "branches" in msg and "sum" in msg, msg
+
+    class TwoChannelsAlong(nn.Module):  # a conv along the features, read as two channels
+        def __init__(self):
+            super().__init__()
+            self.fc, self.conv = nn.Linear(3, 5), nn.Conv1d(2, 1, 3, padding=1)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return self.conv(h.unsqueeze(1).expand(h.shape[0], 2, 5))
+
+    with pytest.raises(pg.UnsupportedModuleError) as info:
+        pg.from_module(TwoChannelsAlong(), torch.randn(2, 3))
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("submodule 'conv'") and "one channel" in msg, msg
 
 
 def test_inspect_supported_lists_the_layers(capsys):
@@ -386,3 +609,65 @@ def test_functional_batch_norm_subclass_converts_like_the_module():
     assert_state_equal(pg.to_state_dict(ga), reference_state(a))
     for key in ("edge_index", "edge_value", "node_value", "node_act", "node_scale", "perm_group"):
         assert torch.equal(getattr(ga, key), getattr(gb, key)), key
+
+
+class _SamePadConv(nn.Conv2d):
+    """timm's Conv2dSame: "same" padding computed from the input's size with math.ceil, which
+    torch.fx cannot trace (the torch.export fallback reads it), then F.pad and the conv."""
+
+    def forward(self, x):
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size),
+                              reversed(self.stride)):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation,
+                        self.groups)
+
+
+class _FixedPadConv(nn.Conv2d):
+    """The same padding for a 7x7 input written as constants: torch.fx reads F.pad itself."""
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, [1, 1, 1, 1]), self.weight, self.bias, self.stride, 0)
+
+
+def _padded_net(conv):
+    return nn.Sequential(conv(3, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 2))
+
+
+def test_same_padding_converts_through_either_front_end():
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    same = randomize(_padded_net(_SamePadConv), 11).double()
+    with pytest.raises(Exception):  # torch.fx alone cannot trace it
+        torch.fx.symbolic_trace(same)
+    graph = pg.from_module(same, x)  # through torch.export: aten.pad
+    assert_state_equal(pg.to_state_dict(graph), reference_state(same))
+    fixed = randomize(_padded_net(_FixedPadConv), 11).double()
+    assert torch.equal(output(fixed, x), output(same, x))  # the same network
+    traced = pg.from_module(fixed, x)  # through torch.fx: F.pad
+    for key in ("edge_index", "edge_value", "node_scale", "perm_group"):
+        assert torch.equal(getattr(traced, key), getattr(graph, key)), key
+    # zero padding keeps every channel's scale and order: the group acts, the function stays
+    assert bool(graph.node_scale.any()) and bool((graph.perm_group >= 0).any())
+    moved = pg.random_symmetry(graph, generator=torch.Generator().manual_seed(0))
+    x2 = torch.randn(5, 3, 7, 7, dtype=torch.float64)
+    assert relative_error(output(pg.load_into(copy.deepcopy(same), moved), x2),
+                          output(same, x2)) < 1e-10
+
+
+def test_padding_with_a_nonzero_constant_is_refused_in_one_line():
+    class Ones(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 3)
+
+        def forward(self, x):
+            return self.b(F.pad(torch.relu(self.a(x)), [1, 1, 1, 1], value=1.0))
+
+    with pytest.raises(pg.UnsupportedModuleError) as info:
+        pg.from_module(Ones(), torch.randn(2, 3, 8, 8))
+    msg = str(info.value)
+    assert "\n" not in msg and "pad" in msg and "zeros" in msg, msg

@@ -24,6 +24,8 @@ CNN = ["--arch", "tests.cli_archs:make_cnn", "--input-shape", "2,1,8,8"]
 MLP = ["--arch", "tests.test_edit_ops:make_mlp", "--input-shape", "2,8"]
 NETS = ("mlp_tanh", "resnet_tiny", "transformer_post_relu")  # MLP, residual CNN, transformer
 GROUPED = NETS + ("resnext_tiny",)  # grouped convolutions: groups move as blocks
+# branches side by side sharing their positions, and sets permuting run by run
+BRANCHED = ("sknet_tiny", "resnest_tiny")
 
 
 def make_mlp(hidden=(12, 10)) -> nn.Module:
@@ -75,7 +77,7 @@ def test_aligned_network_computes_the_same_function(name):
     assert torch.allclose(ya, yb, rtol=1e-5, atol=1e-5), (ya - yb).abs().max()
 
 
-@pytest.mark.parametrize("name", GROUPED)
+@pytest.mark.parametrize("name", GROUPED + BRANCHED)
 def test_align_undoes_a_random_symmetry(name):
     _, _, g = _graph(name)
     moved = pg.random_symmetry(g, generator=torch.Generator().manual_seed(1), heads=False,
@@ -97,7 +99,7 @@ def test_activation_matching_keeps_the_function():
     assert torch.allclose(_outputs(net_a, res.graph, x), net_b(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", GROUPED + ("mha",))  # mha: a ReLU neuron reads the heads
+@pytest.mark.parametrize("name", GROUPED + BRANCHED + ("mha",))  # mha: a ReLU neuron reads heads
 def test_canonical_form_is_identical_for_every_symmetric_copy(name):
     net, x, g = _graph(name)
     canon = canonicalize(g).graph

@@ -64,6 +64,46 @@ def test_help_control_a_command_run_does_import_torch(tmp_path):
     assert "TORCH True" in out.stdout, out.stdout + out.stderr
 
 
+_ONE_GRAPH_COMMANDS = [
+    ["convert", "net.pt", "--arch", "net:make", "--input-shape", "2,4", "-o", "net.pgraph"],
+    ["inspect", "net.pgraph"], ["restore", "net.pgraph", "-o", "back.safetensors"],
+    ["export", "net.pgraph", "-o", "net.json"],
+]
+
+
+def test_one_graph_commands_do_not_import_pyg(tmp_path):
+    """Converting, inspecting, restoring and exporting one graph never batch it, so they start
+    without torch_geometric's ~3 s import (its PyG-free PlainGraph); the restore is still exact."""
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def make():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    """))
+    probe = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, ".")
+        import net
+        torch.save(net.make().state_dict(), "net.pt")
+        from paramgraph.tasks.cli import main
+        for argv in {_ONE_GRAPH_COMMANDS!r}:
+            assert main(argv) == 0, argv
+        from safetensors.torch import load_file
+        back, orig = load_file("back.safetensors"), net.make().state_dict()
+        print("EXACT", all(torch.equal(back[k], orig[k]) for k in orig) and set(back) == set(orig))
+        print("PYG", "torch_geometric" in sys.modules)
+        import paramgraph
+        print("CONTROL", type(paramgraph.from_module(net.make(), torch.randn(2, 4))).__name__,
+              "torch_geometric" in sys.modules)
+    """)
+    out = _run([sys.executable, "-c", probe], tmp_path)
+    assert "EXACT True" in out.stdout and "PYG False" in out.stdout, out.stdout + out.stderr
+    # Control: the Python API still returns the batchable PyG graph, and the probe sees PyG then.
+    assert "CONTROL ParamGraph True" in out.stdout, out.stdout + out.stderr
+
+
 def _user_project(root: Path) -> Path:
     """A user's directory with its own ``models/`` package and an invoke-style ``tasks.py``."""
     (root / "models").mkdir()

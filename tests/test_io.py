@@ -23,7 +23,7 @@ from paramgraph.checkpoint import check_finite, load_checkpoint
 from paramgraph.convert import convert_checkpoint
 from paramgraph.errors import CheckpointError
 from paramgraph.formats import GRAPH_FORMAT
-from paramgraph.graph import FIELDS
+from paramgraph.layout import FIELDS
 from paramgraph.graphfile import read_graph_file
 from paramgraph.pt2audit import audit_pt2
 from paramgraph.sniff import sniff_format
