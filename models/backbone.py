@@ -25,6 +25,7 @@ last layer starts at zero, so the first output is the input network.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from .encoders import EdgeEncoder, KernelBins, NodeEncoder, node_slot_inputs
 from .heads import InvariantHead, WeightHead
 from .layers import ValueLayer
-from .readers import FreeReader, StrictReader
+from .readers import FreeReader, StrictReader, masked
 from .structure import GraphStructure
 
 
@@ -44,21 +45,28 @@ class Backbone(nn.Module):
     ``constrained=True`` is ``strict`` mode (needs ``channels >= 1``); otherwise ``compress``
     picks ``symlog`` reads of the value channels (the default) or raw ones.
     ``graph_dim``: width of the per-graph features the invariant head also reads.
+    ``copies``: networks the weight head writes (output channel expansion).
     ``checkpoint`` recomputes each round in the backward pass instead of storing its
     activations (about a third more time, a fraction of the memory on large graphs).
+    ``compile``: run the rounds through ``torch.compile`` (dynamic shapes; fused element-wise
+    kernels). The first batch pays the compilation (minutes on a small CPU); where it fails
+    (no C++ compiler, an unsupported operation) the rounds run eagerly, with a warning.
     ``forward`` returns ``[num_graphs, out_dim]`` (``task="invariant"``) or the new
     ``(edge_value, node_value)``.
     """
 
     def __init__(self, task: str, out_dim: int, hidden: int, layers: int, channels: int,
                  aggrs: Sequence[str], kernel_cap: int, constrained: bool,
-                 compress: bool = True, checkpoint: bool = False, graph_dim: int = 0):
+                 compress: bool = True, checkpoint: bool = False, graph_dim: int = 0,
+                 copies: int = 1, compile: bool = False):
         super().__init__()
         if constrained and channels < 1:
             raise ValueError("strict mode needs at least one value channel (channels >= 1)")
         self.task, self.kernel_cap, self.constrained = task, kernel_cap, constrained
         self.compress = compress
         self.checkpoint = checkpoint
+        self.compile_rounds = compile  # (nn.Module.compile is a method: not that name)
+        self._compiled = None  # the compiled rounds (a plain list: not submodules)
         self.channels = c = channels
         self.edge_enc = EdgeEncoder(hidden, kernel_cap)
         self.node_enc = NodeEncoder(hidden)
@@ -72,7 +80,7 @@ class Backbone(nn.Module):
         if task == "invariant":
             self.head = InvariantHead(hidden + 2 * c, hidden + c, hidden, out_dim, graph_dim)
         else:
-            self.head = WeightHead(hidden, c, kernel_cap, constrained)
+            self.head = WeightHead(hidden, c, kernel_cap, constrained, copies)
 
     def encode(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
                node_mask: Tensor, value_scale: Tensor):
@@ -93,8 +101,9 @@ class Backbone(nn.Module):
         h = self.node_enc(st, inv_slots, node_mask)
         x = ev = None
         if self.channels:
-            ev = binned @ self.kernel[:, : bins.width].t() + reader.edge_trivial * self.edge_triv(e)
-            x = self.slot_lin(eq_slots) + reader.node_trivial * self.node_triv(h)
+            ev = binned @ self.kernel[:, : bins.width].t() + masked(reader.edge_trivial,
+                                                                    self.edge_triv(e))
+            x = self.slot_lin(eq_slots) + masked(reader.node_trivial, self.node_triv(h))
         return reader, bins, x, ev, h, e
 
     def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
@@ -104,12 +113,8 @@ class Backbone(nn.Module):
         reader, bins, x, ev, h, e = self.encode(st, edge_value, node_value, node_mask,
                                                 value_scale)
         m = None
-        for layer in self.layers:
-            if self.checkpoint and torch.is_grad_enabled():
-                x, ev, h, e, m = torch.utils.checkpoint.checkpoint(
-                    layer, st, reader, x, ev, h, e, use_reentrant=False)
-            else:
-                x, ev, h, e, m = layer(st, reader, x, ev, h, e)
+        for k in range(len(self.layers)):
+            x, ev, h, e, m = self._round(k, st, reader, x, ev, h, e)
 
         if self.task == "invariant":
             if self.channels:
@@ -118,3 +123,21 @@ class Backbone(nn.Module):
             return self.head(st, h, e, graph_feats)
 
         return self.head(st, bins, x, ev, h, e, edge_value, node_value, node_mask, value_scale)
+
+    def _round(self, k: int, *inputs):
+        """Round ``k`` (checkpointed and compiled as asked)."""
+        if self.compile_rounds and self._compiled is None:
+            self._compiled = [torch.compile(r.forward, dynamic=True) for r in self.layers]
+        if self._compiled:
+            try:
+                return self._run(self._compiled[k], inputs)
+            except Exception as err:  # noqa: BLE001 - compilation failed: the eager rounds
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); the "
+                              "message-passing rounds run eagerly", RuntimeWarning)
+                self._compiled = []
+        return self._run(self.layers[k], inputs)
+
+    def _run(self, fn, inputs):
+        if self.checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(fn, *inputs, use_reentrant=False)
+        return fn(*inputs)

@@ -19,18 +19,24 @@ inputs by, so a unit of hidden change is a typical weight's size.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from .encoders import KernelBins
+from .layers import scatter_max
 from .structure import GraphStructure
+
+COPY_INIT_STD = 0.01  # the copies' initial deviations, relative to a default-initialised layer
 
 
 def graph_pool(x: Tensor, index: Tensor, num_graphs: int) -> Tensor:
-    """Mean and max of ``x`` [M, H] per graph: ``[num_graphs, 2H]`` (zeros for empty graphs)."""
+    """Mean and max of ``x`` [M, H] per graph: ``[num_graphs, 2H]`` (zeros for empty graphs).
+    The max is :func:`~paramgraph.models.layers.scatter_max` (a fast backward)."""
     return torch.cat([scatter(x, index, 0, dim_size=num_graphs, reduce="mean"),
-                      scatter(x, index, 0, dim_size=num_graphs, reduce="max")], dim=1)
+                      scatter_max(x, index, num_graphs)], dim=1)
 
 
 class InvariantHead(nn.Module):
@@ -78,29 +84,45 @@ class WeightHead(nn.Module):
     get both. Every last layer starts at zero.
     """
 
-    def __init__(self, hidden: int, channels: int, kernel_cap: int, constrained: bool):
+    def __init__(self, hidden: int, channels: int, kernel_cap: int, constrained: bool,
+                 copies: int = 1):
         super().__init__()
-        self.constrained = constrained
-        self.edge_mlp = None if constrained else _zero_last(
-            nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, kernel_cap)))
-        self.edge_out = (_zero_last(nn.Linear(channels, kernel_cap, bias=False)) if channels
+        self.constrained, self.copies, self.kernel_cap = constrained, copies, kernel_cap
+        last = functools.partial(_zero_last, copies=copies)
+        self.edge_mlp = None if constrained else last(nn.Sequential(
+            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, kernel_cap * copies)))
+        self.edge_out = (last(nn.Linear(channels, kernel_cap * copies, bias=False)) if channels
                          else None)
-        n = 3 if constrained else 5
-        self.node_eq = _zero_last(nn.Linear(channels, n, bias=False)) if channels else None
-        self.node_inv = _zero_last(nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(),
-                                                 nn.Linear(hidden, n)))
+        self.slots = n = 3 if constrained else 5
+        self.node_eq = last(nn.Linear(channels, n * copies, bias=False)) if channels else None
+        self.node_inv = last(nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(),
+                                           nn.Linear(hidden, n * copies)))
 
     def forward(self, st: GraphStructure, bins: KernelBins, x: Tensor | None, ev: Tensor | None,
                 h: Tensor, e: Tensor, edge_value: Tensor, node_value: Tensor, node_mask: Tensor,
-                value_scale: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns the new ``(edge_value [V], node_value [N, 5])``."""
-        edge_delta = torch.zeros(st.num_edges, bins.width, dtype=h.dtype, device=h.device)
+                value_scale: Tensor):
+        """Returns the new ``(edge_value [V], node_value [N, 5])``; with ``copies = k > 1``, a
+        list of ``k`` such pairs (output channel expansion: ``k`` edited networks)."""
+        k = self.copies
+        edge_delta = torch.zeros(st.num_edges, k, bins.width, dtype=h.dtype, device=h.device)
         if self.edge_mlp is not None:
-            edge_delta = edge_delta + self.edge_mlp(e)[:, : bins.width]
+            edge_delta = edge_delta + self._per_copy(self.edge_mlp(e))[..., : bins.width]
         if self.edge_out is not None:
-            edge_delta = edge_delta + self.edge_out(ev)[:, : bins.width]
-        inv = self.node_inv(h)
-        eq = self.node_eq(x) if self.node_eq is not None else torch.zeros_like(inv)
+            edge_delta = edge_delta + self._per_copy(self.edge_out(ev))[..., : bins.width]
+        inv = self._per_copy(self.node_inv(h))
+        eq = self._per_copy(self.node_eq(x)) if self.node_eq is not None \
+            else torch.zeros_like(inv)
+        pairs = [self._update(st, bins, edge_value, node_value, node_mask, edge_delta[:, c],
+                              inv[:, c], eq[:, c], value_scale) for c in range(k)]
+        return pairs[0] if k == 1 else pairs
+
+    def _per_copy(self, out: Tensor) -> Tensor:
+        """``[M, copies * width]`` -> ``[M, copies, width]``."""
+        return out.view(out.shape[0], self.copies, -1)
+
+    def _update(self, st, bins, edge_value, node_value, node_mask, edge_delta, inv, eq,
+                value_scale):
+        """One edited network: the node changes assembled, then :func:`update_values`."""
         if self.constrained:
             node_delta = torch.stack([torch.where(st.plain, eq[:, 0], inv[:, 0]), eq[:, 1],
                                       eq[:, 2], inv[:, 1], inv[:, 2]], 1)
@@ -110,9 +132,18 @@ class WeightHead(nn.Module):
                              value_scale)
 
 
-def _zero_last(module: nn.Module) -> nn.Module:
+def _zero_last(module: nn.Module, copies: int = 1) -> nn.Module:
+    """Start the last layer at zero, so the first output is the input network. With ``copies
+    > 1`` its rows (``copies`` blocks, one per edited network) start instead as small random
+    deviations that sum to zero over the copies: identical copies would get identical gradients
+    and never differ; zero-sum deviations keep the mean of the copies' weights the input's."""
     last = module[-1] if isinstance(module, nn.Sequential) else module
     nn.init.zeros_(last.weight)
     if last.bias is not None:
         nn.init.zeros_(last.bias)
+    if copies > 1:
+        with torch.no_grad():
+            w = last.weight.view(copies, -1, last.weight.shape[1])
+            w.normal_(0.0, COPY_INIT_STD / last.weight.shape[1] ** 0.5)
+            w.sub_(w.mean(0, keepdim=True))
     return module

@@ -89,6 +89,12 @@ class MetaNet(nn.Module):
             ``F(g theta) = g F(theta)``, because ``alpha(g theta) = alpha(theta) g^-1``.
         checkpoint: recompute each message-passing round during backward instead of storing
             its activations (for graphs of millions of edges; same results, more time).
+        copies: weight head only: output channel expansion, ``forward`` returns a list of
+            ``copies`` edited batches (their networks' outputs are meant to be averaged, e.g.
+            :func:`paramgraph.tasks.expansion.decode_siren`); 1 returns one batch.
+        compile: run the message-passing rounds through ``torch.compile`` (same results to
+            float rounding; pays off on long runs, see README "Training throughput"), with an
+            eager fallback where it fails.
 
     Raises ``ValueError`` for an unknown mode, task, frame or aggregator, and for
     ``channels=0`` in ``strict`` mode.
@@ -101,7 +107,7 @@ class MetaNet(nn.Module):
                  learn_gauge: bool = True, section: str = "balanced",
                  sweeps: int = BALANCE_SWEEPS, compress: bool = True,
                  statistics: bool = False, soft_signs: bool = True, frame: str = "gauged",
-                 checkpoint: bool = False):
+                 checkpoint: bool = False, copies: int = 1, compile: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
@@ -109,6 +115,9 @@ class MetaNet(nn.Module):
             raise ValueError(f"unknown task '{task}'; choose from {TASKS}")
         if frame not in FRAMES:
             raise ValueError(f"unknown frame '{frame}'; choose from {FRAMES}")
+        if copies < 1 or (copies > 1 and task != "weights"):
+            raise ValueError(f"copies={copies}: output channel expansion needs a weight head "
+                             "and at least one copy")
         self.mode, self.task, self.frame = mode, task, frame
         self.out_dim = out_dim
         channels = max(hidden // 2, 1) if channels is None else channels
@@ -124,7 +133,8 @@ class MetaNet(nn.Module):
         self.backbone = Backbone(task, out_dim, hidden, layers, channels, aggrs, kernel_cap,
                                  constrained=mode == "strict", compress=compress,
                                  checkpoint=checkpoint,
-                                 graph_dim=hidden if self.statistics is not None else 0)
+                                 graph_dim=hidden if self.statistics is not None else 0,
+                                 copies=copies, compile=compile)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -165,7 +175,12 @@ class MetaNet(nn.Module):
         out = self.backbone(st, edge_value, node_value, node_mask, value_scale, graph_feats)
         if self.task == "invariant":
             return out
-        new_edge, new_node = out
+        if isinstance(out, list):  # output channel expansion: one batch per copy
+            return [self._edited(batch, st, gauged, *pair) for pair in out]
+        return self._edited(batch, st, gauged, *out)
+
+    def _edited(self, batch, st: GraphStructure, gauged, new_edge, new_node):
+        """The weight head's new values as a batch, in the frame asked for."""
         if gauged is not None and self.frame == "input":
             new_edge, new_node = gauged.undo(st, new_edge, new_node)
         return batch.with_values(new_edge, new_node)

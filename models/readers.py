@@ -49,10 +49,19 @@ def canon(x: Tensor, scaled: Tensor, signed: Tensor) -> Tensor:
     # Norms below sqrt(tiny) are left undivided: dividing by them overflowed the backward pass (NaN
     # gradients for networks with denormal weights, e.g. weights of always-zero input pixels).
     safe = torch.where(n2 > torch.finfo(n2.dtype).tiny ** 0.5, n2, torch.ones_like(n2)).sqrt()
-    x = torch.where(scaled.unsqueeze(1), x / safe, x)
+    # the largest-magnitude entry is the same before and after dividing by a positive norm
     pivot = x.gather(1, x.abs().argmax(1, keepdim=True))
     flip = signed.unsqueeze(1) & (pivot < 0)
-    return torch.where(flip, -x, x).to(dtype)
+    # one division per entry by the row's norm (1 where not scaled), negated where flipped:
+    # x / -d is exactly -(x / d), so this is dividing then flipping, in one pass over x
+    divisor = torch.where(scaled.unsqueeze(1), safe, torch.ones_like(safe))
+    return (x / torch.where(flip, -divisor, divisor)).to(dtype)
+
+
+def masked(mask: Tensor | float, t: Tensor) -> Tensor:
+    """``mask * t``; a :class:`FreeReader`'s masks are the constant 1, and multiplying by it
+    would be one more pass over an edge-sized tensor for nothing."""
+    return t if isinstance(mask, float) and mask == 1.0 else mask * t
 
 
 class StrictReader:

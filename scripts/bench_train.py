@@ -10,6 +10,21 @@ final validation Kendall tau, which must agree between rows (same global batch a
     python scripts/bench_train.py --size 96 --procs 2 --epochs 3
 
 prints a table and writes ``bench_results/bench_train.json``. ``--device cuda`` measures the GPU.
+
+``--throughput`` measures instead training graphs/s per metanet mode (issue 18) on two zoos of
+random-weight CNNs imported with ``paramgraph zoo import``: small graphs (1 -> 8 -> 8 -> 8 -> 10
+channels, 35 nodes and 216 edges, like the Small CNN Zoo at width 8) and large ones (3 -> 64 ->
+128 -> 256 -> 256 -> 10, 0.96M parameters, 717 nodes, 109k edges). Each configuration (zoo, mode,
+threads) runs in a fresh process: the real training step (``distributed.run_epoch`` on the real
+DataLoader) over ``--steps`` batches after one warm-up batch, with the time split into
+collation, ``GraphStructure`` construction (``prepare``), forward (of which gauge, encoders,
+rounds, head), backward and optimizer. One thread and every core (``--thread-counts``). Under
+load the process CPU time is the steadier measure (reported as ``cpu_graphs_per_s`` next to the
+wall-clock ``graphs_per_s``). ``--compare DIR`` runs every configuration also on the code at
+``DIR`` (a copy of an earlier checkout laid out as installed: ``paramgraph/``,
+``paramgraph/models``, ``paramgraph/tasks``), before and after in turn, for before/after tables::
+
+    python scripts/bench_train.py --throughput --hidden 64 --compare /tmp/before --repeats 2
 """
 
 from __future__ import annotations
@@ -25,7 +40,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# the code measured: this checkout, or an earlier one for --compare (see throughput)
+sys.path.insert(0, os.environ.get("BENCH_TRAIN_CODE", str(ROOT)))
 
 
 def _free_port() -> int:
@@ -74,6 +90,232 @@ def measure(args, procs: int, threads: int, tag: str) -> dict:
             "train_loss": out["train_loss"], "wall_seconds": wall}
 
 
+# -- throughput per mode (issue 18) -------------------------------------------------------------
+
+SMALL_CNN = {"channels": [8, 8, 8], "in_ch": 1}
+LARGE_CNN = {"channels": [64, 128, 256, 256], "in_ch": 3}
+ZOOS = {  # name: (architecture, networks, input shape, batch size)
+    "small": (SMALL_CNN, 1069, "2,1,28,28", 64),
+    "large": (LARGE_CNN, 24, "2,3,32,32", 2),
+}
+SECTIONS = ("collate", "structure", "forward", "gauge", "encode", "rounds", "head", "backward",
+            "optimizer")
+
+
+def bench_cnn(channels=(8, 8, 8), in_ch: int = 1, classes: int = 10, act: str = "relu"):
+    """The benchmark zoos' architecture (``--arch scripts/bench_train.py:bench_cnn``): 3x3
+    convolutions of stride 2, global average pooling, a linear layer."""
+    import torch.nn as nn
+
+    layers, c_in = [], in_ch
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1),
+                   nn.ReLU() if act == "relu" else nn.Tanh()]
+        c_in = c
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, classes))
+
+
+def make_cnn_zoo(root: Path, name: str) -> Path:
+    """The zoo ``name`` of :data:`ZOOS` under ``root`` (made once): random-weight CNNs (half
+    ReLU, half tanh, weights scaled by a random factor in [0.5, 2]) with a random ``acc`` label,
+    imported with ``paramgraph zoo import``."""
+    import csv
+
+    import torch
+    from safetensors.torch import save_file
+
+    from paramgraph.tasks.importer import import_zoo
+
+    arch, count, shape, _ = ZOOS[name]
+    out = root / f"zoo-{name}"
+    if (out / "zoo.json").is_file():
+        return out
+    src = root / f"src-{name}"
+    src.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        g = torch.Generator().manual_seed(i)
+        kwargs = {**arch, "act": "relu" if i % 2 == 0 else "tanh"}
+        torch.manual_seed(i)
+        net = bench_cnn(**kwargs)
+        with torch.no_grad():
+            scale = float(torch.empty(()).uniform_(0.5, 2.0, generator=g))
+            for p in net.parameters():
+                p.mul_(scale)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+                  str(src / f"net{i:05d}.safetensors"))
+        rows.append({"file": f"net{i:05d}.safetensors", "acc": float(torch.rand((), generator=g)),
+                     "run": i // 4, "arch_kwargs": json.dumps(kwargs)})
+    with open(src / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = import_zoo(src, out, arch=f"{Path(__file__).resolve()}:bench_cnn",
+                        input_shape=tuple(int(v) for v in shape.split(",")),
+                        group_column="run", progress=False)
+    if result.zoo is None:
+        raise SystemExit(f"import of the {name} zoo failed: {result.failures[:3]}")
+    return out
+
+
+def throughput_child(args) -> None:
+    """One configuration, in this process: prints one JSON line."""
+    import torch
+
+    from paramgraph.tasks import distributed
+    from paramgraph.tasks.objectives import get_objective
+    from paramgraph.tasks.train import RunData, TrainConfig, build_metanet
+
+    torch.set_num_threads(args.threads)
+    kwargs = {"compile": True} if args.compile else {}
+    cfg = TrainConfig(task="regression", target="acc", zoo=str(args.zoo_dir), mode=args.mode,
+                      hidden=args.hidden, layers=args.layers, batch_size=args.batch_size,
+                      model_kwargs=kwargs)
+    data = RunData(cfg, get_objective(cfg.task, cfg.target), False)
+    objective = data.objective
+    torch.manual_seed(0)
+    net = build_metanet(cfg, objective)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    timer = _SectionTimer()
+    timer.instrument(net, opt, distributed)
+    train = data.sets["train"]
+    steps = 1 + args.steps  # the first (warm-up) batch is not timed
+    order = [i % len(train) for i in range(steps * args.batch_size)]
+    ctx = distributed.Context()
+    loader, plan = distributed.epoch_loader(ctx, train, order, args.batch_size,
+                                            train.edge_counts())
+    batches = timer.timed_iter(iter(loader))
+    step = dict(hidden=data.hidden, clip=cfg.clip)
+    distributed.run_epoch(ctx, net, objective, opt, sched, _take(batches, 1), plan[:1], **step)
+    timer.reset()
+    wall, cpu = time.perf_counter(), time.process_time()
+    sums = distributed.run_epoch(ctx, net, objective, opt, sched, _take(batches, args.steps),
+                                 plan[1:], **step)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    graphs = sums["count"]
+    print(json.dumps({"graphs": graphs, "seconds": wall, "cpu_seconds": cpu,
+                      "graphs_per_s": graphs / wall, "cpu_graphs_per_s": graphs / cpu,
+                      "ms_per_step": {k: 1000 * v / args.steps for k, v in timer.wall.items()},
+                      "cpu_ms_per_step": {k: 1000 * v / args.steps
+                                          for k, v in timer.cpu.items()}}))
+
+
+def _take(iterator, n: int):
+    for _ in range(n):
+        yield next(iterator)
+
+
+class _SectionTimer:
+    """Wall and CPU seconds per section of a training step, by wrapping what ``run_epoch``
+    calls: the loader's ``next`` (collate), ``prepare`` (structure), ``objective.predict``
+    (forward; inside it the gauge, ``encode``, the rounds and the head), ``Tensor.backward``
+    and the optimizer's ``step`` (with the gradient clipping before it: the rest)."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.wall, self.cpu = {k: 0.0 for k in SECTIONS}, {k: 0.0 for k in SECTIONS}
+
+    def wrap(self, name: str, fn):
+        def timed(*a, **kw):
+            w, c = time.perf_counter(), time.process_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - w
+                self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
+        return timed
+
+    def timed_iter(self, iterator):
+        nxt = self.wrap("collate", lambda: next(iterator))
+        while True:
+            try:
+                yield nxt()
+            except StopIteration:
+                return
+
+    def instrument(self, net, opt, distributed) -> None:
+        import torch
+
+        distributed.prepare = self.wrap("structure", distributed.prepare)
+        net.forward = self.wrap("forward", net.forward)
+        if net.gauge is not None:
+            net.gauge.gauge = self.wrap("gauge", net.gauge.gauge)
+        bb = net.backbone
+        bb.encode = self.wrap("encode", bb.encode)
+        for layer in bb.layers:
+            layer.forward = self.wrap("rounds", layer.forward)
+        bb.head.forward = self.wrap("head", bb.head.forward)
+        torch.Tensor.backward = self.wrap("backward", torch.Tensor.backward)
+        opt.step = self.wrap("optimizer", opt.step)
+
+
+def throughput(args) -> None:
+    """Every (zoo, mode, threads) configuration in a fresh process, A B A B with ``--compare``;
+    prints the tables and writes the JSON."""
+    root = args.dir
+    zoos = {name: make_cnn_zoo(root, name) for name in args.zoos}
+    codes = [("after", None)] + ([("before", str(args.compare))] if args.compare else [])
+    rows = []
+    for rep in range(args.repeats):
+        for name in args.zoos:
+            for mode in args.modes:
+                for threads in args.thread_counts:
+                    for label, code in reversed(codes):  # before first, then after
+                        r = _throughput_run(args, zoos[name], name, mode, threads, code)
+                        rows.append({"zoo": name, "mode": mode, "threads": threads,
+                                     "code": label, "repeat": rep, **r})
+                        print(f"{name:5s} {mode:6s} {threads} thr {label:6s} "
+                              f"{r['graphs_per_s']:7.1f} graphs/s (wall), "
+                              f"{r['cpu_graphs_per_s']:7.1f} per CPU-s, load {r['load']:.1f}",
+                              flush=True)
+    _print_breakdown(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"hidden": args.hidden, "layers": args.layers, "steps": args.steps,
+              "zoos": {n: {"arch": ZOOS[n][0], "networks": ZOOS[n][1],
+                           "batch_size": ZOOS[n][3]} for n in args.zoos},
+              "compile": args.compile, "cpu_count": os.cpu_count(), "rows": rows}
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+def _throughput_run(args, zoo: Path, name: str, mode: str, threads: int, code) -> dict:
+    cmd = [sys.executable, __file__, "--throughput-child", "--zoo-dir", str(zoo), "--mode", mode,
+           "--threads", str(threads), "--hidden", str(args.hidden), "--layers",
+           str(args.layers), "--batch-size", str(ZOOS[name][3]), "--steps",
+           str(args.steps if name == "small" else max(1, args.steps // 4))]
+    if args.compile:
+        cmd.append("--compile")
+    code = code if code is not None else str(ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=code, BENCH_TRAIN_CODE=code)
+    out = subprocess.run(cmd, check=True, env=env, cwd="/", capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["load"] = os.getloadavg()[0]
+    return result
+
+
+def _print_breakdown(rows: list[dict]) -> None:
+    """Median per (zoo, mode, threads, code): graphs/s and CPU ms per step by section."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["zoo"], r["mode"], r["threads"], r["code"]), []).append(r)
+    head = " ".join(f"{k[:9]:>9}" for k in SECTIONS)
+    print(f"\n{'zoo':5} {'mode':6} {'thr':>3} {'code':6} {'g/s':>7} {'g/CPU-s':>7} | "
+          f"CPU ms per step: {head}")
+    for (zoo, mode, threads, code), rs in groups.items():
+        med = lambda key: statistics.median(r[key] for r in rs)  # noqa: E731
+        parts = " ".join(f"{statistics.median(r['cpu_ms_per_step'].get(k, 0.0) for r in rs):9.1f}"
+                         for k in SECTIONS)
+        print(f"{zoo:5} {mode:6} {threads:>3} {code:6} {med('graphs_per_s'):7.1f} "
+              f"{med('cpu_graphs_per_s'):7.1f} | {parts}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=96, help="hetero zoo size (default 96)")
@@ -89,6 +331,20 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=ROOT / ".cache" / "bench_train")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "bench_train.json")
     parser.add_argument("--verbose", action="store_true", help="show the runs' output")
+    parser.add_argument("--throughput", action="store_true",
+                        help="graphs/s per mode on small- and large-graph CNN zoos (issue 18)")
+    parser.add_argument("--zoos", nargs="+", default=list(ZOOS), choices=list(ZOOS))
+    parser.add_argument("--modes", nargs="+", default=["perm", "strict", "quasi"])
+    parser.add_argument("--steps", type=int, default=8,
+                        help="--throughput: timed batches (a quarter of them on large graphs)")
+    parser.add_argument("--thread-counts", type=int, nargs="+", default=[1, os.cpu_count()],
+                        help="--throughput: torch threads per run (default: 1 and every core)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--compare", type=Path, default=None, metavar="DIR",
+                        help="--throughput: also run the code at DIR, interleaved")
+    parser.add_argument("--compile", action="store_true",
+                        help="--throughput: MetaNet(compile=True) (torch.compile'd rounds)")
+    parser.add_argument("--throughput-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--zoo-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -96,6 +352,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.throughput_child:
+        throughput_child(args)
+        return
+    if args.throughput:
+        if args.out == ROOT / "bench_results" / "bench_train.json":
+            args.out = ROOT / "bench_results" / "bench_train_throughput.json"
+        throughput(args)
         return
 
     from paramgraph.tasks.data import load_graphs

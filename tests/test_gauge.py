@@ -15,7 +15,7 @@ from catalogue import random_inputs
 from metanet_nets import build, graphs, random_input
 from paramgraph.models.encoders import KernelBins
 from paramgraph.models.gauge import apply_factors, canonical_factors
-from paramgraph.models.layers import EdgeAggregation
+from paramgraph.models.layers import EdgeAggregation, scatter_max
 from paramgraph.models.backbone import Backbone
 from paramgraph.models.readers import canon
 from paramgraph.models.structure import GraphStructure
@@ -189,12 +189,12 @@ def test_gauge_bound_limits_the_learned_factor(zoo):
 def test_edge_aggregation_matches_scatter(zoo, aggrs):
     _, _, _, batch = zoo
     st = GraphStructure.of(batch)
-    assert st.out_order is not None  # some direction really needs sorting
+    assert not bool((st.src[1:] >= st.src[:-1]).all())  # edges out of order in one direction
     e = torch.randn(st.num_edges, 4, dtype=torch.float64)
     agg = EdgeAggregation(aggrs)
-    for reverse, index, degree, order in ((False, st.dst, st.in_degree, st.in_order),
-                                          (True, st.src, st.out_degree, st.out_order)):
-        got = agg(e, st.edge_index, degree, order, reverse=reverse)
+    for reverse, index, degree in ((False, st.dst, st.in_degree),
+                                   (True, st.src, st.out_degree)):
+        got = agg(e, st.edge_index, degree, reverse=reverse)
         deg = degree.clamp_min(1).double().unsqueeze(1)
         want = []
         for a in aggrs:
@@ -209,6 +209,24 @@ def test_edge_aggregation_matches_scatter(zoo, aggrs):
             else:
                 want.append(scatter(e, index, 0, dim_size=st.num_nodes, reduce=a))
         assert torch.allclose(got, torch.cat(want, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_scatter_max_matches_scatter_reduce_ties_included():
+    # rows 1 and 5 tie in channel 0 of segment 0, rows 0 and 1 in channel 1; segment 2 has ties
+    # in both channels; segments 1 and 3 are empty
+    index = torch.tensor([0, 0, 2, 2, 2, 0])
+    x = torch.tensor([[1.0, 5.0], [3.0, 5.0], [2.0, -1.0], [2.0, -4.0], [0.0, -1.0], [3.0, 0.0]],
+                     dtype=torch.float64)
+    grad = torch.randn(4, 2, dtype=torch.float64)
+    mine, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = scatter_max(mine, index, 4)
+    want = torch.zeros(4, 2, dtype=torch.float64).scatter_reduce(
+        0, index.unsqueeze(1).expand(-1, 2), ref, "amax", include_self=False)
+    assert torch.equal(got, want) and got[[1, 3]].abs().sum() == 0
+    got.backward(grad)
+    want.backward(grad)
+    assert torch.allclose(mine.grad, ref.grad, rtol=0, atol=1e-15)
+    assert mine.grad[1, 0] == mine.grad[5, 0] == grad[0, 0] / 2  # a tie shares the gradient
 
 
 def test_kernel_bins_round_trip_and_long_kernels(zoo):
