@@ -74,7 +74,7 @@ METHODS = {
     "quasi-before": _probe("quasi", section="unit", compress=False, soft_signs=False),
 }
 MODES = ("quasi", "strict", "perm")
-ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 1797}
+ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 4000}  # inr: 16x16 views (issue 11)
 
 
 def parse_args(argv=None):
@@ -94,6 +94,8 @@ def parse_args(argv=None):
     p.add_argument("--zoo-seed", type=int, default=0)
     p.add_argument("--zoo-sizes", type=json.loads, default=ZOO_SIZES,
                    help="networks per zoo kind as JSON (smaller for a smoke test)")
+    p.add_argument("--inr-init", choices=("independent", "shared"), default="independent",
+                   help="the inr zoo's SIREN initialisations (default: one per network)")
     p.add_argument("--table-only", action="store_true")
     return p.parse_args(argv)
 
@@ -106,8 +108,12 @@ def make_zoos(args) -> dict[str, Path]:
     for kind in kinds:
         size = args.zoo_sizes[kind]
         path = Path(args.zoos) / f"{kind}-{size}-s{args.zoo_seed}"
+        extra = {}
+        if kind == "inr":  # views of 16x16 digits, independent initialisations by default
+            path = path.with_name(f"{path.name}-{args.inr_init}")
+            extra = {"inr_init": args.inr_init}
         t0 = time.time()
-        make_zoo(path, kind, size, workers=args.workers, seed=args.zoo_seed)
+        make_zoo(path, kind, size, workers=args.workers, seed=args.zoo_seed, **extra)
         print(f"zoo {path}: ready ({time.time() - t0:.0f} s)", flush=True)
         paths[kind] = path
     return paths

@@ -86,7 +86,7 @@ def add_task_commands(subparsers) -> None:
     from .objectives import OBJECTIVES
     from paramgraph.models.defaults import HIDDEN, LAYERS, MODES, WEIGHT_DECAY
 
-    from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_STEPS, KINDS
+    from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_SIDE, INR_STEPS, KINDS
 
     pos = positive_int
     debug = argparse.ArgumentParser(add_help=False)
@@ -105,7 +105,7 @@ def add_task_commands(subparsers) -> None:
     p = zsub.add_parser(
         "make", parents=[debug, quiet], help="train a zoo (resumable)",
         description="Make a zoo in DIR: hetero (MLPs, CNNs, ViTs with random hyperparameters), "
-        "cnn (one fixed small CNN, random hyperparameters) or inr (one SIREN per digit image). "
+        "cnn (one fixed small CNN, random hyperparameters) or inr (one SIREN per deformed view of a digit). "
         "Interrupted? Run the same command again: finished networks are kept.")
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--size", type=pos, required=True, metavar="N", help="number of networks")
@@ -120,6 +120,8 @@ def add_task_commands(subparsers) -> None:
                    help="SIREN hidden widths, e.g. 32,32 or 32,32,32 (default 32,32)")
     p.add_argument("--inr-init", choices=INR_INITS, default=INR_INITS[0],
                    help="SIRENs start from one shared initialisation (default) or one per image")
+    p.add_argument("--inr-side", type=pos, default=INR_SIDE, metavar="PX",
+                   help=f"resolution of the digit views the SIRENs draw (default {INR_SIDE})")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="make only shard I of N (0-based) into DIR; run all N (processes or "
                    "machines, same settings); the last to finish merges the zoo")
@@ -165,6 +167,9 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--layers", type=pos, default=LAYERS,
                    help=f"message-passing rounds (default {LAYERS})")
     p.add_argument("--batch-size", type=pos, default=32)
+    p.add_argument("--copies", type=pos, default=1, metavar="K",
+                   help="inr-edit: output channel expansion, the weight head writes K SIRENs "
+                   "whose outputs are averaged, decoded into one K times wider (default 1)")
     p.add_argument("--lr", type=nonneg_float, default=2e-3)
     p.add_argument("--weight-decay", type=nonneg_float, default=WEIGHT_DECAY,
                    help=f"AdamW weight decay (default {WEIGHT_DECAY})")
@@ -314,7 +319,7 @@ def cmd_zoo_make(args) -> int:
     shard = parse_shard(args.shard) if args.shard is not None else None
     zoo = make_zoo(args.out, args.kind, args.size, workers=args.workers, seed=args.seed,
                    ckpts=args.ckpts, inr_steps=args.inr_steps, inr_hidden=hidden,
-                   inr_init=args.inr_init,
+                   inr_init=args.inr_init, inr_side=args.inr_side,
                    progress=not args.no_progress, shard=shard)
     if zoo is None:
         print(f"shard {shard[0]}/{shard[1]} of zoo {args.out} done; the last shard to finish "
@@ -443,7 +448,8 @@ def cmd_train(args) -> int:
                           layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
                           clip=args.clip, seed=args.seed, splits=args.splits,
-                          max_train=args.max_train)
+                          max_train=args.max_train,
+                          model_kwargs={"copies": args.copies} if args.copies > 1 else {})
     summary = train(cfg, args.out, resume=args.resume, threads=args.threads,
                     progress=not args.no_progress, stop_after=args.stop_after,
                     device=args.device, workers=args.workers, rebuild_cache=args.rebuild_cache)

@@ -215,7 +215,7 @@ def targets(zoo: Zoo, target: "str | Objective") -> Tensor:
     (configured, fitted) task ``target`` itself.
 
     ``test_acc``: ``[n]`` float test accuracies (hetero/cnn zoos); ``label``: ``[n]`` long digit
-    classes (inr zoos); ``dilate``: ``[n, 64]`` float dilated images (inr zoos). Raises
+    classes (inr zoos); ``dilate``: ``[n, side*side]`` float dilated images (inr zoos). Raises
     :class:`TaskError` for an unknown target or one the zoo does not have.
     """
     if isinstance(target, Objective):
@@ -230,8 +230,9 @@ class ZooDataset(Dataset):
     (``None``: every network). ``target``: a target name or a task, see :func:`targets` (``None``:
     no ``y``). ``graphs``:
     already loaded graphs of the whole zoo (to share them between splits). ``y`` of one graph has
-    shape ``[1]`` (accuracy, label) or ``[1, 64]`` (dilated image), so a batch's ``y`` is ``[B]``
-    or ``[B, 64]``. Raises :class:`ZooError`/:class:`TaskError` for a bad zoo, split or target.
+    shape ``[1]`` (accuracy, label) or ``[1, side*side]`` (edited image): a batch's ``y`` is ``[B]``
+    or ``[B, side*side]``. Raises :class:`ZooError`/:class:`TaskError` for a bad zoo,
+    split or target.
     """
 
     def __init__(self, zoo: Zoo | str | os.PathLike, split: str | None = None,
@@ -253,7 +254,10 @@ class ZooDataset(Dataset):
     def get(self, idx: int) -> ParamGraph:
         i = self.ids[idx]
         g = self.graphs[i]
-        out = g.with_values(g.edge_value, g.node_value)  # shallow copy: targets do not leak
+        # a store reads a new graph object each time; shared graphs get a shallow copy, so that
+        # targets do not leak into them
+        out = g if isinstance(self.graphs, GraphStore) else g.with_values(g.edge_value,
+                                                                          g.node_value)
         out.net_id = torch.tensor([i])
         if self._y is not None:
             out.y = self._y[i : i + 1]

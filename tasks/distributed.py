@@ -117,6 +117,81 @@ def _context(rank: int, world: int, dev: torch.device, backend, owns: bool) -> C
     return Context(rank, world, local, dev, backend, owns)
 
 
+_FAILED = "paramgraph/failed/"  # store key prefix: a rank's failure, for the others to read
+_SEEN = "paramgraph/seen/"  # a rank that has read another's failure
+FAILURE_WAIT_S = 20.0  # how long rank 0, which hosts the store, keeps it for the others to read
+
+
+@contextmanager
+def failures_shared(ctx: Context):
+    """``with failures_shared(ctx):`` a rank that fails inside ends the run on every rank.
+
+    The failing rank writes its error to the process group's key-value store and destroys the
+    group: the others, waiting in (or later entering) a collective, get a closed-connection
+    error at once instead of waiting for the group's timeout, and re-raise it as
+    :class:`TaskError` ``"rank R failed: ..."`` with the failing rank's own error. Rank 0 hosts
+    the store, so when it fails it waits (at most ``FAILURE_WAIT_S``) until the others have
+    read its error. The group is unusable afterwards either way. No effect in one process."""
+    try:
+        yield
+    except BaseException as err:
+        if not ctx.distributed or not dist.is_initialized():
+            raise
+        store = _store()
+        failed = _peer_failure(ctx, store)
+        if failed is not None:
+            raise TaskError(f"rank {failed[0]} failed: {failed[1]}") from err
+        try:
+            store.set(f"{_FAILED}{ctx.rank}", f"{type(err).__name__}: {err}")
+        except Exception:  # noqa: BLE001 - no store (or it went first): the group error stays
+            store = None
+        dist.destroy_process_group()
+        if store is not None and ctx.is_main:
+            _wait_until_seen(ctx, store)
+        raise
+
+
+def _store():
+    """The default process group's store (``None`` where this torch hides it)."""
+    get = getattr(dist.distributed_c10d, "_get_default_store", None)
+    try:
+        return get() if get is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _peer_failure(ctx: Context, store) -> tuple[int, str] | None:
+    """``(rank, message)`` of another rank that reported a failure, else ``None``."""
+    if store is None:
+        return None
+    for rank in range(ctx.world_size):
+        key = f"{_FAILED}{rank}"
+        try:
+            if rank != ctx.rank and store.check([key]):
+                message = store.get(key).decode()
+                store.set(f"{_SEEN}{ctx.rank}", "1")
+                return rank, message
+        except Exception:  # noqa: BLE001 - the store is gone with rank 0: say so
+            return 0, "it ended, and the process group's store with it"
+    return None
+
+
+def _wait_until_seen(ctx: Context, store) -> None:
+    """Keep this process (and the store it hosts) alive until every other rank has read a
+    failure, or ``FAILURE_WAIT_S`` has passed."""
+    import time
+
+    keys = [f"{_SEEN}{r}" for r in range(ctx.world_size) if r != ctx.rank]
+    deadline = time.monotonic() + FAILURE_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            if store.check(keys):
+                return
+        except Exception:  # noqa: BLE001
+            return
+        time.sleep(0.05)
+
+
 def teardown(ctx: Context) -> None:
     """Leave the process group if :func:`setup` joined it."""
     if ctx.owns_group and dist.is_initialized():
@@ -324,7 +399,10 @@ class _ExposeGraphOutputs(torch.nn.Module):
 
     def forward(self, *args, **kwargs):
         out = self.net(*args, **kwargs)
-        return (out,) if torch.is_tensor(out) else (out, out.edge_value, out.node_value)
+        if torch.is_tensor(out):
+            return (out,)
+        graphs = out if isinstance(out, list) else [out]  # a list: output channel expansion
+        return (out, *[t for g in graphs for t in (g.edge_value, g.node_value)])
 
 
 class _GraphOutputs(torch.nn.Module):

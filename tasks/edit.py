@@ -64,7 +64,8 @@ def _convert(path: Path, spec: dict | None, arch: str | None, arch_kwargs: dict 
             graph = paramgraph.from_module(model.eval(), example_input(spec))
         placed = set(graph.segments.names())
         extra = {k: v for k, v in state.items() if k not in placed}
-        return graph, extra, lambda: build_model(spec), {ZOO_META_KEY: json.dumps({"spec": spec})}
+        return graph, extra, lambda k=1: build_model(_widened(spec, k)), \
+            {ZOO_META_KEY: json.dumps({"spec": spec})}
     if arch is None:
         raise TaskError(f"checkpoint '{path}' carries no architecture; name it with --arch "
                         "MODULE:CALLABLE --input-shape SHAPE, or --spec JSON")
@@ -72,7 +73,28 @@ def _convert(path: Path, spec: dict | None, arch: str | None, arch_kwargs: dict 
     from paramgraph.convert import convert_checkpoint
 
     conv = convert_checkpoint(path, arch=arch, arch_kwargs=arch_kwargs, input_shape=input_shape)
-    return conv.graph, conv.extra, lambda: build_architecture(arch, arch_kwargs), {}
+    return conv.graph, conv.extra, \
+        lambda k=1: build_architecture(arch, _widened_kwargs(arch_kwargs, k)), {}
+
+
+def _widened(spec: dict, k: int) -> dict:
+    """The zoo spec of the edited network: ``spec`` itself, or with output channel expansion
+    (``k`` copies) the SIREN ``k`` times wider (:mod:`paramgraph.tasks.expansion`)."""
+    from .expansion import widen_spec
+
+    return spec if k == 1 else widen_spec(spec, k)
+
+
+def _widened_kwargs(arch_kwargs: dict | None, k: int) -> dict | None:
+    """``--arch-kwargs`` of the edited network: with ``k > 1`` copies the SIREN's ``hidden``
+    widths times ``k`` (an architecture without ``hidden`` cannot be widened)."""
+    if k == 1:
+        return arch_kwargs
+    if not arch_kwargs or "hidden" not in arch_kwargs:
+        raise TaskError(f"this metanet writes {k} networks to be averaged (output channel "
+                        "expansion), which decode into one SIREN k times wider: give the SIREN's "
+                        "widths as --arch-kwargs '{\"hidden\": [...]}' or use a zoo checkpoint")
+    return {**arch_kwargs, "hidden": [k * int(h) for h in arch_kwargs["hidden"]]}
 
 
 def edit_file(net, src: str | os.PathLike, dst: str | os.PathLike, *, spec: dict | None = None,
@@ -89,18 +111,23 @@ def edit_file(net, src: str | os.PathLike, dst: str | os.PathLike, *, spec: dict
 
     from .io import atomic_save_safetensors
 
+    from .expansion import copies_of, decode_siren
+
     src, dst = Path(src), Path(dst)
     graph, extra, rebuild, meta = _convert(src, spec, arch, arch_kwargs, input_shape)
     with torch.no_grad():
-        out = net(Batch.from_data_list([graph])).to_data_list()[0]
-    state = paramgraph.to_state_dict(out)
+        outs = [b.to_data_list()[0] for b in copies_of(net(Batch.from_data_list([graph])))]
     before = paramgraph.to_state_dict(graph)
-    for k, v in state.items():
-        if not torch.isfinite(v).all():
-            raise TaskError(f"editing '{src}' produced non-finite values in '{k}'")
-        state[k] = v.to(before[k].dtype)
+    states = [_edited_state(o, before, src) for o in outs]
+    changed = max(float((s[k].double() - before[k].double()).abs().max())
+                  for s in states for k in s)
+    k = len(states)
+    state = states[0] if k == 1 else decode_siren(states, _siren_widths(before, src))
+    if k > 1 and meta:
+        spec = json.loads(meta[ZOO_META_KEY])["spec"]
+        meta = {ZOO_META_KEY: json.dumps({"spec": _widened(spec, k)})}
     full = {**state, **extra}
-    module = rebuild()
+    module = rebuild(k)
     try:
         module.load_state_dict(full, strict=True)
     except RuntimeError as err:
@@ -109,8 +136,30 @@ def edit_file(net, src: str | os.PathLike, dst: str | os.PathLike, *, spec: dict
     if meta:
         meta = {ZOO_META_KEY: json.dumps({**json.loads(meta[ZOO_META_KEY]), "edited_by": run})}
     atomic_save_safetensors(dst, full, metadata=meta or None)
-    changed = max(float((state[k].double() - before[k].double()).abs().max()) for k in state)
     return {"input": str(src), "output": str(dst), "tensors": len(full), "changed": changed}
+
+
+def _edited_state(out, before: dict, src: Path) -> dict:
+    """The state_dict of one edited graph, in the input's dtypes; :class:`TaskError` if a value
+    is not finite."""
+    state = paramgraph.to_state_dict(out)
+    for k, v in state.items():
+        if not torch.isfinite(v).all():
+            raise TaskError(f"editing '{src}' produced non-finite values in '{k}'")
+        state[k] = v.to(before[k].dtype)
+    return state
+
+
+def _siren_widths(state: dict, src: Path) -> list[int]:
+    """The hidden widths of the SIREN ``state`` (keys of :class:`~paramgraph.tasks.inr.Siren`);
+    :class:`TaskError` for another network (output channel expansion decodes SIRENs only)."""
+    from .inr import layer_names
+
+    weights = [k for k in state if k.endswith(".weight")]
+    hidden = [int(state[k].shape[0]) for k in weights[:-1]]
+    if not hidden or weights != [f"{n}.weight" for n in layer_names(hidden)]:
+        raise TaskError(f"'{src}' is not a SIREN: output channel expansion decodes SIRENs only")
+    return hidden
 
 
 def edit_path(run: str | os.PathLike, src: str | os.PathLike, dst: str | os.PathLike, *,

@@ -4,10 +4,12 @@ forward pass that reads a SIREN's weights straight out of a batch of parameter g
 The SIREN convention used everywhere in this project (INR data sets are not interchangeable
 between conventions, so it is stated exactly):
 
-* **Coordinates**: the 8x8 pixel grid as ``(row, col)`` pairs on ``linspace(-1, 1, 8)`` each,
-  row-major (pixel ``r * 8 + c``), so the input is ``[64, 2]``.
-* **Target**: the pixel intensity ``image / 16`` in ``[0, 1]``; the SIREN outputs it directly, with
-  **no output offset** and no output activation.
+* **Coordinates**: the ``side x side`` pixel grid as ``(row, col)`` pairs on
+  ``linspace(-1, 1, side)`` each, row-major (pixel ``r * side + c``), so the input is
+  ``[side * side, 2]``; ``side`` is the zoo's ``inr_side`` (16 by default; 8 for the raw digits).
+* **Target**: the pixel intensity in ``[0, 1]`` (of a deformed view of a digit, see
+  :mod:`paramgraph.tasks.inr_images`); the SIREN outputs it directly, with **no output offset**
+  and no output activation.
 * **Layers**: ``Linear(2, h1) -> Sine(w0)`` with ``w0 = 30``, then ``Linear(h_i, h_{i+1}) -> Sine(1)``
   for each further hidden layer, then ``Linear(h_last, 1)``. The hidden layers use ``sin(z)``
   with weights initialised on the scale that ``sin(30 z)`` would have had, which is the original
@@ -16,8 +18,9 @@ between conventions, so it is stated exactly):
   ``U(-sqrt(6/fan_in), sqrt(6/fan_in))``; all biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``
   (PyTorch's default). An inr zoo starts every SIREN from the same draw (one seed per zoo; see
   :mod:`paramgraph.tasks.zoo` for why), or optionally from one draw per image.
-* **Fitting**: Adam, learning rate 1e-3 (cosine-decayed to 1e-5), full batch of the 64 pixels,
-  mean squared error; hundreds of SIRENs are fitted at once with batched matrix products.
+* **Fitting**: Adam (the zoo uses learning rate 3e-3, cosine-decayed to 1% of it), full batch of
+  the pixels, mean squared error; hundreds of SIRENs are fitted at once with batched matrix
+  products over a ``[n, ...]`` stack of their weights.
 """
 
 from __future__ import annotations
@@ -98,23 +101,36 @@ def batched_forward(params: list[Tensor], coords: Tensor, w0: float = FIRST_W0) 
     layers = len(params) // 2
     for i in range(layers):
         w, b = params[2 * i], params[2 * i + 1]
+        if i == 0:  # sin(w0 (W x + b)) with w0 on the small weights, not on the [n, P, h] map
+            w, b = w * w0, b * w0
         h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         if i < layers - 1:
-            h = torch.sin(w0 * h) if i == 0 else torch.sin(h)
+            h = torch.sin(h)
     return h.squeeze(-1)
+
+
+def side_of(pixels: int) -> int:
+    """The side of a square image of ``pixels`` pixels; :class:`TaskError` if it is not square."""
+    side = math.isqrt(int(pixels))
+    if side * side != pixels or side < 2:
+        raise TaskError(f"INR images must be square with at least 2x2 pixels, got {pixels} pixels")
+    return side
 
 
 def fit_sirens(images: Tensor, hidden: list[int], seeds: list[int], steps: int = 500,
                lr: float = 1e-3, w0: float = FIRST_W0) -> tuple[list[Tensor], Tensor]:
-    """Fit one SIREN per image, all at once.
+    """Fit one SIREN per image, all at once: one Adam over the stacked weights ``[n, ...]``,
+    whose loss is the *sum* over SIRENs of each one's mean squared error, so each SIREN's
+    gradient (and its whole trajectory) is that of fitting it alone.
 
-    ``images`` is ``[n, 64]`` in ``[0, 1]``. Returns the fitted stacked parameters (as
-    :func:`init_params`) and the per-image mean squared error ``[n]`` of the final fit.
+    ``images`` is ``[n, side * side]`` in ``[0, 1]`` (row-major on :func:`grid` ``(side)``).
+    Returns the fitted stacked parameters (as :func:`init_params`) and the per-image mean squared
+    error ``[n]`` of the final fit.
     """
-    if images.dim() != 2 or images.shape[1] != SIDE * SIDE:
-        raise TaskError(f"fit_sirens expects [n, {SIDE * SIDE}] images, got {tuple(images.shape)}")
+    if images.dim() != 2:
+        raise TaskError(f"fit_sirens expects [n, side*side] images, got {tuple(images.shape)}")
+    coords = grid(side_of(images.shape[1]))
     params = [p.requires_grad_() for p in init_params(hidden, seeds, w0)]
-    coords = grid()
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 1e-2)
     target = images.float()
@@ -128,6 +144,14 @@ def fit_sirens(images: Tensor, hidden: list[int], seeds: list[int], steps: int =
     with torch.no_grad():
         err = (batched_forward(params, coords, w0) - target).pow(2).mean(1)
     return [p.detach() for p in params], err
+
+
+def movement(start: list[Tensor], end: list[Tensor]) -> Tensor:
+    r"""``[n]``: how far each SIREN moved from its start, relative to it,
+    :math:`\|\theta_T - \theta_0\| / \|\theta_0\|` over all its parameters."""
+    num = sum((b - a).flatten(1).pow(2).sum(1) for a, b in zip(start, end))
+    den = sum(a.flatten(1).pow(2).sum(1) for a in start)
+    return (num / den).sqrt()
 
 
 def unstack(params: list[Tensor], hidden: list[int], j: int) -> dict[str, Tensor]:
@@ -144,17 +168,36 @@ def unstack(params: list[Tensor], hidden: list[int], j: int) -> dict[str, Tensor
 CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 
-def dilate(images: np.ndarray | Tensor) -> Tensor:
-    """Grey-scale dilation of ``[n, 64]`` (or ``[n, 8, 8]``) images with a 3x3 cross.
+def cross(radius: int) -> np.ndarray:
+    """The cross footprint of ``radius`` pixels (``radius=1``: the 3x3 :data:`CROSS`)."""
+    size = 2 * radius + 1
+    out = np.zeros((size, size), dtype=bool)
+    out[radius, :] = out[:, radius] = True
+    return out
 
-    Each pixel becomes the maximum over itself and its 4 neighbours (borders padded with 0).
-    Returns ``[n, 64]`` float32. This is the INR-editing target.
+
+def dilation_radius(side: int) -> int:
+    """The dilation's reach at ``side`` pixels: one pixel per 16 (at least one), so the edit
+    is the same fraction of the image at every resolution (8 and 16: 1 pixel, 28: 2)."""
+    return max(1, round(side / 16))
+
+
+def dilate(images: np.ndarray | Tensor) -> Tensor:
+    """Grey-scale dilation of ``[n, side*side]`` (or ``[n, side, side]``) images with a cross of
+    :func:`dilation_radius` ``(side)`` pixels.
+
+    Each pixel becomes the maximum over itself and its neighbours along the cross (borders
+    padded with 0). Returns ``[n, side*side]`` float32. This is the INR-editing target.
     """
     from scipy.ndimage import grey_dilation
 
-    arr = np.asarray(images, dtype=np.float32).reshape(-1, SIDE, SIDE)
-    out = np.stack([grey_dilation(im, footprint=CROSS, mode="constant", cval=0.0) for im in arr])
-    return torch.from_numpy(out.reshape(-1, SIDE * SIDE))
+    arr = np.asarray(images, dtype=np.float32)
+    side = side_of(arr[0].size) if len(arr) else SIDE
+    arr = arr.reshape(-1, side, side)
+    foot = cross(dilation_radius(side))
+    out = np.stack([grey_dilation(im, footprint=foot, mode="constant", cval=0.0) for im in arr]) \
+        if len(arr) else arr
+    return torch.from_numpy(np.ascontiguousarray(out).reshape(-1, side * side))
 
 
 # -- a SIREN read from parameter-graph values, differentiably ------------------------------------

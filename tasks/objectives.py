@@ -10,11 +10,13 @@ line's ``--task`` choices all look tasks up there.
                     Kendall tau (model selection), R², MSE.
 ``inr-class``       inr zoo; an invariant head with 10 outputs classifies the digit a SIREN
                     encodes; loss: cross-entropy; score: accuracy.
-``inr-edit``        inr zoo; a weight head edits the SIREN so that it draws the digit dilated
-                    (3x3 cross, see :func:`paramgraph.tasks.inr.dilate`). The edited SIREN is run on the
-                    8x8 pixel grid straight from the head's output values
-                    (:func:`paramgraph.tasks.inr.siren_forward_from_batch`, differentiable), and loss and
-                    score are the mean squared error to the dilated image, in function space.
+``inr-edit``        inr zoo; a weight head edits the SIREN so that it draws its image edited:
+                    dilated (the default) or translated (``--target translate``, see
+                    :mod:`paramgraph.tasks.inr_edits`). The edited SIREN is run on the zoo's
+                    pixel grid straight from the head's output values
+                    (:func:`paramgraph.tasks.inr.siren_forward_from_batch`, differentiable; with
+                    output channel expansion the mean of the k edited SIRENs), and loss and
+                    score are the mean squared error to the edited image, in function space.
 ``regression``      any zoo; ``--target COLUMN`` names a numeric column of its metadata (an
                     imported zoo's ``labels.csv``, or a made zoo's ``train_loss`` ...). The targets
                     are standardised with the training split's mean and standard deviation, so
@@ -247,6 +249,12 @@ class InrClass(_ClassLogits, Objective):
 
 
 class InrEdit(Objective):
+    """Edit a SIREN so that it draws its image edited (``--target``: an edit of
+    :data:`paramgraph.tasks.inr_edits.EDITS`, default ``dilate``). The edited SIREN is run on the
+    zoo's pixel grid (``side``, learnt from the zoo by :meth:`fitted` and saved with the run);
+    a weight head with ``copies = k`` (output channel expansion) edits into k SIRENs whose
+    outputs are averaged (:mod:`paramgraph.tasks.expansion`)."""
+
     name = "inr-edit"
     target = "dilate"
     zoo_kinds = ("inr",)
@@ -254,22 +262,54 @@ class InrEdit(Objective):
     select = "mse"
     higher = False
     references = ("identity_mse",)
+    side: int | None = None
+
+    def configure(self, target):
+        from .inr_edits import EDITS
+
+        if target is None or target == self.target:
+            return self
+        if target not in EDITS:
+            raise TaskError(f"task '{self.name}' edits a SIREN's image by one of "
+                            f"{', '.join(EDITS)} (--target), not '{target}'")
+        import copy
+
+        new = copy.copy(self)
+        new.target = target
+        return new
+
+    def fitted(self, zoo, train_ids):
+        import copy
+
+        from .inr_edits import zoo_side
+
+        new = copy.copy(self)
+        new.side = zoo_side(zoo)
+        return new
+
+    def state(self):
+        return {"side": self.side}
+
+    def restored(self, state):
+        import copy
+
+        new = copy.copy(self)
+        new.side = state.get("side") or 8  # a run saved before views existed: 8x8 digits
+        return new
 
     def hidden(self, zoo) -> list[int]:
         return siren_hidden(zoo)
 
     def targets(self, zoo) -> Tensor:
-        from .digits import images
-        from .inr import dilate
+        from .inr_edits import EDITS, zoo_images
 
         self._column(zoo, "label", _INR_TARGETS)
-        x, _ = images()
-        return dilate(x[[int(r["image_index"]) for r in zoo.rows]])
+        return EDITS[self.target](zoo_images(zoo))
 
     def from_output(self, out, hidden):
-        from .inr import siren_forward_from_batch
+        from .expansion import siren_outputs
 
-        return siren_forward_from_batch(out, hidden)
+        return siren_outputs(out, hidden, self.side or 8)
 
     def metrics(self, pred, y):
         from .metrics import mse
@@ -278,10 +318,10 @@ class InrEdit(Objective):
 
     def reference_scores(self, dataset, hidden):
         """``identity_mse``: the error of leaving every SIREN unedited."""
-        return {"identity_mse": identity_edit_mse(dataset, hidden)}
+        return {"identity_mse": identity_edit_mse(dataset, hidden, self.side or 8)}
 
     def fit_baseline(self, x_train, y_train, x_eval, seed):
-        """One regressor per pixel of the dilated image."""
+        """One regressor per pixel of the edited image."""
         import numpy as np
         from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -552,17 +592,19 @@ def siren_hidden(zoo) -> list[int]:
     return list(next(iter(specs)))
 
 
-def identity_edit_mse(dataset, hidden: list[int]) -> float:
-    """The error of *not* editing: each SIREN's own output against its dilated target."""
+def identity_edit_mse(dataset, hidden: list[int], side: int = 8) -> float:
+    """The error of *not* editing: each SIREN's own output (on the ``side`` x ``side`` grid)
+    against its edited target."""
     import torch
     from torch_geometric.loader import DataLoader
 
-    from .inr import siren_forward_from_batch
+    from .inr import grid, siren_forward_from_batch
 
     err, n = 0.0, 0
+    coords = grid(side)
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=128):
-            out = siren_forward_from_batch(batch, hidden)
+            out = siren_forward_from_batch(batch, hidden, coords)
             err += float((out - batch.y).pow(2).sum())
             n += out.numel()
     return err / max(n, 1)

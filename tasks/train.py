@@ -207,7 +207,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         raise TaskError(f"unknown split set '{cfg.splits}' (known: {', '.join(SPLIT_SETS)})")
     if workers < 0:
         raise TaskError(f"--workers must be at least 0, got {workers}")
-    with thread_count(threads), distributed.session(device) as ctx:
+    with thread_count(threads), distributed.session(device) as ctx, \
+            distributed.failures_shared(ctx):  # a failing rank ends the run on every rank
         return _train(cfg, objective, run, resume, progress and ctx.is_main, stop_after,
                       threads, ctx, workers, rebuild_cache)
 

@@ -142,18 +142,88 @@ def test_two_processes_equal_one_and_resume(zoo, tmp_path):
     assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]
 
 
-def test_weight_head_trains_data_parallel(tmp_path):
-    """A weight head's output is a graph batch, whose tensors DDP cannot see: before the fix every
-    parameter was marked ready twice ('Expected to mark a variable ready only once')."""
-    inr = make_zoo(tmp_path / "inr", "inr", 10, seed=5, inr_steps=20, workers=1, progress=False)
-    cfg = TrainConfig(task="inr-edit", zoo=str(inr.root), mode="quasi", **{**TINY, "epochs": 1})
-    single = train(cfg, tmp_path / "one", threads=1, progress=False, device="cpu")
+# -- the INR tasks, and a failing rank -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def inr_zoo(tmp_path_factory):
+    return make_zoo(tmp_path_factory.mktemp("inr") / "zoo", "inr", 12, seed=5, inr_steps=20,
+                    inr_init="independent", workers=1, progress=False)
+
+
+def _one_and_two(cfg: TrainConfig, tmp_path) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train ``cfg`` in one process and in two; returns both metric histories and the two
+    ranks' summaries, after checking that the two replicas are identical."""
     from dataclasses import asdict
 
-    two = _spawn(2, asdict(cfg), tmp_path / "two", "edit")
+    train(cfg, tmp_path / "one", threads=1, progress=False, device="cpu")
+    two = _spawn(2, asdict(cfg), tmp_path / "two", cfg.task)
     assert all(s["complete"] and s["world_size"] == 2 for s in two)
     assert two[0]["param_sha256"] == two[1]["param_sha256"]
-    a = json.loads((tmp_path / "one" / "metrics.json").read_text())[-1]
-    b = json.loads((tmp_path / "two" / "metrics.json").read_text())[-1]
-    assert single["epochs_done"] == 1
-    assert _close(a["train_loss"], b["train_loss"]) and _close(a["val_mse"], b["val_mse"])
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    both = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    return one, both, two
+
+
+def test_inr_class_two_processes_equal_one(inr_zoo, tmp_path):
+    cfg = TrainConfig(task="inr-class", zoo=str(inr_zoo.root), mode="quasi", **TINY)
+    one, two, _ = _one_and_two(cfg, tmp_path)
+    assert [r["epoch"] for r in two] == [1, 2]
+    for a, b in zip(one, two):
+        assert _close(a["train_loss"], b["train_loss"]), (a, b)
+        assert _close(a["val_accuracy"], b["val_accuracy"]), (a, b)
+
+
+@pytest.mark.parametrize("target,copies", [("dilate", 1), ("translate", 3)])
+def test_inr_edit_two_processes_equal_one(inr_zoo, tmp_path, target, copies):
+    """Both edits, with and without output channel expansion. A weight head's output is a graph
+    batch (or a list of them), whose tensors DDP cannot see: before the fix every parameter was
+    marked ready twice ('Expected to mark a variable ready only once')."""
+    cfg = TrainConfig(task="inr-edit", zoo=str(inr_zoo.root), mode="quasi", target=target,
+                      model_kwargs={"copies": copies}, **TINY)
+    one, two, _ = _one_and_two(cfg, tmp_path)
+    for a, b in zip(one, two):
+        for key in ("train_loss", "val_mse", "val_identity_mse"):
+            assert _close(a[key], b[key]), (key, a[key], b[key])
+    w1 = torch.load(tmp_path / "one" / "resume.pt", weights_only=True)["model"]
+    w2 = torch.load(tmp_path / "two" / "resume.pt", weights_only=True)["model"]
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-5), k
+
+
+def _failing_worker(rank: int, world: int, port: int, cfg: dict, out: str, fail: int) -> None:
+    """Train; rank ``fail`` raises in its first epoch. Writes the error each rank ended with."""
+    import time
+
+    from paramgraph.tasks import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    if rank == fail:
+        def broken(*args, **kwargs):
+            raise RuntimeError(f"injected failure on rank {rank}")
+
+        distributed.run_epoch = broken
+    start, error = time.time(), None
+    try:
+        train(TrainConfig(**cfg), out, threads=1, progress=False, device="cpu")
+    except Exception as err:  # noqa: BLE001 - recorded for the test
+        error = f"{type(err).__name__}: {err}"
+    with open(os.path.join(os.path.dirname(out), f"fail-rank{rank}.json"), "w") as f:
+        json.dump({"error": error, "seconds": time.time() - start}, f)
+
+
+@pytest.mark.parametrize("fail", [0, 1])
+def test_a_failing_rank_ends_the_run_on_every_rank(inr_zoo, tmp_path, fail):
+    from dataclasses import asdict
+
+    cfg = TrainConfig(task="inr-class", zoo=str(inr_zoo.root), mode="quasi", **TINY)
+    mp.spawn(_failing_worker, args=(2, _free_port(), asdict(cfg), str(tmp_path / "run"), fail),
+             nprocs=2, join=True)
+    ends = [json.loads((tmp_path / f"fail-rank{r}.json").read_text()) for r in range(2)]
+    assert ends[fail]["error"] == f"RuntimeError: injected failure on rank {fail}"
+    other = ends[1 - fail]["error"]
+    # the other rank names the failing one and its error, instead of waiting for the timeout
+    assert other == f"TaskError: rank {fail} failed: RuntimeError: injected failure on rank " \
+                    f"{fail}", other
+    assert all(e["seconds"] < 120 for e in ends)

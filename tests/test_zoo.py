@@ -109,10 +109,10 @@ def test_every_zoo_kind_builds_and_reloads(zoos, kind):
             with torch.no_grad():
                 from paramgraph.tasks.inr import grid
 
-                out = model(grid()).squeeze(1)
-            from paramgraph.tasks.digits import images
+                out = model(grid(row["side"])).squeeze(1)
+            from paramgraph.tasks.inr_edits import zoo_images
 
-            target = images()[0][row["image_index"]]
+            target = zoo_images(again)[i]  # the deformed view it was fitted to
             assert float((out - target).pow(2).mean()) == pytest.approx(row["fit_mse"], rel=1e-3,
                                                                         abs=1e-6)
         else:
@@ -231,7 +231,7 @@ def test_dataset_yields_graphs_with_targets(zoos):
     expected = torch.tensor([zoos["hetero"].rows[i]["test_acc"] for i in batch.net_id.tolist()])
     assert torch.allclose(batch.y, expected)
     inr = ZooDataset(zoos["inr"], "test", "dilate", progress=False)
-    assert inr[0].y.shape == (1, 64)
+    assert inr[0].y.shape == (1, 16 * 16)  # a dilated 16x16 view
     labels = ZooDataset(zoos["inr"], None, "label", progress=False)
     assert labels[3].y.item() == zoos["inr"].rows[3]["label"]
 
@@ -254,8 +254,8 @@ def test_bad_zoos_give_clear_errors(zoos, tmp_path):
         Zoo(bad)
     with pytest.raises(ZooError, match="unknown zoo kind"):
         make_zoo(tmp_path / "x", "resnet", 3, progress=False)
-    with pytest.raises(ZooError, match="at most one SIREN per digit"):
-        make_zoo(tmp_path / "x", "inr", 5000, progress=False)
+    with pytest.raises(ZooError, match="at most 32 views of each"):
+        make_zoo(tmp_path / "x", "inr", 60000, progress=False)
     (tmp_path / "occupied").mkdir()
     (tmp_path / "occupied" / "file.txt").write_text("x")
     with pytest.raises(ZooError, match="not empty"):

@@ -1,0 +1,182 @@
+"""The inr zoo of deformed digit views (issue 11): views are deterministic and deformed, the
+splits hold out whole digits, the rows record fit and movement truthfully; the edits; output
+channel expansion decodes into one wider SIREN whose output is exactly the copies' average, and
+`paramgraph edit` writes it as one loadable checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+import paramgraph
+from paramgraph import models
+from paramgraph.tasks import zoo as zoo_module
+from paramgraph.tasks.errors import TaskError, ZooError
+from paramgraph.tasks.expansion import decode_siren, siren_outputs, widen_spec
+from paramgraph.tasks.inr import Siren, dilate, grid, init_params, movement
+from paramgraph.tasks.inr_edits import EDITS, translate, zoo_images
+from paramgraph.tasks.inr_images import deform, view_images, view_of
+from paramgraph.tasks.objectives import get_objective
+from paramgraph.tasks.zoo import make_zoo
+
+DIGITS = 5  # the test zoo pretends there are 5 source digits, so 15 networks hold 3 views each
+
+
+@pytest.fixture(scope="module")
+def views_zoo(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zoo_module, "NUM_IMAGES", DIGITS)
+        return make_zoo(tmp_path_factory.mktemp("views") / "zoo", "inr", 15, seed=7,
+                        inr_steps=25, inr_hidden=[8, 8], inr_side=12, inr_init="independent",
+                        progress=False)
+
+
+# -- views ----------------------------------------------------------------------------------------
+
+def test_views_are_deterministic_deformed_and_in_range():
+    pairs = [(3, 0), (3, 1), (4, 0)]
+    a, b = view_images(0, pairs, 16), view_images(0, pairs, 16)
+    assert a.shape == (3, 256) and np.array_equal(a, b)
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    assert not np.allclose(a[0], a[1])  # two views of one digit differ
+    assert not np.array_equal(a, view_images(1, pairs, 16))  # and depend on the zoo seed
+    from paramgraph.tasks.digits import images
+
+    plain = deform(images()[0][3].numpy(), None, 16).reshape(-1)
+    assert not np.allclose(a[0], plain, atol=1e-3)  # moved, not only upsampled
+    # ... but still the same digit: far closer to its own upsampling than to another digit's
+    other = deform(images()[0][4].numpy(), None, 16).reshape(-1)
+    assert np.abs(a[0] - plain).mean() < np.abs(a[0] - other).mean()
+
+
+def test_networks_walk_every_digit_before_a_second_view():
+    assert [view_of(i, 5) for i in (0, 4, 5, 11)] == [(0, 0), (4, 0), (0, 1), (1, 2)]
+
+
+def test_splits_hold_out_whole_digits(views_zoo):
+    rows = views_zoo.rows
+    assert sorted({(r["image_index"], r["view"]) for r in rows}) == \
+        [(d, v) for d in range(DIGITS) for v in range(3)]
+    digits = {name: {rows[i]["image_index"] for i in views_zoo.split(name)}
+              for name in ("train", "val", "test")}
+    assert digits["test"] and digits["train"]
+    assert not digits["test"] & digits["train"] and not digits["val"] & digits["train"]
+    assert not digits["test"] & digits["val"]
+
+
+def test_rows_record_the_fit_and_the_movement_from_init(views_zoo):
+    images = zoo_images(views_zoo)
+    assert images.shape == (15, 144)
+    for i in (0, 7, 14):
+        row = views_zoo.rows[i]
+        with torch.no_grad():
+            out = views_zoo.model(i)(grid(12)).squeeze(1)
+        assert float((out - images[i]).pow(2).mean()) == pytest.approx(row["fit_mse"], rel=1e-3)
+        state = views_zoo.state_dict(i)
+        start = init_params([8, 8], [row["seed"]])
+        end = [v.unsqueeze(0) for v in state.values()]
+        assert float(movement(start, end)[0]) == pytest.approx(row["init_distance"], rel=1e-4)
+        assert row["init_distance"] > 0.01  # the fit did move it
+
+
+def test_inr_zoo_size_limit_and_side(tmp_path):
+    with pytest.raises(ZooError, match="at most 32 views"):
+        make_zoo(tmp_path / "big", "inr", 1797 * 32 + 1, progress=False)
+    make_zoo(tmp_path / "s", "inr", 2, inr_steps=2, inr_side=8, progress=False)
+    with pytest.raises(ZooError, match="inr_side"):  # the resolution cannot change on resume
+        make_zoo(tmp_path / "s", "inr", 2, inr_steps=2, inr_side=10, progress=False)
+
+
+# -- edits ----------------------------------------------------------------------------------------
+
+def test_translate_moves_down_right_with_zeros_coming_in():
+    img = np.zeros((1, 16, 16), dtype=np.float32)
+    img[0, 5, 6] = 1.0
+    img[0, 15, 15] = 0.5  # leaves the image
+    out = translate(img.reshape(1, -1)).view(16, 16)
+    expected = np.zeros((16, 16), dtype=np.float32)
+    expected[7, 8] = 1.0
+    assert np.array_equal(out.numpy(), expected)
+
+
+def test_dilation_reaches_further_at_higher_resolution():
+    img = np.zeros((1, 32, 32), dtype=np.float32)
+    img[0, 10, 10] = 1.0
+    out = dilate(img.reshape(1, -1)).view(32, 32)
+    assert out[10, 12] == 1.0 and out[10, 13] == 0.0 and out[11, 11] == 0.0
+
+
+def test_inr_edit_targets_are_the_edited_views(views_zoo):
+    base = zoo_images(views_zoo)
+    for name, edit in EDITS.items():
+        task = get_objective("inr-edit", name).fitted(views_zoo, views_zoo.split("train"))
+        assert task.side == 12 and task.state() == {"side": 12}
+        assert torch.equal(task.targets(views_zoo), edit(base))
+    with pytest.raises(TaskError, match="dilate, translate"):
+        get_objective("inr-edit", "rotate")
+
+
+# -- output channel expansion ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["quasi", "perm", "strict"])
+def test_the_wide_siren_computes_the_average_of_the_copies(mode):
+    torch.manual_seed(0)
+    hidden, k = [6, 5], 4
+    nets = [Siren(hidden) for _ in range(3)]
+    graphs = [paramgraph.from_module(n, torch.zeros(2, 2)) for n in nets]
+    metanet = models.MetaNet(mode=mode, task="weights", hidden=8, layers=1, copies=k)
+    with torch.no_grad():
+        outs = metanet(Batch.from_data_list(graphs))
+        average = siren_outputs(outs, hidden, 10)
+    assert isinstance(outs, list) and len(outs) == k
+    for j in range(3):
+        states = [paramgraph.to_state_dict(o.to_data_list()[j]) for o in outs]
+        assert any(not torch.equal(states[0][n], states[1][n]) for n in states[0])  # copies differ
+        wide = Siren([k * h for h in hidden])
+        wide.load_state_dict(decode_siren(states, hidden))  # strict: every tensor, right shapes
+        with torch.no_grad():
+            assert torch.allclose(wide(grid(10)).squeeze(1), average[j], atol=1e-5, rtol=1e-5)
+
+
+def test_expansion_needs_a_weight_head_and_a_siren():
+    with pytest.raises(ValueError, match="weight head"):
+        models.MetaNet(task="invariant", copies=2)
+    with pytest.raises(TaskError, match="SIRENs only"):
+        widen_spec({"family": "mlp", "hidden": [8]}, 2)
+
+
+def test_edit_writes_one_wide_checkpoint_of_the_average(views_zoo, tmp_path):
+    from paramgraph.tasks.edit import edit_path, zoo_spec_of
+    from paramgraph.tasks.train import TrainConfig, load_run, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(task="inr-edit", zoo=str(views_zoo.root), target="translate", hidden=8,
+                      layers=1, epochs=1, batch_size=4, model_kwargs={"copies": 3}),
+          run, threads=1, progress=False)
+    (result,) = edit_path(run, views_zoo.path(2), tmp_path / "edited.safetensors")
+    assert result["changed"] > 0
+    spec = zoo_spec_of(tmp_path / "edited.safetensors")
+    assert spec["hidden"] == [24, 24]
+    from paramgraph.tasks.archs import build_model
+    from paramgraph.tasks.io import load_safetensors
+
+    wide = build_model(spec)
+    wide.load_state_dict(load_safetensors(tmp_path / "edited.safetensors"))
+    _, objective, net, _ = load_run(run)
+    graph = paramgraph.from_module(views_zoo.model(2), torch.zeros(2, 2))
+    with torch.no_grad():
+        expected = siren_outputs(net(Batch.from_data_list([graph])), [8, 8], objective.side)[0]
+        assert torch.allclose(wide(grid(12)).squeeze(1), expected, atol=1e-5)
+    # a plain checkpoint with --arch: the widths come from --arch-kwargs, widened likewise
+    from safetensors.torch import save_file
+
+    save_file(views_zoo.state_dict(2), str(tmp_path / "plain.safetensors"))
+    edit_path(run, tmp_path / "plain.safetensors", tmp_path / "o.safetensors",
+              arch="paramgraph.tasks.inr:Siren", arch_kwargs={"hidden": [8, 8]},
+              input_shape=(2, 2))
+    other = Siren([24, 24])
+    other.load_state_dict(load_safetensors(tmp_path / "o.safetensors"))
+    with torch.no_grad():
+        assert torch.allclose(other(grid(12)).squeeze(1), expected, atol=1e-5)
