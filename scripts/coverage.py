@@ -85,6 +85,22 @@ def _builders(library: str, names: list[str] | None):
     return [(n, lambda n=n: timm.create_model(n, pretrained=False)) for n in names or TIMM_FAMILIES]
 
 
+def _convert_timed(module, x, row: dict):
+    """``module``'s graph, its cold conversion time in ``row["seconds"]`` and its size in
+    ``row``; None when the converter refuses it (``row["result"]`` says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            graph = pg.from_module(module, x)
+            row["seconds"] = time.perf_counter() - start
+    except pg.UnsupportedModuleError as err:
+        row["result"] = f"refused: {err}"
+        return None
+    row["nodes"], row["edges"] = int(graph.num_nodes), int(graph.edge_index.size(1))
+    return graph
+
+
 def _params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -117,16 +133,9 @@ def check(name: str, build, size: int, seed: int = 0, max_check_edges: float = 1
     row["params"] = _params(module)
     size = max(size, MIN_SIZE.get(name, 0))
     x = torch.randn(1, 3, size, size)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            start = time.perf_counter()
-            graph = pg.from_module(module, x)
-            row["seconds"] = time.perf_counter() - start
-    except pg.UnsupportedModuleError as err:
-        row["result"] = f"refused: {err}"
+    graph = _convert_timed(module, x, row)
+    if graph is None:
         return row
-    row["nodes"], row["edges"] = int(graph.num_nodes), int(graph.edge_index.size(1))
     state = pg.to_state_dict(graph)
     ref = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
     missing = [k for k in ref if k not in state]
@@ -295,15 +304,10 @@ def check_transformer(name: str, build, x: torch.Tensor, seed: int = 0) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = build().eval()
-        row["params"] = _params(module)
-        try:
-            start = time.perf_counter()
-            graph = pg.from_module(module, x)
-            row["seconds"] = time.perf_counter() - start
-        except pg.UnsupportedModuleError as err:
-            row["result"] = f"refused: {err}"
-            return row
-    row["nodes"], row["edges"] = int(graph.num_nodes), int(graph.edge_index.size(1))
+    row["params"] = _params(module)
+    graph = _convert_timed(module, x, row)
+    if graph is None:
+        return row
     state, ref = pg.to_state_dict(graph), module.state_dict()
     if list(state) != list(ref) or any(not torch.equal(state[k], ref[k]) for k in ref):
         row["result"] = "round trip differs"

@@ -1141,7 +1141,10 @@ class GPTBlock(nn.Module):
         q, k, v = (y.view(b, t, self.heads, c // self.heads).transpose(1, 2) for y in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c))
-        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+        return x + self.mlp_proj(self.mlp_act(self.c_fc(self.ln_2(x))))
+
+    def mlp_act(self, h):
+        return F.gelu(h, approximate="tanh")
 
 
 class GPTLike(nn.Module):
