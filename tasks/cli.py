@@ -251,7 +251,7 @@ def _add_zoo_import(zsub, debug, quiet) -> None:
     from .zoo_kinds import IMPORT_FORMATS
 
     p = zsub.add_parser(
-        "import", parents=[pg_cli.source_parser(), debug, quiet],
+        "import", parents=[pg_cli.source_parser(input_spec=False), debug, quiet],
         help="make a zoo of your own checkpoints and labels",
         description="Import a folder of checkpoints with a labels.csv (a 'file' column relative "
         "to SRC, any label columns; optional per-row 'arch', 'arch_kwargs', 'input_shape'), a "
@@ -286,7 +286,7 @@ def _add_zoo_import(zsub, debug, quiet) -> None:
 def _add_predict(subparsers, debug, threads) -> None:
     """Register ``paramgraph predict``."""
     p = subparsers.add_parser(
-        "predict", parents=[pg_cli.source_parser(), debug, threads],
+        "predict", parents=[pg_cli.source_parser(input_spec=False), debug, threads],
         help="apply a trained metanet to new checkpoints",
         description="Predict with a run's best metanet for each checkpoint (or graph file, or "
         "directory of them): CSV with a 'file' column and one column per output (the value for "
