@@ -246,7 +246,7 @@ class GraphFields:
 
 class PlainGraph(GraphFields):
     """A parameter graph's fields as plain attributes: what :func:`new_graph` builds inside
-    :func:`plain_graphs`. :meth:`to_param_graph` gives the batchable ``ParamGraph``."""
+    :func:`plain_graphs`; never batched."""
 
     def __init__(self, *, num_nodes: int, **fields):
         self.__dict__.update(fields)
@@ -261,11 +261,6 @@ class PlainGraph(GraphFields):
 
     def __contains__(self, key: str) -> bool:
         return key in vars(self)
-
-    def to_param_graph(self):
-        from .graph import ParamGraph
-
-        return ParamGraph(**vars(self))
 
 
 _PLAIN = contextvars.ContextVar("paramgraph_plain_graphs", default=False)
