@@ -72,9 +72,12 @@ neuron) is applied to the values before any message passing:
    from the canonical network. A positive diagonal map: a group element, so the function is
    kept. Exactness degrades only at repeated non-zero singular values (a rotation inside the
    repeated block is left free; near a repeat the error grows as ``eps * s_1 / gap``, as do the
-   SVD's gradients); zero singular values (dead heads) stay exact. The converter represents
-   neither rotary embeddings nor grouped-query attention (nor cross-attention), so no
-   restricted form is needed yet; see :mod:`paramgraph.canonical_heads`.
+   SVD's gradients); zero singular values (dead heads) stay exact. Where the full map is not a
+   symmetry the section is restricted to the group that is (:mod:`paramgraph.canonical_heads`):
+   grouped-query attention ties one map to a key/value head and all query heads that read it
+   (their rows are factored stacked; ``t`` is their mean), rotary embeddings allow one scaled
+   rotation per pair of dimensions (canonical: equal query/key norms, the key's largest entry
+   real positive; ``t`` is shared by the pair).
 
 Because :math:`\\kappa` reads only invariant inputs,
 :math:`\\alpha(g\\theta) = \\alpha(\\theta) g^{-1}`,
@@ -91,7 +94,7 @@ batch norm and residual blocks, transformer encoder layers, SIRENs): the positiv
 neuron with ``node_scale`` (ReLU / LeakyReLU / identity, including normalised neurons, through
 their affine parameters), the sign of every neuron with ``node_sign`` (tanh / sin / identity)
 and the per-head GL(d_head) maps of attention (``W_q -> M^T W_q``, ``W_k -> M^{-1} W_k`` and the
-v/o pair). Permutations are not fixed here: the GNN after the gauge is permutation equivariant
+v/o pair; tied across grouped-query heads, scaled rotations per pair of rotary heads). Permutations are not fixed here: the GNN after the gauge is permutation equivariant
 by construction. A metanet in ``quasi`` mode is therefore invariant to the whole symmetry group
 that :func:`paramgraph.random_symmetry` draws. Networks without attention take the same code
 path as before the head section (bit-identical outputs).
@@ -274,9 +277,7 @@ class GaugeMap(nn.Module):
             sums = _edge_sums(st, ev)
             s = self.log_scale(st, b, sums, nv, node_mask).to(ev.dtype)
             alpha = b * torch.where(st.scale, s.exp(), torch.ones_like(s))
-            # the i-th singular direction of a head sits at its i-th query (value) node
-            t_qk = [s[g.q] for g in st.heads.groups]
-            t_vo = [s[g.v] for g in st.heads.groups]
+            t_qk, t_vo = st.heads.direction_log_factors(s)
             ev, nv = write_heads(st.heads, sections, ev, nv, t_qk, t_vo)
         ev, nv = apply_factors(st, alpha, ev, nv)
         frame = HeadFrame.of(st.heads, sections, t_qk, t_vo)

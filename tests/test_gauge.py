@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from typing import Callable
 
 import pytest
 import torch
@@ -291,16 +293,40 @@ def test_strict_layer_features_are_equivariant(zoo):
 
 # -- attention: the head section (issue 15) --------------------------------------------------------
 
-def _attention_graphs(dtype=torch.float64):
-    """Every transformer/attention network of the test catalogue, as graphs in ``dtype``."""
-    from catalogue import catalogue
+@dataclasses.dataclass(frozen=True)
+class Net:
+    """A transformer of the test catalogue: ``build()`` a float64 module, ``inputs(seed)``."""
 
-    entries = [e for e in catalogue() if {"attention", "transformer"} & set(e.tags)]
+    name: str
+    build: Callable[[], torch.nn.Module]
+    inputs: Callable[[int], torch.Tensor]
+
+
+def _attention_nets() -> list[Net]:
+    """Every transformer/attention network of the test catalogue: its attention-tagged entries
+    and the look-alikes of the transformers people use (ViTs, GPT, LLaMA with rotary embeddings,
+    grouped-query attention)."""
+    from catalogue import TRANSFORMER_LOOKALIKES, catalogue
+    from test_transformers import LOOKALIKES
+
+    nets = [Net(e.name, lambda e=e: e.build().double(),
+                lambda seed, e=e: random_inputs(e, 8, seed=seed))
+            for e in catalogue() if {"attention", "transformer"} & set(e.tags)]
+    nets += [Net(name, lambda f=f: f().double(), inputs)
+             for name, (f, inputs) in {**TRANSFORMER_LOOKALIKES,
+                                       "llama_gqa": LOOKALIKES["llama_gqa"]}.items()]
+    return nets
+
+
+def _attention_graphs(dtype=torch.float64):
+    """:func:`_attention_nets` and their graphs in ``dtype``."""
+    nets = _attention_nets()
     gs = []
-    for e in entries:
-        g = paramgraph.from_module(e.build().double(), e.example_input(dtype=torch.float64))
+    for net in nets:
+        x = net.inputs(0)
+        g = paramgraph.from_module(net.build(), x.double() if x.is_floating_point() else x)
         gs.append(g.with_values(g.edge_value.to(dtype), g.node_value.to(dtype)))
-    return entries, gs
+    return nets, gs
 
 
 @pytest.fixture(scope="module")
@@ -345,8 +371,6 @@ def test_quasi_is_invariant_on_transformers_including_head_maps(attention):
 def test_without_the_head_section_quasi_is_not_invariant_control(attention):
     """Control: the same gauge with the head section switched off (the structure's ``heads``
     removed) is invariant to scales and signs but moves under the head maps."""
-    import dataclasses
-
     _, gs = attention
     net = _random_net("quasi")
     batch = Batch.from_data_list(gs)
@@ -378,18 +402,32 @@ def test_head_section_values_are_exactly_invariant_and_functionally_identical(at
     # the canonical pair: q rows orthogonal with squared norms = the singular values = k's
     from paramgraph.canonical_heads import head_sections
 
+    kinds = set()
     for grp, sec in zip(st.heads.groups, head_sections(st.heads, edge, node)):
-        gram_q = sec.q @ sec.q.mT
-        assert torch.allclose(gram_q, torch.diag_embed(sec.s_qk), atol=1e-10)
-        assert torch.allclose(sec.k @ sec.k.mT, gram_q, atol=1e-10)
-        assert (sec.s_qk[:, :-1] >= sec.s_qk[:, 1:]).all()
-    gen = torch.Generator().manual_seed(5)
-    for e, g, o in zip(entries, gs, batch.with_values(edge, node).to_data_list()):
-        module = e.build().double()
-        x = random_inputs(e, 8)
+        d, r = grp.k.shape[1], grp.q.shape[1] // grp.k.shape[1]
+        kinds.add(("rotary" if grp.pairs.numel() else "full", r > 1))
+        q = sec.q.view(sec.q.shape[0], r, d, -1).transpose(1, 2).flatten(2)  # r heads side by side
+        if grp.pairs.numel() == 0:
+            gram_q = q @ q.mT
+            assert torch.allclose(gram_q, torch.diag_embed(sec.s_qk), atol=1e-10)
+            assert torch.allclose(sec.k @ sec.k.mT, gram_q, atol=1e-10)
+            assert (sec.s_qk[:, :-1] >= sec.s_qk[:, 1:]).all()
+            continue
+        # a rotary pair: query and key norms equal, the key's largest entry real and positive
+        i, j = grp.pairs[:, 0], grp.pairs[:, 1]
+        norm_q = q[:, i].square().sum(-1) + q[:, j].square().sum(-1)
+        norm_k = sec.k[:, i].square().sum(-1) + sec.k[:, j].square().sum(-1)
+        assert torch.allclose(norm_q, norm_k, rtol=1e-10) and (norm_k > 0).all()
+        big = (sec.k[:, i].square() + sec.k[:, j].square()).argmax(-1, keepdim=True)
+        assert (sec.k[:, i].gather(-1, big) > 0).all()
+        assert sec.k[:, j].gather(-1, big).abs().max() <= 1e-12
+    assert kinds == {("full", False), ("rotary", False), ("rotary", True), ("full", True)}
+    for net, o in zip(entries, batch.with_values(edge, node).to_data_list()):
+        module = net.build()
+        x = net.inputs(1)
         clone = paramgraph.load_into(copy.deepcopy(module), o)
         with torch.no_grad():
-            assert torch.allclose(clone(x), module(x), rtol=1e-9, atol=1e-11), e.name
+            assert torch.allclose(clone(x), module(x), rtol=1e-9, atol=1e-11), net.name
 
 
 def test_head_section_float32_invariance(attention):
@@ -481,3 +519,89 @@ def test_head_gauge_gets_gradients(attention):
         gauge.out[-1].bias.add_(0.5)
         edge2, _, _ = gauge(st, batch.edge_value, batch.node_value, batch.node_mask)
     assert (edge2[q_vals] - edge[q_vals]).abs().max() > 1e-3
+
+
+def test_rotary_heads_need_their_restricted_section_control(attention):
+    """Rotary embeddings admit only a scaled rotation per pair of dimensions. Control: the full
+    GL(d) section applied to LLaMA's rotary heads (their pairs forgotten) is exactly invariant
+    too, but it is no group element there: the network's function changes."""
+    from paramgraph.canonical_heads import HeadStructure, head_sections, write_heads
+
+    nets, gs = attention
+    k = [n.name for n in nets].index("llama_block")
+    module, g = nets[k].build(), gs[k]
+    hs = GraphStructure.of(g).heads
+    assert all(grp.pairs.numel() for grp in hs.groups)
+    x = nets[k].inputs(1)
+
+    def change(heads: HeadStructure) -> float:
+        ev, nv = write_heads(heads, head_sections(heads, g.edge_value, g.node_value),
+                             g.edge_value, g.node_value)
+        clone = paramgraph.load_into(copy.deepcopy(module), g.with_values(ev, nv))
+        with torch.no_grad():
+            return float((clone(x) - module(x)).abs().max() / module(x).abs().max())
+
+    assert change(hs) < 1e-12
+    forgotten = dataclasses.replace(hs, groups=[
+        dataclasses.replace(grp, pairs=grp.pairs[:0], free=torch.arange(grp.k.shape[1]))
+        for grp in hs.groups])
+    assert change(forgotten) > 1e-3
+
+
+@pytest.mark.parametrize("frame", ["gauged", "input"])
+def test_weight_head_frames_on_transformers(attention, frame):
+    """A random weight head on every transformer of the catalogue (rotary and grouped-query
+    heads included): in the gauged frame g*theta gives the very values theta gives; in the input
+    frame the values of g*theta's output are g applied to theta's output."""
+    _, gs = attention
+    torch.manual_seed(0)
+    net = models.MetaNet(mode="quasi", task="weights", frame=frame, hidden=16,
+                         layers=2).double()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+    # the gauged frame is canonical for the head maps, which include permutations inside a
+    # head: there only the other group elements are drawn
+    elements = [paramgraph.random_element(g, generator=gen, scale_range=(1e-2, 1e2),
+                                          permutations=frame == "input") for g in gs]
+    batch = Batch.from_data_list(gs)
+    moved = Batch.from_data_list([paramgraph.apply_element(g, e) for g, e in zip(gs, elements)])
+    with torch.no_grad():
+        out, out_moved = net(batch), net(moved)
+    want = out if frame == "gauged" else Batch.from_data_list(
+        [paramgraph.apply_element(o, e) for o, e in zip(out.to_data_list(), elements)])
+    for a, b in ((out_moved.edge_value, want.edge_value), (out_moved.node_value, want.node_value)):
+        scale = b.abs().clamp_min(1e-3 * b.abs().max())
+        assert ((a - b).abs() / scale).max() < 1e-8
+    assert not torch.allclose(out.edge_value, batch.edge_value, rtol=1e-3)  # it edits
+
+
+def test_a_dead_rotary_pair_stays_finite_exact_and_differentiable(attention):
+    """A rotary pair whose query rows are zero adds nothing to the scores: its canonical rows are
+    zero on both sides whatever the key's, so it stays exactly invariant, the function is kept,
+    and the gradients stay finite (the section's square roots and divisions are guarded)."""
+    nets, _ = attention
+    net = nets[[n.name for n in nets].index("llama_block")]
+    module = net.build()
+    with torch.no_grad():
+        module.layers[0].q_proj.weight[[0, 2]] = 0.0  # head 0's rotary pair (0, 2): dead queries
+    g = paramgraph.from_module(module, net.inputs(0))
+    st = GraphStructure.of(g)
+    gauge = models.GaugeMap().double()
+    values = g.edge_value.clone().requires_grad_()
+    edge, node, _ = gauge(st, values, g.node_value, g.node_mask)
+    edge.square().sum().backward()
+    assert torch.isfinite(edge).all() and torch.isfinite(values.grad).all()
+    clone = paramgraph.load_into(copy.deepcopy(module), g.with_values(edge.detach(), node))
+    x = net.inputs(1)
+    with torch.no_grad():
+        assert torch.allclose(clone(x), module(x), rtol=1e-9, atol=1e-11)
+    moved = paramgraph.random_symmetry(g, generator=torch.Generator().manual_seed(7),
+                                       permutations=False)
+    with torch.no_grad():
+        edge2, _, _ = gauge(st, moved.edge_value, moved.node_value, moved.node_mask)
+    grp = st.heads.groups[0]
+    dead = torch.cat([grp.q_vals[0][[0, 2]].reshape(-1), grp.k_vals[0][[0, 2]].reshape(-1)])
+    assert edge[dead].abs().max() == 0 and edge2[dead].abs().max() == 0
+    assert (edge.detach() - edge2).abs().max() <= 1e-10 * edge.abs().max()
