@@ -72,6 +72,10 @@ METHODS = {
                                         soft_signs=False),
     # the quasi metanet before this work: unit-norm section, raw reads, hard signs
     "quasi-before": _probe("quasi", section="unit", compress=False, soft_signs=False),
+    # a moving average of the weights (decay 0.99 per step, ~2 epochs), evaluated and kept
+    "quasi-ema": {"mode": "quasi", "train": {"ema": 0.99}},
+    "perm-ema": {"mode": "perm", "train": {"ema": 0.99}},
+    "strict-ema": {"mode": "strict", "train": {"ema": 0.99}},
 }
 MODES = ("quasi", "strict", "perm")
 ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 4000}  # inr: 16x16 views (issue 11)

@@ -41,7 +41,7 @@ import sys
 
 from paramgraph import __version__
 from paramgraph import cli as pg_cli
-from paramgraph.cli import nonneg_float, positive_int
+from paramgraph.cli import nonneg_float, positive_int, unit_interval
 from paramgraph.errors import ParamGraphError
 
 PROG = pg_cli.PROG
@@ -177,6 +177,9 @@ def add_task_commands(subparsers) -> None:
                    help="fraction of the steps spent warming up (default 0.05)")
     p.add_argument("--clip", type=nonneg_float, default=1.0,
                    help="gradient-norm clip, 0 for none (default 1)")
+    p.add_argument("--ema", type=unit_interval, default=0.0, metavar="DECAY",
+                   help="evaluate and keep a moving average of the weights with this decay per "
+                   "step, e.g. 0.99 (default 0: the weights themselves)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", choices=("id", "ood"), default="id",
                    help="id: train/val/test; ood: hold out the ViTs of a hetero zoo as test")
@@ -447,7 +450,7 @@ def cmd_train(args) -> int:
                           hidden=args.hidden,
                           layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-                          clip=args.clip, seed=args.seed, splits=args.splits,
+                          clip=args.clip, ema=args.ema, seed=args.seed, splits=args.splits,
                           max_train=args.max_train,
                           model_kwargs={"copies": args.copies} if args.copies > 1 else {})
     summary = train(cfg, args.out, resume=args.resume, threads=args.threads,

@@ -417,13 +417,14 @@ class _GraphOutputs(torch.nn.Module):
 
 
 def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=None,
-              clip: float = 0.0, bar=None) -> dict:
+              clip: float = 0.0, bar=None, after_step=None) -> dict:
     """One training epoch over ``loader`` (this rank's batches) following ``plan``.
 
     No host synchronisation per step: the loss, skipped steps and non-finite losses are summed on
     the device and all-reduced once at the end. Returns ``{"loss_sum", "count", "skipped",
     "bad_loss"}`` as Python numbers over all ranks (``skipped``: steps whose gradient was not
     finite and were not applied; identical on every rank because gradients are all-reduced).
+    ``after_step()`` is called after every optimiser step (the weights' moving average).
     """
     dev = ctx.device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -453,6 +454,8 @@ def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=N
             opt.step()
         skipped += bad
         sched.step()
+        if after_step is not None:
+            after_step()
         detached = loss.detach().double()
         if local_n:
             loss_sum += detached * local_n

@@ -42,6 +42,7 @@ from paramgraph.atomic import atomic_path
 from paramgraph.models.defaults import HIDDEN, LAYERS, WEIGHT_DECAY
 
 from . import distributed
+from .averaging import WeightAverage
 from .data import ZooDataset, load_graphs
 from .distributed import predict
 from .errors import RunError, TaskError
@@ -78,6 +79,7 @@ class TrainConfig:
     splits: str = "id"  # "id": train/val/test; "ood": ood_train/ood_val/ood_test (hetero)
     eval_batch_size: int = 64
     max_train: int | None = None  # use only the first N training networks (quick runs)
+    ema: float = 0.0  # decay of the weights' moving average that is evaluated and kept; 0: off
     model_kwargs: dict = field(default_factory=dict)
 
     def split(self, which: str) -> str:
@@ -224,6 +226,12 @@ class _State:
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
     start_epoch: int = 1
+    average: WeightAverage | None = None  # cfg.ema > 0: the weights that are evaluated and kept
+
+    @property
+    def kept(self) -> torch.nn.Module:
+        """The network that is validated and saved as the best: the average where there is one."""
+        return self.average.net if self.average is not None else self.net
 
 
 def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, progress: bool,
@@ -275,7 +283,8 @@ def _fresh_state(cfg: TrainConfig, objective: Objective, data: RunData, ctx) -> 
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, cfg.warmup, cfg.min_lr))
-    return _State(net, opt, sched, steps_per_epoch)
+    average = WeightAverage(net, cfg.ema) if cfg.ema else None
+    return _State(net, opt, sched, steps_per_epoch, average=average)
 
 
 def _load_resume_state(run: Path, cfg: TrainConfig, data: RunData, state: _State, ctx) -> None:
@@ -292,6 +301,8 @@ def _load_resume_state(run: Path, cfg: TrainConfig, data: RunData, state: _State
         state.net.load_state_dict(saved["model"])
         state.opt.load_state_dict(saved["optimizer"])
         state.sched.load_state_dict(saved["scheduler"])
+        if state.average is not None:
+            state.average.load_state_dict(saved["average"])
     except Exception as err:
         raise RunError(f"cannot resume '{run}': {run / RESUME} is unreadable ({err})") from None
     state.history, state.best = saved["history"], saved["best"]
@@ -337,8 +348,9 @@ def _train_epoch(cfg: TrainConfig, objective: Objective, data: RunData, state: _
     loader, plan = distributed.epoch_loader(ctx, train_set, order.tolist(), cfg.batch_size,
                                             edges, workers)
     t1 = time.time()
+    after_step = (lambda: state.average.update(state.net)) if state.average is not None else None
     sums = distributed.run_epoch(ctx, model, objective, state.opt, state.sched, loader, plan,
-                                 data.hidden, cfg.clip, bar)
+                                 data.hidden, cfg.clip, bar, after_step)
     seconds = time.time() - t1
     if sums["bad_loss"]:
         raise TaskError(f"training diverged at epoch {epoch} (non-finite loss in "
@@ -349,7 +361,7 @@ def _train_epoch(cfg: TrainConfig, objective: Objective, data: RunData, state: _
 def _validate(cfg: TrainConfig, objective: Objective, data: RunData, state: _State, ctx,
               edges: list[int], workers: int) -> dict[str, float]:
     """The metanet's validation scores, on the predictions of every rank gathered."""
-    pred, y, _ = distributed.predict_all(ctx, state.net, objective, data.sets["val"],
+    pred, y, _ = distributed.predict_all(ctx, state.kept, objective, data.sets["val"],
                                          cfg.eval_batch_size, data.hidden, edges, workers)
     return objective.metrics(pred, y)
 
@@ -378,13 +390,15 @@ def _keep_epoch(run: Path, objective: Objective, state: _State, row: dict, val: 
     if not ctx.is_main:  # every rank holds the same history, weights and best; rank 0 writes
         return
     if improved:
-        atomic_save_safetensors(run / BEST, state.net.state_dict(),
+        atomic_save_safetensors(run / BEST, state.kept.state_dict(),
                                 metadata={"epoch": str(epoch)})
         atomic_write_json(run / "best.json", state.best)
     _write_metrics(run, state.history)
     atomic_torch_save({"model": state.net.state_dict(), "optimizer": state.opt.state_dict(),
                        "scheduler": state.sched.state_dict(), "epoch": epoch,
-                       "history": state.history, "best": state.best}, run / RESUME)
+                       "history": state.history, "best": state.best,
+                       **({"average": state.average.state_dict()} if state.average else {})},
+                      run / RESUME)
 
 
 def _summary(run: Path, cfg: TrainConfig, state: _State, ctx, trained: int,

@@ -3,6 +3,7 @@ does, outputs (metrics, best checkpoint, plots) are written, and bad input gives
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -51,10 +52,11 @@ def test_training_lowers_the_loss(zoo, tmp_path):
     assert (tmp_path / "run" / "metrics.csv").read_text().startswith("epoch,lr,train_loss")
 
 
-@pytest.mark.parametrize("task_mode", [("generalization", "strict"), ("generalization", "perm")])
+@pytest.mark.parametrize("task_mode", [("generalization", "strict", 0.0),
+                                       ("generalization", "perm", 0.9)])
 def test_a_resumed_run_ends_like_an_uninterrupted_one(zoo, tmp_path, task_mode):
-    task, mode = task_mode
-    cfg = TrainConfig(task=task, zoo=str(zoo.root), mode=mode, epochs=3, **TINY)
+    task, mode, ema = task_mode  # with a moving average of the weights, it is resumed too
+    cfg = TrainConfig(task=task, zoo=str(zoo.root), mode=mode, epochs=3, ema=ema, **TINY)
     full = train(cfg, tmp_path / "full", threads=1, progress=False)
     part = train(cfg, tmp_path / "part", threads=1, progress=False, stop_after=1)
     assert not part["complete"] and part["epochs_done"] == 1
@@ -172,3 +174,53 @@ def test_resume_refuses_a_changed_zoo(zoo, tmp_path):
     (local / "splits.json").write_text(json.dumps(splits))
     with pytest.raises(RunError, match="has changed"):
         train(None, tmp_path / "run", resume=True, threads=1, progress=False)
+
+
+def test_weight_average_follows_its_formula():
+    from paramgraph.tasks.averaging import WeightAverage
+
+    net = torch.nn.Linear(3, 2)
+    avg = WeightAverage(net, 0.9)
+    start = [p.detach().clone() for p in net.parameters()]
+    want = [p.clone() for p in start]
+    for step in range(1, 40):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * step)
+        avg.update(net)
+        keep = min(0.9, (1 + step) / (10 + step))
+        want = [keep * w + (1 - keep) * p.detach() for w, p in zip(want, net.parameters())]
+    for got, w, p in zip(avg.net.parameters(), want, net.parameters()):
+        assert torch.allclose(got, w, atol=1e-5) and not torch.allclose(got, p)
+        assert not got.requires_grad
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(net, 1.0)
+
+
+def test_a_run_with_a_weight_average_keeps_the_average(zoo, tmp_path, capsys):
+    """--ema: validation scores and best.safetensors come from the averaged weights (the raw
+    ones stay in resume.pt), and the command line takes it."""
+    from paramgraph.tasks.cli import main
+
+    cfg = TrainConfig(task="generalization", zoo=str(zoo.root), mode="perm", epochs=2, ema=0.5,
+                      **TINY)
+    summary = train(cfg, tmp_path / "avg", threads=1, progress=False)
+    saved = torch.load(tmp_path / "avg" / "resume.pt", weights_only=True)
+    best = load_file(str(tmp_path / "avg" / "best.safetensors"))
+    if summary["best_epoch"] == 2:
+        assert all(torch.equal(best[k], saved["average"]["model"][k]) for k in best)
+    assert not all(torch.equal(saved["average"]["model"][k], saved["model"][k]) for k in best)
+    plain = train(dataclasses.replace(cfg, ema=0.0), tmp_path / "plain", threads=1,
+                  progress=False)
+    assert plain["best"] != summary["best"]  # the same training, other weights scored
+    assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--mode", "perm",
+                 "--epochs", "1", "--hidden", "16", "--layers", "2", "--batch-size", "4",
+                 "--ema", "0.99", "--threads", "1", "--no-progress",
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["config"]["ema"] == 0.99
+    capsys.readouterr()
+    status = main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--ema", "1.5",
+                   "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert status == 2 and "expected a number in [0, 1), got '1.5'" in err
+    assert not (tmp_path / "bad").exists()
