@@ -23,6 +23,11 @@ that the permutation swaps, the constants form a scaled 2-D rotation at every po
 ``C1[i] == C1[j]`` and ``s_i C2[i] == -s_j C2[j]``. Only then is the head's q/k map restricted to
 maps that commute with it (``HeadRole.QK_ROTARY``, ROTARY edges), which is the whole group:
 ``M R M^-1 = R`` for every rotation ``R`` of a pair holds exactly for the scaled rotations.
+
+One head (multi-query attention's only key/value head, ``view(b, t, 1, d)``) keeps its features
+in one dimension, so the front ends hold it as a plain traced value marked ``head``; the
+operations of a rotary embedding and of its repetition for the query heads on it are read here,
+as on several heads, and rotate_half's halves of it stay views until the rotary sum.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class HeadView:
     shape: tuple[int, ...]
     sign: Tensor | None = None
     pairs: Tensor | None = None
+    head: bool = False  # cut from one attention head (TracedValue.head): parts stay views
 
 
 @dataclass
@@ -76,6 +82,11 @@ class Scores:
 _HEAD_VALUES = (HeadView, Scaled, Scores)
 
 
+def is_heads(val) -> bool:
+    """Whether ``val`` is attention heads or scores (not a plain traced value)."""
+    return isinstance(val, _HEAD_VALUES)
+
+
 def reads_heads(c, node: fx.Node) -> bool:
     """Whether ``node`` reads a value of this module (or features split into heads that the
     channel-shuffle path does not merge back)."""
@@ -88,11 +99,40 @@ def reads_heads(c, node: fx.Node) -> bool:
         if isinstance(val, TracedValue) and val.split is not None \
                 and op_name(node) not in _SHUFFLE_OPS:
             return True
+        if isinstance(val, TracedValue) and val.head and _one_head_op(c, node):
+            return True
     return False
 
 
 # A split feature dimension stays on the channel-shuffle path for these operations (in trace.py).
 _SHUFFLE_OPS = {"view", "reshape", "_unsafe_view", "flatten", "view_as", "reshape_as"}
+
+# What a rotary embedding does to one head (q * cos + rotate_half(q) * sin, the transposes
+# around it) and how one key/value head is repeated for the query heads, read here so that
+# rotate_half's halves keep naming the head's neurons; anything else on a single head (a
+# projection, a residual sum) stays with the front end.
+_ONE_HEAD_OPS = {"transpose", "permute", "swapaxes", "swapdims", "getitem", "slice", "select",
+                 "neg", "cat", "chunk", "split", "split_with_sizes", "repeat_interleave"}
+
+
+def splits_one_head(shape: tuple[int, ...], fdim: int, out: tuple[int, ...]) -> bool:
+    """Whether reshaping ``shape`` (features in ``fdim``) to ``out`` splits the features into one
+    attention head: ``[batch, positions, d] -> [batch, positions, 1, d]``, the view of a
+    multi-query key/value projection (one key/value head) or of single-head attention.
+    Several heads make a head view here; one head stays a traced value (:attr:`TracedValue.head`
+    marks it), since its features are still in one dimension."""
+    return len(shape) == 3 and fdim == 2 and tuple(out) == (*shape[:2], 1, shape[2])
+
+
+def _one_head_op(c, node: fx.Node) -> bool:
+    """Whether ``node``, which reads a single head, is part of a rotary embedding or of the
+    head's repetition: one of :data:`_ONE_HEAD_OPS`, or the head times (or over) a number or
+    a constant (the rotary cosines, a scale)."""
+    name = op_name(node)
+    if name in ("mul", "truediv", "div"):
+        return any(_is_number(v) or isinstance(v, Const)
+                   for v in (_value(c, node, a) for a in node.args[:2]))
+    return name in _ONE_HEAD_OPS
 
 
 def call(c, node: fx.Node, name: str):
@@ -122,7 +162,7 @@ def as_view(c, val) -> HeadView:
         dims = tuple(range(fdim, fdim + len(val.split)))
     else:
         grid, dims = torch.arange(size), (fdim,)
-    return HeadView(val.feat, grid, dims, tuple(val.shape))
+    return HeadView(val.feat, grid, dims, tuple(val.shape), head=val.head)
 
 
 def _value(c, node: fx.Node, arg):
@@ -139,11 +179,16 @@ def _view_arg(c, node: fx.Node, arg) -> HeadView:
 
 
 def _finish(c, view: HeadView):
-    """A view whose features sit in one dimension again is a plain traced value."""
+    """A view whose features sit in one dimension again is a plain traced value; a part of a
+    single head (rotate_half's halves) stays a view, so that the rotary sum can tell which of the
+    head's dimensions each half holds."""
     if len(view.dims) != 1 or view.sign is not None or view.pairs is not None:
         return view
+    whole = torch.equal(view.grid.reshape(-1), torch.arange(view.base.size))
+    if view.head and not whole:
+        return view
     feat = c.b.select(view.base, view.grid.reshape(-1))
-    return TracedValue(feat, view.shape, view.dims[0])
+    return TracedValue(feat, view.shape, view.dims[0], head=view.head)
 
 
 def _reshape_view(c, node: fx.Node, view: HeadView, out: tuple[int, ...]):
@@ -230,6 +275,9 @@ def _repeat_interleave(c, node):
     view = _view_arg(c, node, node.args[0])
     n = len(view.shape)
     r, dim = _literal(c, node_arg(node, 1, "repeats")), node_arg(node, 2, "dim")
+    if isinstance(r, int) and dim is not None and len(view.dims) == 1 \
+            and dim % n != view.dims[0] and view.shape[dim % n] == 1:
+        return replace(view, shape=c._shape(node))  # one key/value head, broadcast
     if not isinstance(r, int) or dim is None or dim % n not in view.dims[:-1]:
         raise UnsupportedModuleError(c._path(node), "repeat_interleave", "only whole attention "
                                      "heads repeated by a number (dim: the heads) are supported")
@@ -373,7 +421,7 @@ def _mul(c, node):
     if isinstance(a, TracedValue):
         a = as_view(c, a)
     if isinstance(a, HeadView) and _is_number(b) and name in ("mul", "truediv", "div"):
-        return a  # q * scale: a number commutes with every head map
+        return _finish(c, a)  # q * scale: a number commutes with every head map
     if isinstance(a, HeadView) and isinstance(b, Const) and name == "mul":
         return Scaled(a, b.value)
     raise UnsupportedModuleError(c._path(node), name, "only attention scores or heads times a "
@@ -402,21 +450,24 @@ def _full(t: Tensor, shape) -> Tensor:
 
 
 def _rotary(c, node, a: Scaled, b: Scaled) -> HeadView:
-    """``q * C1 + perm(q) * C2``: accepted when it rotates pairs of each head's dimensions."""
+    """``q * C1 + perm(q) * C2``: accepted when it rotates pairs of each head's dimensions
+    (several heads, a grid ``[heads, d]``, or one head, a grid ``[d]``)."""
     if b.view.sign is None and a.view.sign is not None:
         a, b = b, a
     va, vb = a.view, b.view
     path = c._path(node)
     reason = None
     if va.sign is not None or va.dims != vb.dims or va.grid.shape != vb.grid.shape \
-            or va.pairs is not None or va.grid.dim() != 2 or va.dims[-1] != len(va.shape) - 1:
+            or va.pairs is not None or va.grid.dim() not in (1, 2) \
+            or va.dims[-1] != len(va.shape) - 1:
         reason = "the two terms are not the same heads"
     else:
-        d = va.grid.shape[1]
+        d = va.grid.shape[-1]
+        ga, gb = va.grid.reshape(-1, d), vb.grid.reshape(-1, d)
         # where each entry of the second term's last axis reads from, in the first term's axis
-        where = (vb.grid.unsqueeze(-1) == va.grid.unsqueeze(-2)).int().argmax(-1)
+        where = (gb.unsqueeze(-1) == ga.unsqueeze(-2)).int().argmax(-1)
         perm = where[0]
-        if not bool((vb.grid == va.grid.gather(1, where)).all()) or \
+        if not bool((gb == ga.gather(1, where)).all()) or \
                 not bool((where == perm).all()) or \
                 not torch.equal(perm[perm], torch.arange(d)) or bool((perm == torch.arange(d)).any()):
             reason = "the second term does not swap pairs of each head's dimensions"

@@ -719,7 +719,12 @@ class GraphBuilder:
         return self._feat(self._new_set(size, NodeType.CONSTANT, 0))
 
     def token(self, param: tuple[str, Tensor], path: str = "") -> Feat:
-        """A learned token (CLS, register) of ``dim`` features: bias-only neurons holding it."""
+        """A learned token (CLS, register) of ``dim`` features: bias-only neurons holding it.
+        Several tokens in one parameter (``[1, R, dim]``, timm's register tokens) hold ``R``
+        values per feature, more than a bias: they are a table read from ``R`` fixed POSITION
+        nodes, as learned positions are (:meth:`embedding`)."""
+        if param[1].numel() != param[1].shape[-1]:
+            return self.embedding(param, NodeType.POSITION, path)
         out = self._new_set(param[1].numel(), NodeType.HIDDEN, 0, weighted=True)
         self._node_segment(param[0], param[1], self.sets[out].start, "bias")
         return self._feat(out)

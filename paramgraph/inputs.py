@@ -89,7 +89,11 @@ def _parse_one(part: str, text: str) -> InputSpec:
     if not fields or len(fields) > 2:
         raise ParamGraphError(f"--input-spec '{text}': '{part}' is not [NAME=][DTYPE:]SHAPE"
                               "[:LOW-HIGH], e.g. int64:1,16:0-100")
-    shape = parse_shape(fields[0], "--input-spec")
+    try:
+        shape = parse_shape(fields[0], "--input-spec")
+    except ParamGraphError:  # name the whole spec, not only its shape
+        raise ParamGraphError(f"--input-spec '{text}': shape '{fields[0]}' is not "
+                              "comma-separated positive integers, e.g. int64:1,16:0-100") from None
     low = high = None
     if len(fields) == 2:
         m = re.fullmatch(r"\s*(-?[\d.]+(?:e-?\d+)?)\s*-\s*(-?[\d.]+(?:e-?\d+)?)\s*", fields[1])

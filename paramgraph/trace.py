@@ -368,6 +368,10 @@ class TracedValue:
     # The features span dimensions fdim .. fdim + len(split) - 1 of these sizes (a channel
     # shuffle's view); feat.nodes are in the row-major order of those dimensions.
     split: tuple[int, ...] | None = None
+    # The features are one attention head, split off by a view to [batch, positions, 1, d] (a
+    # multi-query key/value projection): a rotary embedding on it is read as attention heads
+    # (paramgraph.attention.reads_heads), as on several heads.
+    head: bool = False
 
 
 class _Pieces:
@@ -839,8 +843,10 @@ class FxConverter:
             any(isinstance(v, Const) and v.value.dim() >= 2 for v in (va, vb))
         raise UnsupportedModuleError(path, self._owner(path, f"{node.op} "
                                                        f"{_target_name(node.target)}"),
-                                     "a rotary embedding on a single attention head (multi-query "
-                                     "attention with RoPE) is not supported yet" if rotary else
+                                     "a constant times a single attention head that was not "
+                                     "split off as one (a rotary embedding?); split the head "
+                                     "with view(batch, positions, 1, d) (then transpose), as "
+                                     "multi-query attention does" if rotary else
                                      "a value times a constant is not supported; fold the "
                                      "constant into the layer before it")
 
@@ -878,7 +884,10 @@ class FxConverter:
             # the feature dimension survives untouched; one feature is told from a batch of one
             # by the leading dimensions (ECA's gate: (1, 1, C) -> (1, C, 1, 1) is a flatten)
             if cum[j] == pre and n == size and (size > 1 or tuple(out[:j]) == shape[:fdim]):
-                return TracedValue(val.feat, out, j)
+                from . import attention
+
+                return TracedValue(val.feat, out, j,
+                                   head=attention.splits_one_head(shape, fdim, out))
         for j in range(len(out) - 1):  # the start of a channel shuffle: (C) -> (groups, C/groups)
             if cum[j] == pre and out[j] > 1 and out[j + 1] > 1 and out[j] * out[j + 1] == size \
                     and tuple(out[j + 2:]) == tuple(shape[fdim + 1:]):
@@ -1082,6 +1091,18 @@ def _on_node(method: Callable, *extra) -> Handler:
 
 def _passthrough(c: FxConverter, node: fx.Node, val: TracedValue) -> TracedValue:
     return val
+
+
+def _transparent_module(c: FxConverter, node: fx.Node, path: str, m: nn.Module):
+    """Identity and dropout (eval mode) pass their input on, attention heads and scores
+    included: timm's attention applies ``q_norm``/``k_norm`` (Identity unless asked for) to the
+    heads and ``attn_drop`` to the scores."""
+    from . import attention
+
+    val = c.env.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+    if attention.is_heads(val):
+        return val
+    return c._take(node, node.args[0])
 
 
 def _nothing(c: FxConverter, node: fx.Node, path: str):
@@ -1486,7 +1507,7 @@ def _encoder_module(c: FxConverter, node: fx.Node, path: str, m: nn.TransformerE
 
 
 _MODULE_HANDLERS: dict[type, Handler] = {
-    **dict.fromkeys(_TRANSPARENT_MODULES, _on_input(_passthrough)),
+    **dict.fromkeys(_TRANSPARENT_MODULES, _transparent_module),
     nn.Linear: _linear_module,
     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), _conv_module),
     **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _batch_norm_module),

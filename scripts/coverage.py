@@ -12,6 +12,7 @@ graph and the edge permutation of the check take ~70 bytes per edge. Prints a ma
 
     python scripts/coverage.py                         # all torchvision models up to --max-params
     python scripts/coverage.py --library timm --models resnet18 convnext_atto
+    python scripts/coverage.py --library transformers --models vit_tiny deit   # timm ViTs too
     PYTHONPATH=/path/to/extra/site-packages python scripts/coverage.py ...
 
 Transformers (ViT, Swin, MaxViT) are listed but not counted: they belong to the transformer
@@ -278,12 +279,25 @@ def _hf_models() -> dict:
     }
 
 
+# timm's small ViT-like models and the input size their learned positions are made for: plain
+# ViT/DeiT, DeiT's distillation token, register tokens with average pooling (wee, little), a
+# parallel-block ViT (pwee), EVA-02 (rotary embeddings on the patch tokens only, SwiGLU).
+TIMM_TRANSFORMERS = {
+    "vit_tiny_patch16_224": 224, "deit_tiny_patch16_224": 224,
+    "deit_tiny_distilled_patch16_224": 224, "vit_wee_patch16_reg1_gap_256": 256,
+    "vit_pwee_patch16_reg1_gap_256": 256, "vit_little_patch16_reg4_gap_256": 256,
+    "vit_small_patch32_224": 224, "eva02_tiny_patch14_224": 224,
+}
+
+
 def _timm_transformers() -> dict:
+    import_torchvision()  # timm imports torchvision when it is installed
     import timm
 
-    image = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    return {f"timm {n}": (lambda n=n: timm.create_model(n), image)
-            for n in ("vit_tiny_patch16_224", "deit_tiny_patch16_224")}
+    gen = torch.Generator().manual_seed(0)
+    return {f"timm {n}": (lambda n=n: timm.create_model(n),
+                          torch.randn(1, 3, s, s, generator=gen))
+            for n, s in TIMM_TRANSFORMERS.items()}
 
 
 def _first_tensor(y):

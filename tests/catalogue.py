@@ -1023,22 +1023,27 @@ def random_inputs(entry: Entry, batch: int = 16, seed: int = 1) -> torch.Tensor:
 # runs them.
 
 class FusedAttention(nn.Module):
-    """timm's Attention: one Linear(d, 3d), reshape/permute/unbind, eager softmax(q k^T) v."""
+    """timm's Attention: one Linear(d, 3d), reshape/permute/unbind, q_norm/k_norm (Identity
+    unless asked for) on the heads, eager softmax(q k^T) v with attn_drop (a Dropout) on the
+    scores."""
 
     def __init__(self, dim=8, heads=2):
         super().__init__()
         self.heads, self.scale = heads, (dim // heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
+        self.attn_drop = nn.Dropout(0.0)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, attn_mask=None):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
         attn = (q * self.scale) @ k.transpose(-2, -1)
         if attn_mask is not None:
             attn = attn + attn_mask
-        x = attn.softmax(dim=-1) @ v
+        x = self.attn_drop(attn.softmax(dim=-1)) @ v
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 

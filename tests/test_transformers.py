@@ -25,6 +25,8 @@ from catalogue import (
     GPTBlock,
     GPTLike,
     LlamaLike,
+    ViTCls,
+    _images,
     _tokens,
     assert_state_equal,
     randomize,
@@ -101,6 +103,34 @@ class GQALlama(LlamaLike):
                                      GQABlock(dim, heads, 1, rope=False)])
 
 
+class MQALlama(LlamaLike):
+    """Multi-query attention (one key/value head for 4 query heads) with RoPE, in each spelling
+    of the key/value repetition: repeat_kv and eager softmax, SDPA with enable_gqa,
+    repeat_interleave and SDPA; the key head is split off by ``view(b, t, 1, d)``."""
+
+    def __init__(self, vocab=11, dim=16, heads=4):
+        super().__init__(vocab, dim, heads, layers=0)
+        self.layers = nn.ModuleList(GQABlock(dim, heads, 1, repeat=r)
+                                    for r in ("repeat_kv", "enable_gqa", "interleave"))
+
+
+class ViTRegisters(ViTCls):
+    """timm's ViT with register tokens (no_embed_class): learned positions added to the patches,
+    then a CLS token and two registers (one ``[1, 2, dim]`` parameter) joined in front."""
+
+    def __init__(self, channels=3, dim=8, heads=2, classes=3, patches=4, registers=2):
+        super().__init__(channels, dim, heads, classes, patches)
+        self.pos_embed = nn.Parameter(torch.zeros(1, patches, dim))
+        self.reg_token = nn.Parameter(torch.zeros(1, registers, dim))
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos_embed
+        b = x.shape[0]
+        x = torch.cat([self.cls_token.expand(b, -1, -1), self.reg_token.expand(b, -1, -1), x],
+                      dim=1)
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
 class TiedGPT(GPTLike):
     """GPT-2 as Hugging Face ties it: the language-model head's weight is the token table."""
 
@@ -164,6 +194,8 @@ LOOKALIKES = {
     "gpt_tied_embeddings": (lambda: randomize(TiedGPT(), 405), _tokens(11)),
     "llama_hf_rmsnorm": (lambda: randomize(hf_spelled(GQALlama()), 406), _tokens(11)),
     "gpt_gelu_new": (lambda: randomize(HFGPT(), 407), _tokens(11)),
+    "llama_mqa_rope": (lambda: randomize(MQALlama(), 408), _tokens(11)),
+    "vit_registers": (lambda: randomize(ViTRegisters(), 409), _images()),
 }
 NAMES = sorted(LOOKALIKES)
 FIELDS = ("edge_index", "edge_type", "edge_size", "edge_value", "node_type", "node_value",
@@ -256,6 +288,17 @@ def test_vit_cls_token_and_learned_positions_are_recorded():
     assert _count(graph, "node_type", NodeType.POSITION) == 5
     names = graph.segments.names()
     assert "cls_token" in names and "pos_embed" in names
+
+
+def test_register_tokens_are_a_table_of_positions():
+    _, _, graph = convert64("vit_registers")
+    # 4 patch positions, 2 registers (one [1, 2, 8] parameter: 2 values per feature, a table);
+    # the CLS token stays 8 bias-only neurons
+    assert _count(graph, "node_type", NodeType.POSITION) == 4 + 2
+    assert _count(graph, "edge_type", EdgeType.EMBED) == (4 + 2) * 8
+    assert _count(graph, "edge_type", EdgeType.SEQUENCE) == 3 * 8
+    names = graph.segments.names()
+    assert "reg_token" in names and "cls_token" in names
 
 
 def test_sinusoidal_positions_pin_the_residual_stream():
@@ -493,11 +536,59 @@ def _exported(module, x):
         return from_exported(torch.export.export(module, (x,)))
 
 
-def test_multi_query_attention_with_rope_is_refused_in_one_line():
-    module = GQALlama()
-    module.layers[2] = GQABlock(16, 4, 1)  # one key/value head, rotary embeddings
-    with pytest.raises(UnsupportedModuleError, match="multi-query attention with RoPE") as err:
-        pg.from_module(module, torch.zeros(2, 6, dtype=torch.long))
+def test_multi_query_attention_with_rope_keeps_one_rotary_key_value_head():
+    module, inputs, graph = convert64("llama_mqa_rope")
+    src, dst = graph.edge_index
+    q0 = int((graph.node_type == int(NodeType.ATTN_Q)).nonzero()[0])
+    q, k, v = (_heads_of(graph, t, q0) for t in (NodeType.ATTN_Q, NodeType.ATTN_K,
+                                                 NodeType.ATTN_V))
+    assert (q.numel(), k.numel(), v.numel()) == (16, 4, 4)
+    assert set(graph.node_head[k].tolist()) == {0}
+    assert set(graph.head_role[torch.cat([q, k])].tolist()) == {int(HeadRole.QK_ROTARY)}
+    # 3 layers x (4 query heads + the key head) x 2 pairs of a head's 4 dimensions
+    assert _count(graph, "edge_type", EdgeType.ROTARY) == 3 * 5 * 2
+    qk = (graph.edge_type == int(EdgeType.ATTN_QK)) & torch.isin(src, q)
+    assert set(graph.node_head[dst[qk]].tolist()) == {0}
+    # the tied rotary group keeps the function: head maps only, then everything
+    for kw in ({"permutations": False, "scales": False, "signs": False}, {}):
+        moved = pg.random_symmetry(graph, generator=torch.Generator().manual_seed(6), **kw)
+        assert states_differ(pg.to_state_dict(moved), reference_state(module))
+        assert function_change(module, inputs, moved) < 1e-10
+    # control 1: a general invertible q/k map (not commuting with the rotation) breaks it
+    element = random_element(graph, generator=torch.Generator().manual_seed(6),
+                             permutations=False, scales=False, signs=False)
+    general = copy.deepcopy(element)
+    for key, m in general.qk.items():
+        general.qk[key] = m + 0.3 * torch.randn(m.shape, dtype=torch.float64,
+                                                generator=torch.Generator().manual_seed(1))
+    assert function_change(module, inputs, apply_element(graph, general)) > 1e-3
+    # control 2: query head 1 left unmoved while the key head it shares moves
+    moved = apply_element(graph, element)
+    head1 = q[graph.node_head[q] == 1]
+    into = ((graph.edge_type == int(EdgeType.ATTN_IN_Q)) & torch.isin(dst, head1)).nonzero()
+    ids = graph.edge_offsets()[into.squeeze(1)]
+    values = moved.edge_value.clone()
+    values[ids] = graph.edge_value[ids]
+    assert function_change(module, inputs, moved.with_values(values, moved.node_value)) > 1e-3
+
+
+def test_rope_on_a_head_not_split_off_by_a_view_is_refused_in_one_line():
+    class Unsqueezed(nn.Module):  # the key head made by unsqueeze(1), not view(b, t, 1, d)
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(8, n) for n in (8, 4, 4, 8))
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            angle = torch.arange(t, dtype=x.dtype)[:, None] * torch.tensor([1.0, 0.5, 1.0, 0.5])
+            q = self.q(x).view(b, t, 2, 4).transpose(1, 2)
+            k, v = self.k(x).unsqueeze(1), self.v(x).view(b, t, 1, 4).transpose(1, 2)
+            q, k = (h * angle.cos() + rotate_half(h) * angle.sin() for h in (q, k))
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            return self.o(y.transpose(1, 2).reshape(b, t, 8))
+
+    with pytest.raises(UnsupportedModuleError, match=r"split the head with view") as err:
+        pg.from_module(Unsqueezed(), torch.randn(2, 3, 8))
     assert "\n" not in str(err.value)
 
 
