@@ -108,11 +108,10 @@ def error_message(err: BaseException) -> str:
 # -- parser ----------------------------------------------------------------------------------------
 
 
-def source_parser(input_spec: bool = True) -> argparse.ArgumentParser:
+def source_parser() -> argparse.ArgumentParser:
     """The parent parser of every command that reads a checkpoint: ``--arch``, ``--arch-kwargs``,
     ``--input-shape``, ``--input-spec`` and ``--trust-pickle`` (the options of
-    :func:`paramgraph.convert`). ``input_spec=False`` for a command whose conversion reads only
-    ``--input-shape``, so that it refuses ``--input-spec`` instead of ignoring it."""
+    :func:`paramgraph.convert`)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--arch", metavar="MODULE:CALLABLE",
                         help="importable callable that builds the architecture of a state_dict "
@@ -124,12 +123,11 @@ def source_parser(input_spec: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--input-shape", metavar="SHAPE", default=None,
                         help="shape of an example input for tracing, e.g. 2,1,8,8 (not needed "
                         "for .pt2 programs)")
-    if input_spec:
-        parser.add_argument("--input-spec", metavar="SPEC", default=None,
-                            help="example inputs that are not one float tensor: "
-                            "[NAME=][DTYPE:]SHAPE[:LOW-HIGH], several separated by ';', e.g. "
-                            "int64:1,16:0-100 for token ids in [0, 100); forward arguments not "
-                            "given keep their defaults")
+    parser.add_argument("--input-spec", metavar="SPEC", default=None,
+                        help="example inputs that are not one float tensor: "
+                        "[NAME=][DTYPE:]SHAPE[:LOW-HIGH], several separated by ';', e.g. "
+                        "int64:1,16:0-100 for token ids in [0, 100); forward arguments not "
+                        "given keep their defaults")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow unpickling files that hold more than tensors (a whole "
                         "module, or a .pt2 with pickled parts); this can run code from the file")
@@ -288,7 +286,7 @@ def _convert_options(args) -> dict:
     return {
         "arch": args.arch, "arch_kwargs": parse_arch_kwargs(args.arch_kwargs),
         "input_shape": parse_input_shape(args.input_shape), "trust_pickle": args.trust_pickle,
-        "input_spec": parse_input_spec(getattr(args, "input_spec", None)),
+        "input_spec": parse_input_spec(args.input_spec),
         "allow_nonfinite": getattr(args, "allow_nonfinite", False),
     }
 

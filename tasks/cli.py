@@ -254,7 +254,7 @@ def _add_zoo_import(zsub, debug, quiet) -> None:
     from .zoo_kinds import IMPORT_FORMATS
 
     p = zsub.add_parser(
-        "import", parents=[pg_cli.source_parser(input_spec=False), debug, quiet],
+        "import", parents=[pg_cli.source_parser(), debug, quiet],
         help="make a zoo of your own checkpoints and labels",
         description="Import a folder of checkpoints with a labels.csv (a 'file' column relative "
         "to SRC, any label columns; optional per-row 'arch', 'arch_kwargs', 'input_shape'), a "
@@ -289,12 +289,13 @@ def _add_zoo_import(zsub, debug, quiet) -> None:
 def _add_predict(subparsers, debug, threads) -> None:
     """Register ``paramgraph predict``."""
     p = subparsers.add_parser(
-        "predict", parents=[pg_cli.source_parser(input_spec=False), debug, threads],
+        "predict", parents=[pg_cli.source_parser(), debug, threads],
         help="apply a trained metanet to new checkpoints",
         description="Predict with a run's best metanet for each checkpoint (or graph file, or "
         "directory of them): CSV with a 'file' column and one column per output (the value for "
         "regression; the class and one probability per class for classification). State_dict "
-        "checkpoints need --arch and --input-shape, as for 'paramgraph convert'. Files that "
+        "checkpoints need --arch and --input-shape (or --input-spec), as for 'paramgraph "
+        "convert'. Files that "
         "cannot be converted are named; the rest are still predicted (exit status 2).")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("inputs", nargs="+", metavar="CKPT", help="checkpoints, graph files, folders")
@@ -383,6 +384,7 @@ def cmd_zoo_import(args) -> int:
         args.src, args.out, fmt=args.format, labels=args.labels, arch=args.arch,
         arch_kwargs=pg_cli.parse_arch_kwargs(args.arch_kwargs),
         input_shape=pg_cli.parse_input_shape(args.input_shape),
+        input_spec=pg_cli.parse_input_spec(args.input_spec),
         group_column=args.group_column, split_column=args.split_column, seed=args.seed,
         workers=args.workers, skip_bad=args.skip_bad, trust_pickle=args.trust_pickle,
         steps=args.steps, progress=not args.no_progress)
@@ -414,6 +416,7 @@ def cmd_predict(args) -> int:
             args.run, args.inputs, arch=args.arch,
             arch_kwargs=pg_cli.parse_arch_kwargs(args.arch_kwargs),
             input_shape=pg_cli.parse_input_shape(args.input_shape),
+            input_spec=pg_cli.parse_input_spec(args.input_spec),
             trust_pickle=args.trust_pickle, batch_size=args.batch_size, device=args.device)
     for line in failures:
         print(f"{PROG}: error: {line}", file=sys.stderr)

@@ -45,6 +45,9 @@ from .labels import LabelTable, groups_and_splits, read_labels, source_options
 GRAPHS = "graphs"
 KEY_VERSION = 1  # part of every graph file's key: bump to convert everything again
 GRAPH_SUFFIX = ".pgraph"
+# what a state_dict's conversion needs, as the messages that ask for it say it
+NEEDS_INPUT = ("--input-shape (e.g. 1,1,8,8), --input-spec (e.g. int64:1,16:0-100 for token "
+               "ids) or an 'input_shape' column")
 
 
 # -- sources: where one network comes from ---------------------------------------------------------
@@ -62,13 +65,17 @@ class FileSource:
     arch_digest: str = ""  # SHA-256 of the .py file defining ``arch`` (a changed file is noticed)
     trust_pickle: bool = False
     arch_label: str = ""  # the architecture as the user wrote it
+    # example inputs that are not one float tensor (token ids, several inputs): an --input-spec
+    # in the canonical text of paramgraph.inputs.format_spec; it replaces ``input_shape``
+    input_spec: str | None = None
 
     @property
     def arch_name(self) -> str:
         return self.arch_label or self.arch or "own architecture"
 
     def options(self) -> str:
-        return repr((self.arch, self.arch_kwargs, self.input_shape, self.arch_digest))
+        base = (self.arch, self.arch_kwargs, self.input_shape, self.arch_digest)
+        return repr(base if self.input_spec is None else (*base, self.input_spec))
 
     def content_digest(self) -> str:
         return sha256_file(self.path)
@@ -101,29 +108,52 @@ def _convert_file(source: FileSource, templates: dict):
         return gf.graph, gf.extra, gf.metadata
     kwargs = json.loads(source.arch_kwargs)
     obj = load_checkpoint(source.path, trust_pickle=source.trust_pickle)
+    specs = _specs(source.input_spec)
     if not isinstance(obj, dict):  # a .pt2 program or (trusted) pickled module: its own arch
         conv = convert_checkpoint(source.path, input_shape=source.input_shape,
-                                  trust_pickle=source.trust_pickle)
+                                  trust_pickle=source.trust_pickle, input_spec=specs)
         return conv.graph, conv.extra, conv.metadata
     if source.arch is None:
         raise CheckpointError(source.path, "holds a state_dict without its architecture; name "
                               "it with --arch FILE.py:CALLABLE or an 'arch' column in labels.csv")
-    if source.input_shape is None:
-        raise CheckpointError(source.path, "tracing the architecture needs an example input "
-                              "shape; give --input-shape (e.g. 1,1,8,8) or an 'input_shape' column")
+    if source.input_shape is None and specs is None:
+        raise CheckpointError(source.path, "tracing the architecture needs an example input; "
+                              f"give {NEEDS_INPUT}")
     from paramgraph.architecture import build_architecture
 
     meta = {"source": Path(source.path).name, "source_format": "state_dict", "arch": source.arch,
-            "arch_kwargs": source.arch_kwargs,
-            "input_shape": ",".join(map(str, source.input_shape))}
+            "arch_kwargs": source.arch_kwargs}
+    if specs is None:
+        meta["input_shape"] = ",".join(map(str, source.input_shape))
+    else:
+        meta["input_spec"] = source.input_spec
     what = f"{source.arch_name}(**{source.arch_kwargs})" if kwargs else source.arch_name
     return _convert_state(obj, source.path, lambda: build_architecture(source.arch, kwargs),
                           source.input_shape, (source.arch, source.arch_kwargs), templates, meta,
-                          what)
+                          what, source.input_spec)
+
+
+def _specs(input_spec: str | None) -> list | None:
+    """The example inputs of a source's ``input_spec`` text (None: none given)."""
+    from paramgraph.inputs import parse_input_spec
+
+    return None if input_spec is None else parse_input_spec(input_spec)
+
+
+def _example(input_shape, input_spec: str | None, dtype):
+    """The example input a state_dict is traced with: the inputs of ``input_spec`` when given
+    (token ids, several or keyword inputs), else a seeded standard normal tensor of
+    ``input_shape``; both are the same every time, so a template is traced alike everywhere."""
+    import torch
+    from paramgraph.inputs import make_inputs
+
+    if input_spec is not None:
+        return make_inputs(_specs(input_spec), dtype)
+    return torch.randn(*input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
 def _convert_state(state: dict, name: str, build, input_shape, arch_key, templates: dict,
-                   meta: dict, what: str = "its architecture"):
+                   meta: dict, what: str = "its architecture", input_spec: str | None = None):
     """A state_dict's graph: filled into the template of its architecture, or traced (and kept
     as the template) the first time."""
     import paramgraph
@@ -132,13 +162,13 @@ def _convert_state(state: dict, name: str, build, input_shape, arch_key, templat
     from paramgraph.checkpoint import check_finite
 
     check_finite(state, name)
-    key = (arch_key, tuple(input_shape or ()),
+    key = (arch_key, tuple(input_shape or ()), input_spec,
            tuple((k, tuple(v.shape), str(v.dtype)) for k, v in state.items()))
     template = templates.get(key)
     if template is None:
         module = fit_state_dict(build(), state, name, what)
         dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
-        example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+        example = _example(input_shape, input_spec, dtype)
         try:
             graph = paramgraph.from_module(module.eval(), example)
         except ParamGraphError as err:
@@ -149,6 +179,14 @@ def _convert_state(state: dict, name: str, build, input_shape, arch_key, templat
     placed = set(graph.segments.names())
     extra = {k: v.detach() for k, v in state.items() if k not in placed}
     return graph, extra, {**meta, "keys": json.dumps(list(state))}
+
+
+def spec_text(input_spec: list | None) -> str | None:
+    """``input_spec`` as the canonical text a :class:`FileSource` holds (hashable, picklable,
+    the same for the same inputs however they were written)."""
+    from paramgraph.inputs import format_spec
+
+    return format_spec(input_spec) if input_spec else None
 
 
 def signature(graph) -> str:
@@ -214,7 +252,7 @@ def checkpoint_entries(src: Path, table: LabelTable, defaults: dict, fmt: str,
         out.append(Entry(FileSource(str(path), row.file, arch,
                                     json.dumps(opts.get("arch_kwargs") or {}, sort_keys=True),
                                     opts.get("input_shape"), digests.get(arch or "", ""),
-                                    trust_pickle, label),
+                                    trust_pickle, label, opts.get("input_spec")),
                          row.values, groups[k], splits[k] if splits else None,
                          f"{table.path.name} line {row.line}", row.line, row.file))
     return out
@@ -231,9 +269,9 @@ def _resolve_arch(table: LabelTable, row, opts: dict, src: Path, digests: dict) 
     if arch is None:
         raise ZooError(f"{where}: '{row.file}' is a state_dict, which needs its architecture: "
                        "give --arch FILE.py:CALLABLE (or an 'arch' column) and --input-shape")
-    if opts.get("input_shape") is None:
-        raise ZooError(f"{where}: '{row.file}' needs an example input shape for tracing: give "
-                       "--input-shape (e.g. 1,1,8,8) or an 'input_shape' column")
+    if opts.get("input_shape") is None and opts.get("input_spec") is None:
+        raise ZooError(f"{where}: '{row.file}' needs an example input for tracing: give "
+                       f"{NEEDS_INPUT}")
     module, sep, attr = arch.partition(":")
     if module.endswith(".py") or os.sep in module:
         here = src / module if column and (src / module).is_file() else Path(module)
@@ -364,8 +402,10 @@ def import_zoo(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "ch
                group_column: str | None = None, split_column: str | None = None,
                seed: int = 0, workers: int = 1, skip_bad: bool = False,
                trust_pickle: bool = False, steps: str = "final",
-               progress: bool = True) -> ImportResult:
+               progress: bool = True, input_spec: list | None = None) -> ImportResult:
     """Import the networks in ``src`` (format ``fmt``) with their labels into the zoo ``out``.
+    ``input_spec`` (:class:`~paramgraph.inputs.InputSpec` list, what ``--input-spec`` parses to):
+    example inputs that are not one float tensor (token ids), in place of ``input_shape``.
 
     Returns an :class:`ImportResult`; its ``zoo`` is ``None`` when some networks failed and
     ``skip_bad`` is off (the failures are in ``failures``, the zoo is left unfinished and
@@ -383,7 +423,8 @@ def import_zoo(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "ch
     if workers < 1:
         raise ZooError(f"--workers must be at least 1, got {workers}")
     entries, columns, labels_path = _entries(src, fmt, labels, arch, arch_kwargs, input_shape,
-                                             group_column, split_column, trust_pickle, steps)
+                                             group_column, split_column, trust_pickle, steps,
+                                             input_spec)
     if split_column is None and len({e.group for e in entries}) < 3:
         raise ZooError(f"'{src}' has {len({e.group for e in entries})} group(s) of networks; "
                        "drawing train/val/test splits needs at least 3 (or give the splits "
@@ -413,18 +454,22 @@ def import_zoo(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "ch
 
 
 def _entries(src, fmt, labels, arch, arch_kwargs, input_shape, group_column, split_column,
-             trust_pickle, steps) -> tuple[list[Entry], list[str], Path | None]:
+             trust_pickle, steps, input_spec=None) -> tuple[list[Entry], list[str], Path | None]:
     """The entries, label columns and labels file of an import (checked, nothing written)."""
     if fmt == "small-cnn-zoo":
         if labels is not None:
             raise ZooError("--format small-cnn-zoo reads its labels from metrics.csv(.gz); "
                            "drop --labels")
+        if input_spec:
+            raise ZooError("--format small-cnn-zoo holds image CNNs of a known input; drop "
+                           "--input-spec")
         entries, columns = small_cnn_zoo_entries(src, steps, input_shape, group_column,
                                                  split_column)
         return entries, columns, None
     labels_path = Path(labels) if labels is not None else src / "labels.csv"
     table = read_labels(labels_path, src)
-    defaults = {"arch": arch, "arch_kwargs": arch_kwargs or {}, "input_shape": input_shape}
+    defaults = {"arch": arch, "arch_kwargs": arch_kwargs or {}, "input_shape": input_shape,
+                "input_spec": spec_text(input_spec)}
     entries = checkpoint_entries(src, table, defaults, fmt, group_column, split_column,
                                  trust_pickle)
     return entries, table.columns, labels_path

@@ -24,7 +24,7 @@ from paramgraph.errors import ParamGraphError
 from paramgraph.formats import CHECKPOINT_SUFFIXES, GRAPH_SUFFIX
 
 from .errors import RunError, TaskError
-from .importer import FileSource, convert_source
+from .importer import FileSource, convert_source, spec_text
 
 PREDICTABLE = (*CHECKPOINT_SUFFIXES, GRAPH_SUFFIX)
 
@@ -53,8 +53,10 @@ def input_files(inputs: list[str]) -> list[str]:
 def predict_files(run: str | os.PathLike, inputs: list[str], *, arch: str | None = None,
                   arch_kwargs: dict | None = None, input_shape: tuple[int, ...] | None = None,
                   trust_pickle: bool = False, batch_size: int = 64,
-                  device: str | None = None) -> tuple[dict[str, list], list[str]]:
-    """The predictions of run ``run`` for every checkpoint in ``inputs``.
+                  device: str | None = None,
+                  input_spec: list | None = None) -> tuple[dict[str, list], list[str]]:
+    """The predictions of run ``run`` for every checkpoint in ``inputs`` (state_dicts traced
+    with ``input_shape``, or ``input_spec``'s inputs: token ids, several inputs).
 
     Returns ``(columns, failures)``: ``columns`` maps ``file`` and each output column to one
     value per converted file (in input order); ``failures`` holds one line per file that could
@@ -72,7 +74,8 @@ def predict_files(run: str | os.PathLike, inputs: list[str], *, arch: str | None
         from paramgraph.architecture import build_architecture
 
         build_architecture(arch, arch_kwargs)
-    graphs, names, failures = _convert(inputs, arch, arch_kwargs, input_shape, trust_pickle)
+    graphs, names, failures = _convert(inputs, arch, arch_kwargs, input_shape, trust_pickle,
+                                       spec_text(input_spec))
     columns: dict[str, list] = {"file": names}
     if graphs:
         net = net.to(choose_device(device))
@@ -81,7 +84,7 @@ def predict_files(run: str | os.PathLike, inputs: list[str], *, arch: str | None
     return columns, failures
 
 
-def _convert(inputs, arch, arch_kwargs, input_shape, trust_pickle):
+def _convert(inputs, arch, arch_kwargs, input_shape, trust_pickle, input_spec=None):
     """The graphs of the inputs that convert, their names, and a line per failure."""
     from paramgraph.cli import error_message
 
@@ -90,7 +93,7 @@ def _convert(inputs, arch, arch_kwargs, input_shape, trust_pickle):
     kwargs = json.dumps(arch_kwargs or {}, sort_keys=True)
     for name in input_files(inputs):
         source = FileSource(str(Path(name).resolve()), name, arch, kwargs, input_shape,
-                            trust_pickle=trust_pickle)
+                            trust_pickle=trust_pickle, input_spec=input_spec)
         try:
             graph, _, _ = convert_source(source, templates)
         except (ParamGraphError, OSError) as err:

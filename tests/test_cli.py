@@ -444,3 +444,84 @@ def test_console_script(tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("paramgraph: error: ") and "evil.pt" in lines[0]
     assert not target.exists() and not (tmp_path / "evil.pgraph").exists()
+
+
+# -- token-input checkpoints: zoo import and predict with --input-spec ---------------------------
+
+TOKEN_NETS = """
+import torch
+from torch import nn
+
+
+class TokenNet(nn.Module):
+    def __init__(self, vocab=7, dim=4):
+        super().__init__()
+        self.emb, self.out = nn.Embedding(vocab, dim), nn.Linear(dim, 1)
+
+    def forward(self, idx):
+        return self.out(torch.relu(self.emb(idx))).mean(1)
+"""
+TOKENS = ["--arch", "nets.py:TokenNet", "--input-spec", "int64:2,5:0-7"]
+FAST_TRAIN = ["--epochs", "1", "--hidden", "8", "--layers", "1", "--batch-size", "4",
+              "--no-progress", "--threads", "1"]
+
+
+def _token_source(root: Path, n: int = 8) -> list[dict]:
+    """``root/src``: n TokenNet checkpoints with labels.csv (a 'score' column);
+    ``root/nets.py``. Returns the state_dicts."""
+    (root / "nets.py").write_text(TOKEN_NETS)
+    namespace: dict = {}
+    exec(TOKEN_NETS, namespace)
+    (root / "src").mkdir()
+    states, lines = [], ["file,score"]
+    for i in range(n):
+        torch.manual_seed(i)
+        states.append(namespace["TokenNet"]().state_dict())
+        save_file(states[-1], root / "src" / f"t{i}.safetensors")
+        lines.append(f"t{i}.safetensors,{0.1 * i:.1f}")
+    (root / "src" / "labels.csv").write_text("\n".join(lines) + "\n")
+    return states
+
+
+def test_zoo_import_and_predict_take_token_inputs(tmp_path, capsys, monkeypatch):
+    from paramgraph import NodeType
+    from paramgraph.tasks.zoo import Zoo
+
+    states = _token_source(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["zoo", "import", "src", "--out", "zoo", *TOKENS, "--no-progress"],
+                         capsys)
+    assert code == 0, err
+    zoo = Zoo("zoo")
+    assert len(zoo) == 8
+    for i in (0, 5):  # each checkpoint comes back whole from its graph
+        k = [r["source"] for r in zoo.rows].index(f"t{i}.safetensors")
+        assert all(torch.equal(zoo.state_dict(k)[key], v) for key, v in states[i].items())
+    graph = pg.load_graph(next((tmp_path / "zoo" / "graphs").iterdir()))
+    assert int((graph.node_type == int(NodeType.TOKEN)).sum()) == 7  # one node per token id
+    code, out, err = run(["train", "--task", "regression", "--target", "score", "--zoo", "zoo",
+                          "--out", "run", *FAST_TRAIN], capsys)
+    assert code == 0, err
+    code, out, err = run(["predict", "run", "src/t3.safetensors", *TOKENS], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0] == "file,score" and out.splitlines()[1].startswith("src/t3")
+    # control: the same checkpoints traced from a float input of that shape are refused, each
+    # with the hint to give --input-spec
+    code, out, err = run(["predict", "run", "src/t3.safetensors", *TOKENS[:2], "--input-shape",
+                          "2,5"], capsys)
+    assert code == 2 and "input-spec" in err
+    code, out, err = run(["zoo", "import", "src", "--out", "zoo2", *TOKENS[:2], "--input-shape",
+                          "2,5", "--no-progress"], capsys)
+    assert code == 2 and "input-spec" in err
+
+
+@pytest.mark.parametrize("command", ["zoo import", "predict"])
+def test_a_bad_input_spec_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, command):
+    _token_source(tmp_path, 3)
+    monkeypatch.chdir(tmp_path)
+    argv = command.split() + (["src", "--out", "zoo"] if command == "zoo import"
+                              else ["run", "src/t0.safetensors"])
+    code, out, err = run([*argv, *TOKENS[:2], "--input-spec", "int64:2,x"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "--input-spec 'int64:2,x'" in lines[0], err
+    assert not (tmp_path / "zoo").exists()
