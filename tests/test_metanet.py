@@ -422,3 +422,27 @@ def test_type_code_embeddings_have_room_for_every_code():
     rows = {name: m.num_embeddings for name, m in net.named_modules()
             if isinstance(m, torch.nn.Embedding) and name.endswith(("type_emb", "act_emb", "norm_emb"))}
     assert rows and set(rows.values()) == {CODE_SLOTS}, rows
+
+
+def test_compiled_rounds_fall_back_to_eager_with_a_warning(zoo, monkeypatch):
+    """``compile=True`` where torch.compile fails (no compiler, an unsupported operation): one
+    warning, then the eager rounds, with the very outputs of an eager metanet."""
+    _, _, gs = zoo
+    batch = Batch.from_data_list(gs)
+    eager = _net("quasi", out_dim=2)
+    compiled = _net("quasi", out_dim=2, compile=True)
+    calls = []
+
+    def broken(fn, **kw):
+        def run(*args):
+            calls.append(kw)
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
+        y = compiled(batch)
+    assert calls and calls[0] == {"dynamic": True}
+    assert torch.equal(y, eager(batch))
+    assert torch.equal(compiled(batch), y)  # later calls run eagerly, without a new warning
+    assert len(calls) == 1

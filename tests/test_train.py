@@ -224,3 +224,21 @@ def test_a_run_with_a_weight_average_keeps_the_average(zoo, tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and "expected a number in [0, 1), got '1.5'" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_compile_and_copies_reach_the_run_config(zoo, tmp_path, monkeypatch):
+    """--compile and --copies become the metanet's options in the run's config (compiling
+    itself would take minutes here; its eager fallback is tested in test_metanet)."""
+    import paramgraph.tasks.train as train_module
+    from paramgraph.tasks.cli import main
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, out, **kw: seen.append(cfg) or {
+        "run": str(out), "epochs_done": 1, "complete": True, "best_epoch": 1, "best": {},
+        "graphs_per_s": None, "seconds": 0.0})
+    args = ["train", "--task", "generalization", "--zoo", str(zoo.root), "--no-progress",
+            "--out", str(tmp_path / "r")]
+    assert main(args + ["--compile"]) == 0 and main(args) == 0
+    assert main(args + ["--compile", "--copies", "3"]) == 0
+    assert [c.model_kwargs for c in seen] == [{"compile": True}, {},
+                                              {"copies": 3, "compile": True}]
