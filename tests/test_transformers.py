@@ -399,12 +399,38 @@ def _heads_of(graph, ntype, layer_first_node: int) -> Tensor:
     return ((graph.node_type == int(ntype)) & (graph.perm_group == group)).nonzero().squeeze(1)
 
 
+def _first_block(graph) -> tuple[Tensor, Tensor, Tensor]:
+    """The query, key and value nodes of the graph's first attention block."""
+    q0 = int((graph.node_type == int(NodeType.ATTN_Q)).nonzero()[0])
+    return tuple(_heads_of(graph, t, q0) for t in (NodeType.ATTN_Q, NodeType.ATTN_K,
+                                                   NodeType.ATTN_V))
+
+
+def _assert_the_group_keeps_the_function(module, inputs, graph, seed: int) -> None:
+    """Head maps alone, then the whole group: the weights move, the function stays."""
+    for kw in ({"permutations": False, "scales": False, "signs": False}, {}):
+        moved = pg.random_symmetry(graph, generator=torch.Generator().manual_seed(seed), **kw)
+        assert states_differ(pg.to_state_dict(moved), reference_state(module))
+        assert function_change(module, inputs, moved) < 1e-10
+
+
+def _query_head_left_behind(graph, element, q: Tensor, head: int):
+    """``element`` applied to the graph, except that query head ``head``'s projection keeps its
+    old values while the key head it shares moves: an untied map, no symmetry."""
+    src, dst = graph.edge_index
+    moved = apply_element(graph, element)
+    rows = q[graph.node_head[q] == head]
+    into = ((graph.edge_type == int(EdgeType.ATTN_IN_Q)) & torch.isin(dst, rows)).nonzero()
+    ids = graph.edge_offsets()[into.squeeze(1)]
+    values = moved.edge_value.clone()
+    values[ids] = graph.edge_value[ids]
+    return moved.with_values(values, moved.node_value)
+
+
 def test_grouped_query_heads_share_their_key_value_maps():
     module, inputs, graph = convert64("llama_gqa")
     src, dst = graph.edge_index
-    q0 = int((graph.node_type == int(NodeType.ATTN_Q)).nonzero()[0])
-    q, k, v = (_heads_of(graph, t, q0) for t in (NodeType.ATTN_Q, NodeType.ATTN_K,
-                                                 NodeType.ATTN_V))
+    q, k, v = _first_block(graph)
     assert (q.numel(), k.numel(), v.numel()) == (16, 8, 8)
     assert graph.node_head[q].tolist() == [h for h in range(4) for _ in range(4)]
     assert graph.node_head[k].tolist() == [g for g in range(2) for _ in range(4)]
@@ -414,21 +440,11 @@ def test_grouped_query_heads_share_their_key_value_maps():
     out = (graph.edge_type == int(EdgeType.ATTN_OUT)) & torch.isin(src, v)
     assert int(out.sum()) == 2 * v.numel() * 16
     # the tied group keeps the function: heads maps only, then everything
-    for kw in ({"permutations": False, "scales": False, "signs": False}, {}):
-        moved = pg.random_symmetry(graph, generator=torch.Generator().manual_seed(5), **kw)
-        assert states_differ(pg.to_state_dict(moved), reference_state(module))
-        assert function_change(module, inputs, moved) < 1e-10
+    _assert_the_group_keeps_the_function(module, inputs, graph, 5)
     # control 1: untie the query map, leaving query head 1 unmoved while its key head (0) moves
     element = random_element(graph, generator=torch.Generator().manual_seed(5),
                              permutations=False, scales=False, signs=False)
-    moved = apply_element(graph, element)
-    head1 = q[graph.node_head[q] == 1]
-    into = ((graph.edge_type == int(EdgeType.ATTN_IN_Q)) & torch.isin(dst, head1)).nonzero()
-    ids = graph.edge_offsets()[into.squeeze(1)]
-    values = moved.edge_value.clone()
-    values[ids] = graph.edge_value[ids]
-    untied = moved.with_values(values, moved.node_value)
-    assert function_change(module, inputs, untied) > 1e-3
+    assert function_change(module, inputs, _query_head_left_behind(graph, element, q, 1)) > 1e-3
     # control 2: swapping query heads 0 and 2 (of key heads 0 and 1) without their key heads is
     # no symmetry, and the graph refuses it as a group element
     perm = torch.arange(graph.num_nodes)
@@ -539,9 +555,7 @@ def _exported(module, x):
 def test_multi_query_attention_with_rope_keeps_one_rotary_key_value_head():
     module, inputs, graph = convert64("llama_mqa_rope")
     src, dst = graph.edge_index
-    q0 = int((graph.node_type == int(NodeType.ATTN_Q)).nonzero()[0])
-    q, k, v = (_heads_of(graph, t, q0) for t in (NodeType.ATTN_Q, NodeType.ATTN_K,
-                                                 NodeType.ATTN_V))
+    q, k, v = _first_block(graph)
     assert (q.numel(), k.numel(), v.numel()) == (16, 4, 4)
     assert set(graph.node_head[k].tolist()) == {0}
     assert set(graph.head_role[torch.cat([q, k])].tolist()) == {int(HeadRole.QK_ROTARY)}
@@ -550,10 +564,7 @@ def test_multi_query_attention_with_rope_keeps_one_rotary_key_value_head():
     qk = (graph.edge_type == int(EdgeType.ATTN_QK)) & torch.isin(src, q)
     assert set(graph.node_head[dst[qk]].tolist()) == {0}
     # the tied rotary group keeps the function: head maps only, then everything
-    for kw in ({"permutations": False, "scales": False, "signs": False}, {}):
-        moved = pg.random_symmetry(graph, generator=torch.Generator().manual_seed(6), **kw)
-        assert states_differ(pg.to_state_dict(moved), reference_state(module))
-        assert function_change(module, inputs, moved) < 1e-10
+    _assert_the_group_keeps_the_function(module, inputs, graph, 6)
     # control 1: a general invertible q/k map (not commuting with the rotation) breaks it
     element = random_element(graph, generator=torch.Generator().manual_seed(6),
                              permutations=False, scales=False, signs=False)
@@ -563,13 +574,7 @@ def test_multi_query_attention_with_rope_keeps_one_rotary_key_value_head():
                                                 generator=torch.Generator().manual_seed(1))
     assert function_change(module, inputs, apply_element(graph, general)) > 1e-3
     # control 2: query head 1 left unmoved while the key head it shares moves
-    moved = apply_element(graph, element)
-    head1 = q[graph.node_head[q] == 1]
-    into = ((graph.edge_type == int(EdgeType.ATTN_IN_Q)) & torch.isin(dst, head1)).nonzero()
-    ids = graph.edge_offsets()[into.squeeze(1)]
-    values = moved.edge_value.clone()
-    values[ids] = graph.edge_value[ids]
-    assert function_change(module, inputs, moved.with_values(values, moved.node_value)) > 1e-3
+    assert function_change(module, inputs, _query_head_left_behind(graph, element, q, 1)) > 1e-3
 
 
 def test_rope_on_a_head_not_split_off_by_a_view_is_refused_in_one_line():
