@@ -36,7 +36,7 @@ from .encoders import EdgeEncoder, KernelBins, NodeEncoder, node_slot_inputs
 from .heads import InvariantHead, WeightHead
 from .layers import ValueLayer
 from .readers import FreeReader, StrictReader, masked
-from .structure import GraphStructure
+from .structure import GraphStructure, symlog
 
 
 class Backbone(nn.Module):
@@ -58,7 +58,7 @@ class Backbone(nn.Module):
     def __init__(self, task: str, out_dim: int, hidden: int, layers: int, channels: int,
                  aggrs: Sequence[str], kernel_cap: int, constrained: bool,
                  compress: bool = True, checkpoint: bool = False, graph_dim: int = 0,
-                 copies: int = 1, compile: bool = False):
+                 copies: int = 1, compile: bool = False, probes: int = 0):
         super().__init__()
         if constrained and channels < 1:
             raise ValueError("strict mode needs at least one value channel (channels >= 1)")
@@ -70,6 +70,8 @@ class Backbone(nn.Module):
         self.channels = c = channels
         self.edge_enc = EdgeEncoder(hidden, kernel_cap)
         self.node_enc = NodeEncoder(hidden)
+        # probe features (symlog of each neuron's values at fixed inputs) into the hidden ones
+        self.probe_enc = nn.Linear(probes, hidden, bias=False) if probes else None
         if c:
             self.kernel = nn.Parameter(torch.empty(c, kernel_cap))
             nn.init.normal_(self.kernel, std=1.0 / 3.0)
@@ -83,7 +85,7 @@ class Backbone(nn.Module):
             self.head = WeightHead(hidden, c, kernel_cap, constrained, copies)
 
     def encode(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
-               node_mask: Tensor, value_scale: Tensor):
+               node_mask: Tensor, value_scale: Tensor, probes: Tensor | None = None):
         """Initial features: ``(reader, bins, x, ev, h, e)`` (``x``/``ev`` are ``None`` without
         value channels)."""
         reader = (StrictReader(st, edge_value.dtype) if self.constrained
@@ -99,6 +101,8 @@ class Backbone(nn.Module):
                                 torch.cat([slots[:, :1], c, slots[:, 3:]], 1))
         e = self.edge_enc(st, bins, reader.values(binned))
         h = self.node_enc(st, inv_slots, node_mask)
+        if self.probe_enc is not None:
+            h = h + self.probe_enc(symlog(probes))
         x = ev = None
         if self.channels:
             ev = binned @ self.kernel[:, : bins.width].t() + masked(reader.edge_trivial,
@@ -107,11 +111,12 @@ class Backbone(nn.Module):
         return reader, bins, x, ev, h, e
 
     def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
-                node_mask: Tensor, value_scale: Tensor, graph_feats: Tensor | None = None):
+                node_mask: Tensor, value_scale: Tensor, graph_feats: Tensor | None = None,
+                probes: Tensor | None = None):
         """``graph_feats``: per-graph invariant features for the invariant head (``graph_dim``
         wide), e.g. the statistics pathway."""
         reader, bins, x, ev, h, e = self.encode(st, edge_value, node_value, node_mask,
-                                                value_scale)
+                                                value_scale, probes)
         m = None
         for k in range(len(self.layers)):
             x, ev, h, e, m = self._round(k, st, reader, x, ev, h, e)

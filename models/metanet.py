@@ -107,7 +107,8 @@ class MetaNet(nn.Module):
                  learn_gauge: bool = True, section: str = "balanced",
                  sweeps: int = BALANCE_SWEEPS, compress: bool = True,
                  statistics: bool = False, soft_signs: bool = True, frame: str = "gauged",
-                 checkpoint: bool = False, copies: int = 1, compile: bool = False):
+                 checkpoint: bool = False, copies: int = 1, compile: bool = False,
+                 probes: int = 0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
@@ -118,8 +119,13 @@ class MetaNet(nn.Module):
         if copies < 1 or (copies > 1 and task != "weights"):
             raise ValueError(f"copies={copies}: output channel expansion needs a weight head "
                              "and at least one copy")
+        if probes and mode == "strict":
+            raise ValueError("probe features need mode perm or quasi: strict's hidden features "
+                             "are invariant, and a neuron's probe values move with its scale "
+                             "and sign")
         self.mode, self.task, self.frame = mode, task, frame
         self.out_dim = out_dim
+        self.probes = int(probes)
         channels = max(hidden // 2, 1) if channels is None else channels
         self.gauge = (GaugeMap(gauge_hidden, gauge_bound, learn_gauge, section, sweeps)
                       if mode == "quasi" else None)
@@ -134,16 +140,21 @@ class MetaNet(nn.Module):
                                  constrained=mode == "strict", compress=compress,
                                  checkpoint=checkpoint,
                                  graph_dim=hidden if self.statistics is not None else 0,
-                                 copies=copies, compile=compile)
+                                 copies=copies, compile=compile, probes=probes)
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def forward(self, batch, structure: GraphStructure | None = None):
+    def forward(self, batch, structure: GraphStructure | None = None,
+                probes: Tensor | None = None):
         """``batch``: a ``torch_geometric`` ``Batch`` of ParamGraphs (or one ParamGraph).
         ``structure``: its :class:`GraphStructure` from :func:`prepare` (which also checks the
-        input); without it, both are done here, on the batch's device.
+        input); without it, both are done here, on the batch's device. ``probes``: ``[N,
+        probes]`` probe features (each neuron's values at fixed inputs, e.g.
+        :func:`paramgraph.tasks.inr.siren_probes`), required when the metanet was built with
+        ``probes``; ``quasi`` moves them into the gauged frame (times each neuron's factor, so
+        they are invariant as the gauged values are).
 
         Returns ``[num_graphs, out_dim]`` (``task="invariant"``) or a graph batch of the same
         type and layout with new ``edge_value``/``node_value`` in the metanet's dtype
@@ -158,26 +169,44 @@ class MetaNet(nn.Module):
         node_value = batch.node_value.to(dtype)
         node_mask = batch.node_mask
         value_scale = st.value_scale().to(dtype)
+        probes = self._probes(probes, dtype)
         gauged = None
         if self.gauge is not None:
             gauged = self.gauge.gauge(st, edge_value, node_value, node_mask)
             edge_value, node_value = gauged.edge_value, gauged.node_value
+            if probes is not None:  # a neuron's values scale and flip with it
+                probes = probes * gauged.alpha.to(dtype).unsqueeze(1)
             if self.soft_signs:
                 # a weighting, not a path for gradients (its sqrt has none at zero weights)
                 conf = sign_confidence(st, edge_value.detach(), node_value.detach())
                 edge_value, node_value = soften_signs(st, conf, edge_value, node_value)
+                if probes is not None:
+                    probes = probes * conf.to(dtype).unsqueeze(1)
         graph_feats = None
         if self.statistics is not None:
             stat_values = (edge_value, node_value)
             if self.section is not None:
                 stat_values = self.section(st, edge_value, node_value, node_mask)[:2]
             graph_feats = self.statistics(st, *stat_values, node_mask)
-        out = self.backbone(st, edge_value, node_value, node_mask, value_scale, graph_feats)
+        out = self.backbone(st, edge_value, node_value, node_mask, value_scale, graph_feats,
+                            probes)
         if self.task == "invariant":
             return out
         if isinstance(out, list):  # output channel expansion: one batch per copy
             return [self._edited(batch, st, gauged, *pair) for pair in out]
         return self._edited(batch, st, gauged, *out)
+
+    def _probes(self, probes: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+        """The probe features checked against what the metanet was built for."""
+        if self.probes and probes is None:
+            raise ValueError(f"this metanet reads {self.probes} probe features per neuron; pass "
+                             "probes=[N, probes]")
+        if probes is None:
+            return None
+        if not self.probes or probes.shape[1] != self.probes:
+            raise ValueError(f"probe features of width {probes.shape[1]}; this metanet was built "
+                             f"with probes={self.probes}")
+        return probes.to(dtype)
 
     def _edited(self, batch, st: GraphStructure, gauged, new_edge, new_node):
         """The weight head's new values as a batch, in the frame asked for."""

@@ -76,6 +76,9 @@ METHODS = {
     "quasi-ema": {"mode": "quasi", "train": {"ema": 0.99}},
     "perm-ema": {"mode": "perm", "train": {"ema": 0.99}},
     "strict-ema": {"mode": "strict", "train": {"ema": 0.99}},
+    # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates
+    "quasi-probes": {"mode": "quasi", "model": {"probes": 16}},
+    "perm-probes": {"mode": "perm", "model": {"probes": 16}},
 }
 MODES = ("quasi", "strict", "perm")
 ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 4000}  # inr: 16x16 views (issue 11)

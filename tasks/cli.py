@@ -170,6 +170,9 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--copies", type=pos, default=1, metavar="K",
                    help="inr-edit: output channel expansion, the weight head writes K SIRENs "
                    "whose outputs are averaged, decoded into one K times wider (default 1)")
+    p.add_argument("--probes", type=pos, default=None, metavar="P",
+                   help="inr tasks: give the metanet probe features, each neuron's values at P "
+                   "fixed coordinates (a square grid: 16, 64, ...)")
     p.add_argument("--compile", action="store_true",
                    help="run the message-passing rounds through torch.compile (~1.2x per step "
                    "on CPU once compiled; the first batches pay minutes of compilation; eager "
@@ -451,6 +454,8 @@ def _model_kwargs(args) -> dict:
         kwargs["copies"] = args.copies
     if args.compile:
         kwargs["compile"] = True
+    if args.probes:
+        kwargs["probes"] = args.probes
     return kwargs
 
 

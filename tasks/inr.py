@@ -91,14 +91,17 @@ def init_params(hidden: list[int], seeds: list[int], w0: float = FIRST_W0) -> li
     return [torch.stack([p[k] for p in per_net]) for k in range(len(per_net[0]))]
 
 
-def batched_forward(params: list[Tensor], coords: Tensor, w0: float = FIRST_W0) -> Tensor:
+def batched_activations(params: list[Tensor], coords: Tensor,
+                        w0: float = FIRST_W0) -> list[Tensor]:
     """Run ``n`` SIRENs at once: ``params`` as from :func:`init_params`, ``coords`` ``[P, 2]``.
 
-    Returns ``[n, P]``: each SIREN's output at each coordinate. Differentiable in ``params``.
+    Returns every layer's output, ``[n, P, width]`` each: the hidden layers' sines, then the
+    SIREN's output. Differentiable in ``params``.
     """
     n = params[0].shape[0]
     h = coords.to(params[0].dtype).unsqueeze(0).expand(n, -1, -1)  # [n, P, 2]
     layers = len(params) // 2
+    out = []
     for i in range(layers):
         w, b = params[2 * i], params[2 * i + 1]
         if i == 0:  # sin(w0 (W x + b)) with w0 on the small weights, not on the [n, P, h] map
@@ -106,7 +109,14 @@ def batched_forward(params: list[Tensor], coords: Tensor, w0: float = FIRST_W0) 
         h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         if i < layers - 1:
             h = torch.sin(h)
-    return h.squeeze(-1)
+        out.append(h)
+    return out
+
+
+def batched_forward(params: list[Tensor], coords: Tensor, w0: float = FIRST_W0) -> Tensor:
+    """``[n, P]``: each of ``n`` SIRENs' output at each coordinate (see
+    :func:`batched_activations`)."""
+    return batched_activations(params, coords, w0)[-1].squeeze(-1)
 
 
 def side_of(pixels: int) -> int:
@@ -250,6 +260,17 @@ def siren_index(batch, hidden: list[int]) -> list[tuple[Tensor, Tensor]]:
     return out
 
 
+def _batch_params(batch, hidden: list[int], index) -> list[Tensor]:
+    """The stacked ``[W1, b1, ...]`` of every SIREN of ``batch``, gathered by ``index``."""
+    widths = [2, *hidden, 1]
+    flat_nodes = batch.node_value.reshape(-1)
+    params = []
+    for layer, (w_idx, b_idx) in enumerate(index):
+        params.append(batch.edge_value[w_idx].view(-1, widths[layer + 1], widths[layer]))
+        params.append(flat_nodes[b_idx])
+    return params
+
+
 def siren_forward_from_batch(batch, hidden: list[int], coords: Tensor | None = None,
                              w0: float = FIRST_W0, index=None) -> Tensor:
     """Evaluate every SIREN of a PyG ``Batch`` of parameter graphs on ``coords`` (default grid).
@@ -261,10 +282,24 @@ def siren_forward_from_batch(batch, hidden: list[int], coords: Tensor | None = N
     if coords is None:
         coords = grid().to(batch.edge_value.device)
     index = index if index is not None else siren_index(batch, hidden)
-    widths = [2, *hidden, 1]
-    flat_nodes = batch.node_value.reshape(-1)
-    params = []
-    for layer, (w_idx, b_idx) in enumerate(index):
-        params.append(batch.edge_value[w_idx].view(-1, widths[layer + 1], widths[layer]))
-        params.append(flat_nodes[b_idx])
-    return batched_forward(params, coords, w0)
+    return batched_forward(_batch_params(batch, hidden, index), coords, w0)
+
+
+def siren_probes(batch, hidden: list[int], coords: Tensor, w0: float = FIRST_W0) -> Tensor:
+    """Probe features (Neural Graphs' term): ``[N, P]``, every neuron's value at the ``P``
+    probe coordinates ``coords`` ``[P, 2]``: an input neuron its coordinate, a hidden neuron its
+    sine's output, the output neuron the SIREN's value. They move with the network's symmetries
+    as its neurons do (a permuted neuron's row moves with it; a sign-flipped sine neuron's row
+    is negated), so a metanet can read them equivariantly
+    (:class:`~paramgraph.models.metanet.MetaNet`'s ``probes``)."""
+    from paramgraph.types import NODE_SLOTS, NodeType
+
+    index = siren_index(batch, hidden)
+    coords = coords.to(batch.node_value)
+    acts = batched_activations(_batch_params(batch, hidden, index), coords, w0)
+    probe = batch.node_value.new_zeros(batch.node_value.shape[0], coords.shape[0])
+    for (_, b_idx), a in zip(index, acts):
+        rows = torch.div(b_idx, len(NODE_SLOTS), rounding_mode="floor")  # [B, width]
+        probe = probe.index_put((rows.reshape(-1),), a.transpose(1, 2).reshape(-1, a.shape[1]))
+    inputs = (batch.node_type == int(NodeType.INPUT)).nonzero().squeeze(1)  # 2 per SIREN, in order
+    return probe.index_put((inputs,), coords.t().repeat(batch.num_graphs, 1))

@@ -112,7 +112,8 @@ class Objective:
 
     def hidden(self, zoo) -> list[int] | None:
         """What :meth:`predict` needs besides the metanet (its ``hidden`` argument): the SIREN
-        hidden widths for a task that runs edited SIRENs, else ``None``."""
+        hidden widths for a task on SIRENs (to run edited SIRENs, or to probe them), else
+        ``None``."""
         return None
 
     def targets(self, zoo) -> Tensor:
@@ -131,9 +132,17 @@ class Objective:
     def predict(self, net, batch, hidden: list[int] | None = None, structure=None) -> Tensor:
         """The metanet's prediction for ``batch``: ``[B]`` accuracies, ``[B, 10]`` logits or
         ``[B, 64]`` edited-SIREN images. Differentiable. ``structure``: the batch's
-        ``GraphStructure`` from ``models.prepare`` (read on the host before the batch moved)."""
-        return self.from_output(net(batch) if structure is None else net(batch, structure),
-                                hidden)
+        ``GraphStructure`` from ``models.prepare`` (read on the host before the batch moved).
+        A metanet built with ``probes`` gets this task's probe features of the batch."""
+        points = getattr(getattr(net, "module", net), "probes", 0)  # through a DDP wrapper
+        kwargs = {"probes": self.probe_features(batch, hidden, points)} if points else {}
+        args = (batch,) if structure is None and not kwargs else (batch, structure)
+        return self.from_output(net(*args, **kwargs), hidden)
+
+    def probe_features(self, batch, hidden: list[int] | None, points: int) -> Tensor:
+        """``[N, points]``: each neuron's values at ``points`` fixed inputs (tasks on SIRENs)."""
+        raise TaskError(f"task '{self.name}' has no probe features; they are made for the "
+                        "SIREN tasks (inr-class, inr-edit)")
 
     def from_output(self, out, hidden: list[int] | None) -> Tensor:
         """The prediction made of the metanet's output ``out``."""
@@ -231,7 +240,27 @@ class _ClassLogits:
         return fit_classifier(x_train, y_train, x_eval, seed, self.out_dim)
 
 
-class InrClass(_ClassLogits, Objective):
+class _SirenProbes:
+    """What the tasks on SIRENs share (mixed in before :class:`Objective`): their hidden widths
+    and probe features, every neuron's values on a ``side x side`` grid of coordinates in
+    ``[-1, 1]^2`` (``points = side^2``)."""
+
+    def hidden(self, zoo) -> list[int]:
+        return siren_hidden(zoo)
+
+    def probe_features(self, batch, hidden, points):
+        import math
+
+        from .inr import grid, siren_probes
+
+        side = math.isqrt(points)
+        if side * side != points:
+            raise TaskError(f"--probes {points}: SIRENs are probed on a square grid; give a "
+                            "square number such as 16 or 64")
+        return siren_probes(batch, hidden, grid(side))
+
+
+class InrClass(_SirenProbes, _ClassLogits, Objective):
     name = "inr-class"
     target = "label"
     zoo_kinds = ("inr",)
@@ -248,7 +277,7 @@ class InrClass(_ClassLogits, Objective):
         return class_columns(self.target, list(range(self.out_dim)), pred)
 
 
-class InrEdit(Objective):
+class InrEdit(_SirenProbes, Objective):
     """Edit a SIREN so that it draws its image edited (``--target``: an edit of
     :data:`paramgraph.tasks.inr_edits.EDITS`, default ``dilate``). The edited SIREN is run on the
     zoo's pixel grid (``side``, learnt from the zoo by :meth:`fitted` and saved with the run);
@@ -296,9 +325,6 @@ class InrEdit(Objective):
         new = copy.copy(self)
         new.side = state.get("side") or 8  # a run saved before views existed: 8x8 digits
         return new
-
-    def hidden(self, zoo) -> list[int]:
-        return siren_hidden(zoo)
 
     def targets(self, zoo) -> Tensor:
         from .inr_edits import EDITS, zoo_images

@@ -180,3 +180,87 @@ def test_edit_writes_one_wide_checkpoint_of_the_average(views_zoo, tmp_path):
     other.load_state_dict(load_safetensors(tmp_path / "o.safetensors"))
     with torch.no_grad():
         assert torch.allclose(other(grid(12)).squeeze(1), expected, atol=1e-5)
+
+
+# -- probe features (each neuron's values at fixed coordinates) -----------------------------------
+
+def _sirens(count=3, hidden=(8, 8)):
+    torch.manual_seed(0)
+    mods = [Siren(list(hidden)).double() for _ in range(count)]
+    return mods, [paramgraph.from_module(m, torch.zeros(5, 2, dtype=torch.float64)) for m in mods]
+
+
+def test_siren_probes_are_every_neurons_values():
+    from paramgraph.tasks.inr import siren_probes
+
+    mods, gs = _sirens()
+    batch = Batch.from_data_list(gs)
+    coords = grid(4).double()
+    probes = siren_probes(batch, [8, 8], coords)
+    assert probes.shape == (batch.num_nodes, 16)
+    for k, (module, g) in enumerate(zip(mods, gs)):
+        seen = {}
+        hooks = [module.net[i].register_forward_hook(
+            lambda _m, _i, out, i=i: seen.__setitem__(i, out)) for i in (1, 3, 4)]
+        module(coords)
+        for h in hooks:
+            h.remove()
+        rows = probes[batch.ptr[k]:batch.ptr[k + 1]]
+        want = torch.cat([coords.t(), seen[1].t(), seen[3].t(), seen[4].t()])  # inputs first
+        assert g.num_nodes == want.shape[0]
+        order = [g.segments["net.0.bias"].start, g.segments["net.2.bias"].start,
+                 g.segments["net.4.bias"].start]
+        assert order == [2, 10, 18]  # the converter's node order: inputs, layer 1, 2, output
+        assert torch.allclose(rows, want, atol=1e-12)
+
+
+def test_quasi_with_probes_is_invariant_perm_is_not():
+    """quasi moves the probes with each neuron's gauge factor (sign flips of the sines), so
+    its output stays put under the SIRENs' group; perm's moves (the control)."""
+    from paramgraph.tasks.inr import siren_probes
+
+    _, gs = _sirens()
+    coords = grid(4)
+    gen = torch.Generator().manual_seed(1)
+    moved = [paramgraph.random_symmetry(g, generator=gen) for g in gs]
+    assert not torch.equal(moved[0].edge_value, gs[0].edge_value)
+    change = {}
+    for mode in ("quasi", "perm"):
+        net = models.MetaNet(mode=mode, hidden=16, layers=2, probes=16).double()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+            outs = [net(b, probes=siren_probes(b, [8, 8], coords))
+                    for b in (Batch.from_data_list(gs), Batch.from_data_list(moved))]
+        change[mode] = float((outs[0] - outs[1]).abs().max())
+    assert change["quasi"] < 1e-9 and change["perm"] > 1e-3, change
+
+
+def test_probe_features_are_checked():
+    _, gs = _sirens(1)
+    batch = Batch.from_data_list(gs)
+    with pytest.raises(ValueError, match="probe features need mode perm or quasi"):
+        models.MetaNet(mode="strict", probes=16)
+    net = models.MetaNet(mode="perm", hidden=8, layers=1, probes=16).double()
+    with pytest.raises(ValueError, match="reads 16 probe features"):
+        net(batch)
+    with pytest.raises(ValueError, match="width 9"):
+        net(batch, probes=torch.zeros(batch.num_nodes, 9, dtype=torch.float64))
+    with pytest.raises(ValueError, match="built with probes=0"):
+        models.MetaNet(mode="perm", hidden=8, layers=1).double()(
+            batch, probes=torch.zeros(batch.num_nodes, 16, dtype=torch.float64))
+    with pytest.raises(TaskError, match="square number"):
+        get_objective("inr-class").probe_features(batch, [8, 8], 10)
+    with pytest.raises(TaskError, match="no probe features"):
+        get_objective("generalization").probe_features(batch, None, 16)
+
+
+def test_an_inr_run_with_probes_trains_and_predicts(views_zoo, tmp_path):
+    from paramgraph.tasks.cli import main
+    from paramgraph.tasks.train import evaluate_run
+
+    run = tmp_path / "run"
+    assert main(["train", "--task", "inr-class", "--zoo", str(views_zoo.root), "--mode", "quasi",
+                 "--probes", "16", "--hidden", "8", "--layers", "1", "--epochs", "1",
+                 "--batch-size", "4", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    assert evaluate_run(run, "test")["metrics"]["accuracy"] >= 0.0
