@@ -171,12 +171,15 @@ class HeadStructure:
             in_rows[EdgeType.ATTN_IN_V][2][first_v], out_rows[2][first_v]], 1)
         partner = _rotary_partners(src, dst, edge_type, n)
         groups = []
-        for shp in torch.unique(shape, dim=0).tolist():
-            hs = (shape == torch.tensor(shp, device=device)).all(1).nonzero().squeeze(1)
+        shapes, group_of = torch.unique(shape, dim=0, return_inverse=True)
+        for g, shp in enumerate(shapes.tolist()):
+            hs = (group_of == g).nonzero().squeeze(1)
             q, k, v = _head_nodes(q_sorted, q_start[hs], v_sorted, v_start[hs], shp[:3], k_of_q)
-            pairs = _pair_positions(q, k, partner)
-            for layout in torch.unique(pairs, dim=0):  # heads rotated alike form one group
-                same = (pairs == layout).all(1)
+            # heads rotated alike form one group
+            layouts, layout_of = torch.unique(_pair_positions(q, k, partner), dim=0,
+                                              return_inverse=True)
+            for i, layout in enumerate(layouts):
+                same = layout_of == i
                 groups.append(_head_group(q[same], k[same], v[same], layout, shp[3:], in_rows,
                                           out_rows, src, dst, offsets))
         reader = torch.zeros(n, dtype=torch.bool, device=device)
