@@ -991,6 +991,18 @@ def states_differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
     return any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def assert_exact_and_symmetric(module: nn.Module, graph, error: Callable[..., float],
+                               seeds: int = 2) -> None:
+    """The graph restores ``module``'s state_dict bit for bit, and for each of ``seeds`` random
+    group elements the moved graph's weights differ while ``error(moved)`` (the relative change
+    of the function) stays below 1e-10."""
+    assert_state_equal(paramgraph.to_state_dict(graph), reference_state(module))
+    for seed in range(seeds):
+        moved = paramgraph.random_symmetry(graph, generator=torch.Generator().manual_seed(seed))
+        assert states_differ(paramgraph.to_state_dict(moved), reference_state(module))
+        assert error(moved) < 1e-10, seed
+
+
 def output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The module's output on ``x`` (eval mode, no grad) as one flat tensor (tuples joined)."""
     with torch.no_grad():
@@ -1225,6 +1237,78 @@ class LlamaLike(nn.Module):
         return self.lm_head(self.norm(x))
 
 
+def repeat_kv(x, r: int):
+    """Hugging Face's repeat_kv: [b, kv, t, d] -> [b, kv * r, t, d], key head g serving query
+    heads g r ... g r + r - 1."""
+    b, kv, t, d = x.shape
+    return x[:, :, None, :, :].expand(b, kv, r, t, d).reshape(b, kv * r, t, d)
+
+
+class GQABlock(nn.Module):
+    """LLaMA/Mistral grouped-query attention: ``heads`` query heads, ``kv`` key/value heads;
+    keys and values repeated with repeat_kv and eager softmax (``repeat="repeat_kv"``), with
+    ``repeat_interleave`` and SDPA (``"interleave"``), or handed to scaled_dot_product_attention
+    unrepeated (``"enable_gqa"``); RoPE (``rope``), RMSNorm, SwiGLU."""
+
+    def __init__(self, dim=16, heads=4, kv=2, hidden=12, repeat="repeat_kv", rope=True):
+        super().__init__()
+        self.heads, self.kv, self.d, self.repeat = heads, kv, dim // heads, repeat
+        self.rope = rope
+        self.input_layernorm, self.post_attention_layernorm = nn.RMSNorm(dim), nn.RMSNorm(dim)
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj, self.v_proj = (nn.Linear(dim, kv * self.d, bias=False) for _ in range(2))
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+        self.gate_proj, self.up_proj = (nn.Linear(dim, hidden, bias=False) for _ in range(2))
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x, cos, sin):
+        b, t, c = x.shape
+        h = self.input_layernorm(x)
+        q = self.q_proj(h).view(b, t, self.heads, self.d).transpose(1, 2)
+        k, v = (f(h).view(b, t, self.kv, self.d).transpose(1, 2)
+                for f in (self.k_proj, self.v_proj))
+        if self.rope:
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if self.repeat == "enable_gqa":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        elif self.repeat == "interleave":
+            r = self.heads // self.kv
+            k, v = k.repeat_interleave(r, dim=1), torch.repeat_interleave(v, r, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            r = self.heads // self.kv
+            k, v = repeat_kv(k, r), repeat_kv(v, r)
+            mask = torch.full((t, t), float("-inf"), dtype=x.dtype).triu(1)
+            y = torch.softmax(q @ k.transpose(2, 3) * self.d ** -0.5 + mask, dim=-1) @ v
+        x = x + self.o_proj(y.transpose(1, 2).reshape(b, t, c))
+        h = self.post_attention_layernorm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class GQALlama(LlamaLike):
+    """Grouped-query blocks of 4 query heads on 2 key/value heads with RoPE (repeat_kv and eager
+    softmax; SDPA with enable_gqa; repeat_interleave and SDPA), then multi-query attention (1
+    key/value head, no RoPE); the rest is the catalogue's LLaMA."""
+
+    def __init__(self, vocab=11, dim=16, heads=4):
+        super().__init__(vocab, dim, heads, layers=0)
+        self.layers = nn.ModuleList([GQABlock(dim, heads, 2),
+                                     GQABlock(dim, heads, 2, repeat="enable_gqa"),
+                                     GQABlock(dim, heads, 2, repeat="interleave"),
+                                     GQABlock(dim, heads, 1, rope=False)])
+
+
+class MQALlama(LlamaLike):
+    """Multi-query attention (one key/value head for 4 query heads) with RoPE, in each spelling
+    of the key/value repetition: repeat_kv and eager softmax, SDPA with enable_gqa,
+    repeat_interleave and SDPA; the key head is split off by ``view(b, t, 1, d)``."""
+
+    def __init__(self, vocab=11, dim=16, heads=4):
+        super().__init__(vocab, dim, heads, layers=0)
+        self.layers = nn.ModuleList(GQABlock(dim, heads, 1, repeat=r)
+                                    for r in ("repeat_kv", "enable_gqa", "interleave"))
+
+
 def _tokens(vocab: int, shape=(2, 6)) -> Callable[[int], torch.Tensor]:
     return lambda seed: torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
@@ -1239,4 +1323,6 @@ TRANSFORMER_LOOKALIKES: dict[str, tuple[Callable[[], nn.Module], Callable[[int],
     "vit_sinusoidal": (lambda: randomize(ViTSinusoidal(), 401), _images()),
     "gpt_decoder": (lambda: randomize(GPTLike(), 402), _tokens(11)),
     "llama_block": (lambda: randomize(LlamaLike(), 403), _tokens(11)),
+    "llama_gqa": (lambda: randomize(GQALlama(), 404), _tokens(11)),
+    "llama_mqa_rope": (lambda: randomize(MQALlama(), 408), _tokens(11)),
 }

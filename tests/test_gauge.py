@@ -305,16 +305,14 @@ class Net:
 def _attention_nets() -> list[Net]:
     """Every transformer/attention network of the test catalogue: its attention-tagged entries
     and the look-alikes of the transformers people use (ViTs, GPT, LLaMA with rotary embeddings,
-    grouped-query attention)."""
+    grouped-query and multi-query attention, with and without RoPE)."""
     from catalogue import TRANSFORMER_LOOKALIKES, catalogue
-    from test_transformers import LOOKALIKES
 
     nets = [Net(e.name, lambda e=e: e.build().double(),
                 lambda seed, e=e: random_inputs(e, 8, seed=seed))
             for e in catalogue() if {"attention", "transformer"} & set(e.tags)]
     nets += [Net(name, lambda f=f: f().double(), inputs)
-             for name, (f, inputs) in {**TRANSFORMER_LOOKALIKES,
-                                       "llama_gqa": LOOKALIKES["llama_gqa"]}.items()]
+             for name, (f, inputs) in TRANSFORMER_LOOKALIKES.items()]
     return nets
 
 
