@@ -95,7 +95,7 @@ class GraphStructure:
     @classmethod
     def of(cls, batch) -> "GraphStructure":
         """Read the structure of ``batch`` (a ``Batch`` of ParamGraphs or one ParamGraph)."""
-        edge_index = batch.edge_index
+        edge_index = batch.edge_index.long()  # graphs store int32 ids; scatter needs int64
         device = edge_index.device
         src, dst = edge_index[0], edge_index[1]
         n = int(batch.num_nodes)

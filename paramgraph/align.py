@@ -158,7 +158,7 @@ class _Matcher:
         start = torch.arange(n) - torch.where(in_group, pos, torch.zeros_like(pos))
         role = torch.zeros(n, dtype=torch.long)
         role[s.nodes] = s.role.long()
-        src, dst = graph.edge_index
+        src, dst = graph.endpoints()
         weight = graph.weight_edge_mask()
         value_edge = graph.value_edges()
         within = torch.arange(value_edge.numel()) - graph.edge_offsets()[value_edge]
@@ -368,7 +368,7 @@ def align(a: ParamGraph, b: ParamGraph, *, scales: bool = True, match: str = "we
 
 def _restricted(graph: ParamGraph, nodes: Tensor) -> ParamGraph:
     """``graph`` with the values of every edge that leaves ``nodes`` (bool [N]) set to 0."""
-    src, dst = graph.edge_index
+    src, dst = graph.endpoints()
     inside = nodes[src] & nodes[dst]
     mask = torch.repeat_interleave(inside, graph.edge_size.long())
     return graph.with_values(torch.where(mask, graph.edge_value,

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import memory
 from .errors import UnsupportedModuleError
-from .layout import Segment, SegmentTable, dtype_name, new_graph
+from .layout import INDEX_DTYPE, Segment, SegmentTable, dtype_name, new_graph
 from .symmetry import derive_symmetries
 from .types import (
     ATTENTION_NODE_TYPES,
@@ -853,7 +853,7 @@ class GraphBuilder:
             self.segments.sort(key=lambda seg: rank.get(seg.name, len(rank)))
         dtype = self._value_dtype()
         n, e, v = self.num_nodes, self.num_edges, self.num_values
-        edge_index = memory.empty((2, e), torch.long)
+        edge_index = memory.empty((2, e), INDEX_DTYPE)
         edge_type = memory.empty(e, torch.int8)
         edge_size = memory.empty(e, torch.int32)
         edge_value = memory.empty(v, dtype)
@@ -892,26 +892,28 @@ class GraphBuilder:
     @staticmethod
     def _fill_block(b: _Block, edge_index, edge_type, edge_size, edge_value) -> None:
         e0, e1 = b.edge_start, b.edge_start + b.num_edges
+        # the node ids in the index's dtype first, so each large copy is a plain one
+        src = b.src.to(INDEX_DTYPE)
         if b.source_major:  # dense, edges ordered (in, out); one edge type
-            n_in = b.src.numel()
-            edge_index[0, e0:e1].view(n_in, b.n_out).copy_(b.src.unsqueeze(1).expand(n_in, b.n_out))
-            cols = torch.arange(b.dst_start, b.dst_start + b.n_out)
+            n_in = src.numel()
+            edge_index[0, e0:e1].view(n_in, b.n_out).copy_(src.unsqueeze(1).expand(n_in, b.n_out))
+            cols = torch.arange(b.dst_start, b.dst_start + b.n_out, dtype=INDEX_DTYPE)
             edge_index[1, e0:e1].view(n_in, b.n_out).copy_(cols.expand(n_in, b.n_out))
             if isinstance(b.etype, Tensor):  # per output: a carved fused projection
                 edge_type[e0:e1].view(n_in, b.n_out).copy_(b.etype.expand(n_in, b.n_out))
             else:
                 edge_type[e0:e1] = b.etype
         elif b.dst is None:
-            n_in = b.src.numel()
-            edge_index[0, e0:e1].view(b.n_out, n_in).copy_(b.src.expand(b.n_out, n_in))
-            rows = torch.arange(b.dst_start, b.dst_start + b.n_out).unsqueeze(1)
+            n_in = src.numel()
+            edge_index[0, e0:e1].view(b.n_out, n_in).copy_(src.expand(b.n_out, n_in))
+            rows = torch.arange(b.dst_start, b.dst_start + b.n_out, dtype=INDEX_DTYPE).unsqueeze(1)
             edge_index[1, e0:e1].view(b.n_out, n_in).copy_(rows.expand(b.n_out, n_in))
             if isinstance(b.etype, Tensor):
                 edge_type[e0:e1].view(b.n_out, n_in).copy_(b.etype.unsqueeze(1).expand(b.n_out, n_in))
             else:
                 edge_type[e0:e1] = b.etype
         else:
-            edge_index[0, e0:e1] = b.src
+            edge_index[0, e0:e1] = src
             edge_index[1, e0:e1] = b.dst
             edge_type[e0:e1] = b.etype
         edge_size[e0:e1] = b.size

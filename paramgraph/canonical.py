@@ -67,7 +67,7 @@ class ScaleStructure:
     @classmethod
     def of(cls, graph: ParamGraph) -> "ScaleStructure":
         """The structure of one (unbatched) graph."""
-        src, dst = graph.edge_index
+        src, dst = graph.endpoints()
         weight = graph.weight_edge_mask()
         layer = graph.node_layer.long()
         plain = graph.node_norm == int(NormKind.NONE)

@@ -128,6 +128,7 @@ class HeadStructure:
         """Read the heads from the edges (``None`` where there is no attention). Raises
         ValueError where the wiring is not the converter's (one head's rows reading different
         sources, out-projection targets that also have other weight inputs, kernels)."""
+        src, dst = src.long(), dst.long()  # (graphs store int32 ids; scatter needs int64)
         node_type = node_type.long()
         edge_type = edge_type.long()
         n = int(node_type.numel())

@@ -103,7 +103,7 @@ def _node_features(g: ParamGraph) -> Tensor:
     weight = g.weight_edge_mask()
     ve = g.value_edges()
     wv = torch.where(weight[ve], g.edge_value, torch.zeros_like(g.edge_value))
-    src, dst = g.edge_index
+    src, dst = g.endpoints()
     cols = []
     for end in (dst, src):
         node_of_value = end[ve]

@@ -119,7 +119,7 @@ def _draw_full(ax, graph: ParamGraph, per_layer: torch.Tensor) -> None:
     tallest = max(int(per_layer.max()), 1) if n else 1
     y = (rank.double() - (per_layer[layer].double() - 1) / 2) / tallest
     x = layer.double()
-    src, dst = graph.edge_index
+    src, dst = graph.endpoints()
     weight = graph.weight_edge_mask()
     segs = _paths(x[src], y[src], x[dst], y[dst])
     if (~weight).any():

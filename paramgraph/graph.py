@@ -11,7 +11,7 @@ Layout (N nodes, E edges, V edge values):
 ==================  ============  =========================================================
 field               shape         meaning
 ==================  ============  =========================================================
-``edge_index``      [2, E] long   (source neuron, target neuron) of every edge
+``edge_index``      [2, E] int32  (source neuron, target neuron) of every edge
 ``edge_value``      [V] float     every edge's values, concatenated in edge order; a linear
                                   edge holds 1 value, a conv edge its flattened kernel
 ``edge_size``       [E] int32     how many values each edge holds (its kernel size)

@@ -154,7 +154,9 @@ def read_graph_file(path: str | os.PathLike) -> GraphFile:
     for name, t in tensors.items():
         if name.startswith("graph/"):
             key = name[len("graph/"):]
-            fields[key] = t.long() if key in narrowed and t.dtype == torch.int32 else t
+            if key in narrowed and t.dtype == torch.int32:  # back to the field's dtype
+                t = t.to(FIELDS[key][0] or torch.long) if key in FIELDS else t.long()
+            fields[key] = t
         elif name.startswith("extra/"):
             extra[name[len("extra/"):]] = t
     for key, (dtype, _) in FIELDS.items():

@@ -28,11 +28,17 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _DTYPES = {str(t).removeprefix("torch."): t for t in FLOAT_DTYPES}
 
 
+# The dtype of edge_index. Node ids fit in 32 bits for any network there is (2^31 neurons), and an
+# edge list is most of a graph's bytes: int64 ids made filling a GPT-2-sized graph (125M edges)
+# take 1.5x as long. Code that scatters along edges (torch's scatter needs int64) widens the ids
+# it needs with .long(), batch by batch.
+INDEX_DTYPE = torch.int32
+
 # Every tensor field of a ParamGraph: (the dtype a valid graph stores it in, None for the
 # network's own floating dtype; what its first dimension counts). The one list of fields:
 # ParamGraph.validate, graph files and the metanet's input check read it.
 FIELDS: dict[str, tuple[torch.dtype | None, str]] = {
-    "edge_index": (torch.long, "2"), "edge_value": (None, "values"),
+    "edge_index": (INDEX_DTYPE, "2"), "edge_value": (None, "values"),
     "edge_size": (torch.int32, "edges"), "edge_type": (torch.int8, "edges"),
     "node_value": (None, "nodes"), "node_mask": (torch.bool, "nodes"),
     "node_type": (torch.int8, "nodes"), "node_layer": (torch.long, "nodes"),
@@ -140,6 +146,12 @@ class GraphFields:
         """Number of converted parameter and buffer values (learned edges and present slots)."""
         weight = self.weight_edge_mask()
         return int(self.edge_size[weight].sum()) + int(self.node_mask.sum())
+
+    def endpoints(self) -> tuple[Tensor, Tensor]:
+        """``(src, dst)``: each edge's source and target node as int64, the index dtype torch's
+        scatter operations need (``edge_index`` itself is int32)."""
+        src, dst = self.edge_index.long()
+        return src, dst
 
     def edge_offsets(self) -> Tensor:
         """[E] long: where each edge's values start in ``edge_value``."""

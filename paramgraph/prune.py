@@ -53,7 +53,7 @@ def dead_positions(graph: ParamGraph, threshold: float = 0.0) -> dict[int, Tenso
     big = torch.zeros(n, dtype=torch.float64)
     vals = torch.where(weight[ve], graph.edge_value.double().abs(),
                        torch.zeros_like(graph.edge_value, dtype=torch.float64))
-    src, dst = graph.edge_index
+    src, dst = graph.endpoints()
     for end in (src, dst):
         big = big.scatter_reduce(0, end[ve], vals, "amax", include_self=True)
     has_weight = torch.zeros(n, dtype=torch.bool)
@@ -184,10 +184,10 @@ def _transfer(big: ParamGraph, small: ParamGraph, keep: Tensor) -> ParamGraph | 
     for f in fields:
         if not torch.equal(getattr(big, f)[keep], getattr(small, f)):
             return None
-    src, dst = big.edge_index
+    src, dst = big.endpoints()
     kept_edge = keep[src] & keep[dst]
     n = small.num_nodes
-    s_src, s_dst = small.edge_index
+    s_src, s_dst = small.endpoints()
     s_key = (small.edge_type.long() * n + s_src) * n + s_dst
     b_ids = kept_edge.nonzero().squeeze(1)
     b_key = (big.edge_type.long()[b_ids] * n + new_id[src[b_ids]]) * n + new_id[dst[b_ids]]

@@ -500,7 +500,7 @@ def edge_destinations(graph: ParamGraph, new_of: Tensor) -> Tensor:
     their order: the r-th such edge between two nodes goes to the r-th between their images.
     """
     n = graph.num_nodes
-    src, dst = graph.edge_index
+    src, dst = graph.endpoints()
     etype = graph.edge_type.long()
     key = (etype * n + src) * n + dst
     sorted_key, order = torch.sort(key, stable=True)
@@ -521,7 +521,7 @@ def _scale_values(graph, factor: Tensor, edge_value: Tensor, node_value: Tensor)
     if bool((factor == 1).all()):
         return edge_value, node_value
     f = factor.to(edge_value.dtype)
-    src, dst = graph.edge_index
+    src, dst = graph.endpoints()
     plain = graph.node_norm == int(NormKind.NONE)  # normalised neurons scale their norm's affine
     into = torch.where(plain[dst], f[dst], torch.ones_like(f[dst]))
     mult = torch.where(graph.weight_edge_mask(), into / f[src], torch.ones_like(into))
@@ -566,7 +566,7 @@ def _attention_blocks(graph: ParamGraph) -> list[_AttentionBlock]:
 
 def _incoming_matrix(graph, edge_value, offsets, etype: EdgeType, dst_nodes: Tensor) -> Tensor:
     """Edge ids of the ``etype`` edges into ``dst_nodes``, as a [len(dst_nodes), fan_in] matrix."""
-    src, dst = graph.edge_index
+    src, dst = graph.endpoints()
     ids = ((graph.edge_type == int(etype)) & torch.isin(dst, dst_nodes)).nonzero().squeeze(1)
     ids = ids[torch.argsort(dst[ids] * graph.num_nodes + src[ids])]  # rows by target, then source
     return ids.view(dst_nodes.numel(), -1)
@@ -595,7 +595,7 @@ def _head_maps(graph, element: GroupElement, edge_value: Tensor, node_value: Ten
             b = node_value[nodes, bias].view(h, nodes.numel() // h, 1)
             node_value[nodes, bias] = (left @ b).reshape(-1)
         if nmap is not None:
-            src, dst = graph.edge_index
+            src, dst = graph.endpoints()
             ids = ((graph.edge_type == int(EdgeType.ATTN_OUT)) & torch.isin(src, block.v))
             ids = ids.nonzero().squeeze(1)
             # [out, v, r] order: a value neuron is read once per query head of its group
@@ -611,7 +611,7 @@ def _head_maps(graph, element: GroupElement, edge_value: Tensor, node_value: Ten
 def _rotary_pairs(graph: ParamGraph, block: _AttentionBlock) -> Tensor | None:
     """``[P, 2]`` positions inside a head of the query dimensions a rotary embedding rotates
     together (read from the ROTARY edges), or None for a block without one."""
-    src, dst = graph.edge_index
+    src, dst = graph.endpoints()
     rot = (graph.edge_type == int(EdgeType.ROTARY)) & torch.isin(src, block.q[: block.d])
     if not bool(rot.any()):
         return None

@@ -44,7 +44,7 @@ from .io import sha256_text
 from .objectives import Objective, objective_of_target
 from .zoo import Zoo
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: edge_index in int32
 SHARD_SIZE = 1024
 
 

@@ -106,6 +106,22 @@ def test_graph_file_round_trip_is_exact_and_pickle_free(tmp_path, cnn):
         assert torch.equal(t, cnn.state_dict()[key]), key
 
 
+def test_edge_index_is_int32_and_files_with_int64_ids_still_load(tmp_path, cnn):
+    graph = pg.from_module(cnn, torch.randn(2, 1, 8, 8))
+    assert graph.edge_index.dtype == torch.int32 == FIELDS["edge_index"][0]
+    src, dst = graph.endpoints()  # what scatter operations read
+    assert src.dtype == dst.dtype == torch.long
+    assert torch.equal(torch.stack([src, dst]), graph.edge_index.long())
+    old = graph.clone()
+    old.edge_index = graph.edge_index.long()  # the layout of graph files written before int32
+    loaded = pg.load_graph(pg.save_graph(old, tmp_path / "old.pgraph"))
+    assert loaded.edge_index.dtype == torch.int32
+    assert torch.equal(loaded.edge_index, graph.edge_index)
+    # control: the saver narrows int64 fields on disk and says so, which is what lets it load
+    with safe_open(str(tmp_path / "old.pgraph"), framework="pt") as f:
+        assert "edge_index" in json.loads(f.metadata()["int64_as_int32"])
+
+
 def test_graph_file_keeps_extra_scalar_fields(tmp_path, cnn):
     graph = pg.from_module(cnn, torch.randn(2, 1, 8, 8))
     graph.y = 0.75
