@@ -46,6 +46,7 @@ class Backbone(nn.Module):
     picks ``symlog`` reads of the value channels (the default) or raw ones.
     ``graph_dim``: width of the per-graph features the invariant head also reads.
     ``copies``: networks the weight head writes (output channel expansion).
+    ``output_readout``: the invariant head also reads the mean over output neurons.
     ``checkpoint`` recomputes each round in the backward pass instead of storing its
     activations (about a third more time, a fraction of the memory on large graphs).
     ``compile``: run the rounds through ``torch.compile`` (dynamic shapes; fused element-wise
@@ -58,7 +59,8 @@ class Backbone(nn.Module):
     def __init__(self, task: str, out_dim: int, hidden: int, layers: int, channels: int,
                  aggrs: Sequence[str], kernel_cap: int, constrained: bool,
                  compress: bool = True, checkpoint: bool = False, graph_dim: int = 0,
-                 copies: int = 1, compile: bool = False, probes: int = 0):
+                 copies: int = 1, compile: bool = False, probes: int = 0,
+                 output_readout: bool = False):
         super().__init__()
         if constrained and channels < 1:
             raise ValueError("strict mode needs at least one value channel (channels >= 1)")
@@ -80,7 +82,8 @@ class Backbone(nn.Module):
             self.edge_triv = nn.Linear(hidden, c, bias=False)
         self.layers = nn.ModuleList([ValueLayer(hidden, c, aggrs) for _ in range(layers)])
         if task == "invariant":
-            self.head = InvariantHead(hidden + 2 * c, hidden + c, hidden, out_dim, graph_dim)
+            self.head = InvariantHead(hidden + 2 * c, hidden + c, hidden, out_dim, graph_dim,
+                                      output_readout)
         else:
             self.head = WeightHead(hidden, c, kernel_cap, constrained, copies)
 

@@ -2,9 +2,12 @@
 
 :class:`InvariantHead` pools the nodes and the edges of each graph separately (mean and max) and
 maps the concatenation with an MLP: :math:`y_G = \\mathrm{MLP}([\\mathrm{mean}_v h_v,
-\\max_v h_v, \\mathrm{mean}_e e_e, \\max_e e_e, s_G])`, with :math:`s_G` the optional
-statistics pathway (:mod:`paramgraph.models.statistics`). Pooling over a whole graph is invariant
-to any permutation of its neurons.
+\\max_v h_v, \\mathrm{mean}_e e_e, \\max_e e_e, o_G, s_G])`, with :math:`s_G` the optional
+statistics pathway (:mod:`paramgraph.models.statistics`) and :math:`o_G = \\mathrm{mean}_{v
+\\in \\mathrm{out}(G)} h_v` the optional *output readout*: the mean over the network's output
+neurons alone, which the whole-graph pools dilute among all the others (an INR's output neuron
+carries the image when it reads probe features). Pooling over a whole graph, or over its output
+neurons (never permuted), is invariant to any permutation of its neurons.
 
 :class:`WeightHead` predicts a change for every learned value in the input graph's exact layout:
 per value of every weight edge (a kernel edge gets one output per kernel position, through the
@@ -25,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from paramgraph.types import NodeType
+
 from .encoders import KernelBins
 from .layers import scatter_max
 from .structure import GraphStructure
@@ -43,9 +48,11 @@ class InvariantHead(nn.Module):
     """Per-graph readout; ``forward(st, node_feats, edge_feats) -> [num_graphs, out_dim]``."""
 
     def __init__(self, node_dim: int, edge_dim: int, hidden: int, out_dim: int,
-                 graph_dim: int = 0):
+                 graph_dim: int = 0, output_readout: bool = False):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(2 * node_dim + 2 * edge_dim + graph_dim, hidden),
+        self.output_readout = output_readout
+        width = 2 * node_dim + 2 * edge_dim + graph_dim + (node_dim if output_readout else 0)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden),
                                  nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                                  nn.Linear(hidden, out_dim))
 
@@ -55,6 +62,10 @@ class InvariantHead(nn.Module):
         (the statistics pathway) concatenated to the pooled nodes and edges."""
         parts = [graph_pool(h, st.node_graph, st.num_graphs),
                  graph_pool(e, st.edge_graph, st.num_graphs)]
+        if self.output_readout:
+            out = st.node_type == int(NodeType.OUTPUT)
+            parts.append(scatter(h[out], st.node_graph[out], 0, dim_size=st.num_graphs,
+                                 reduce="mean"))
         if graph_feats is not None:
             parts.append(graph_feats)
         return self.mlp(torch.cat(parts, dim=1))

@@ -95,6 +95,9 @@ class MetaNet(nn.Module):
         compile: run the message-passing rounds through ``torch.compile`` (same results to
             float rounding; pays off on long runs, see README "Training throughput"), with an
             eager fallback where it fails.
+        probes: read ``probes`` probe features per neuron (``forward``'s ``probes``).
+        output_readout: the invariant head also reads the mean of the output neurons' features
+            (:class:`~paramgraph.models.heads.InvariantHead`).
 
     Raises ``ValueError`` for an unknown mode, task, frame or aggregator, and for
     ``channels=0`` in ``strict`` mode.
@@ -108,7 +111,7 @@ class MetaNet(nn.Module):
                  sweeps: int = BALANCE_SWEEPS, compress: bool = True,
                  statistics: bool = False, soft_signs: bool = True, frame: str = "gauged",
                  checkpoint: bool = False, copies: int = 1, compile: bool = False,
-                 probes: int = 0):
+                 probes: int = 0, output_readout: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
@@ -140,7 +143,8 @@ class MetaNet(nn.Module):
                                  constrained=mode == "strict", compress=compress,
                                  checkpoint=checkpoint,
                                  graph_dim=hidden if self.statistics is not None else 0,
-                                 copies=copies, compile=compile, probes=probes)
+                                 copies=copies, compile=compile, probes=probes,
+                                 output_readout=output_readout)
 
     @property
     def dtype(self) -> torch.dtype:

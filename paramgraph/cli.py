@@ -228,6 +228,7 @@ def _number_type(convert, valid, what: str, not_a_number: str):
 
 # argparse types shared by every command of the command line
 positive_int = _number_type(int, lambda v: v >= 1, "a positive integer", "a positive integer")
+nonneg_int = _number_type(int, lambda v: v >= 0, "a non-negative integer", "an integer")
 nonneg_float = _number_type(float, lambda v: not v < 0, "a non-negative number", "a number")
 unit_interval = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)", "a number")
 

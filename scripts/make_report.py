@@ -76,9 +76,16 @@ METHODS = {
     "quasi-ema": {"mode": "quasi", "train": {"ema": 0.99}},
     "perm-ema": {"mode": "perm", "train": {"ema": 0.99}},
     "strict-ema": {"mode": "strict", "train": {"ema": 0.99}},
-    # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates
-    "quasi-probes": {"mode": "quasi", "model": {"probes": 16}},
-    "perm-probes": {"mode": "perm", "model": {"probes": 16}},
+    # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
+    # probe runs, before inr-class read the output neuron)
+    "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},
+    "perm-probes": {"mode": "perm", "model": {"probes": 16, "output_readout": False}},
+    # ... on an 8x8 grid, and the head also reads the output neuron (whose probes are the image):
+    # inr-class's defaults since issue 11; these rows are its ablations
+    "quasi-probes64-out": {"mode": "quasi", "model": {"probes": 64, "output_readout": True}},
+    "quasi-probes16-out": {"mode": "quasi", "model": {"probes": 16, "output_readout": True}},
+    "quasi-probes64-noout": {"mode": "quasi", "model": {"probes": 64, "output_readout": False}},
+    "quasi-noprobes": {"mode": "quasi", "model": {"probes": 0, "output_readout": False}},
 }
 MODES = ("quasi", "strict", "perm")
 ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 4000}  # inr: 16x16 views (issue 11)

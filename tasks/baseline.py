@@ -78,6 +78,28 @@ def zoo_features(zoo: Zoo, ids: list[int] | None = None) -> np.ndarray:
     return np.stack([features(zoo.state_dict(i), hetero) for i in ids])
 
 
+def rendered_features(zoo: Zoo, ids: list[int] | None = None, side: int = 8) -> np.ndarray:
+    """``[n, side * side]``: each SIREN's output on a ``side x side`` grid, i.e. the image it
+    draws, read at the points where ``--probes side^2`` probes it. Not a statistic of the
+    weights: the reference for what reading the output neuron's probe features alone gives."""
+    from .inr import batched_forward, grid, layer_names
+    from .objectives import siren_hidden
+
+    ids = list(range(len(zoo))) if ids is None else ids
+    names = layer_names(siren_hidden(zoo))
+    out = []
+    for start in range(0, len(ids), 512):
+        states = [zoo.state_dict(i) for i in ids[start:start + 512]]
+        params = [torch.stack([sd[f"{name}.{kind}"].double() for sd in states])
+                  for name in names for kind in ("weight", "bias")]
+        out.append(batched_forward(params, grid(side).double()).numpy())
+    return np.concatenate(out)
+
+
+# The feature sets of `paramgraph baseline --features`: name -> features of the whole zoo.
+FEATURE_SETS = {"statistics": zoo_features, "rendered": rendered_features}
+
+
 def fit_predict(task: str | Objective, zoo: Zoo, split_train: str = "train", split_eval: str = "test",
                 seed: int = 0, x_all: np.ndarray | None = None) -> dict:
     """Fit the baseline for ``task`` on one split and predict another.

@@ -41,7 +41,7 @@ import sys
 
 from paramgraph import __version__
 from paramgraph import cli as pg_cli
-from paramgraph.cli import nonneg_float, positive_int, unit_interval
+from paramgraph.cli import nonneg_float, nonneg_int, positive_int, unit_interval
 from paramgraph.errors import ParamGraphError
 
 PROG = pg_cli.PROG
@@ -170,9 +170,10 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--copies", type=pos, default=1, metavar="K",
                    help="inr-edit: output channel expansion, the weight head writes K SIRENs "
                    "whose outputs are averaged, decoded into one K times wider (default 1)")
-    p.add_argument("--probes", type=pos, default=None, metavar="P",
+    p.add_argument("--probes", type=nonneg_int, default=None, metavar="P",
                    help="inr tasks: give the metanet probe features, each neuron's values at P "
-                   "fixed coordinates (a square grid: 16, 64, ...)")
+                   "fixed coordinates (a square grid: 16, 64, ...; inr-class: 64 by default, "
+                   "0 for none)")
     p.add_argument("--compile", action="store_true",
                    help="run the message-passing rounds through torch.compile (~1.2x per step "
                    "on CPU once compiled; the first batches pay minutes of compilation; eager "
@@ -223,6 +224,10 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--zoo", metavar="DIR", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", choices=("id", "ood"), default="id")
+    p.add_argument("--features", default="statistics", metavar="SET",
+                   help="statistics: per-tensor weight statistics (the baseline); rendered "
+                   "(SIREN zoos): the image each SIREN draws on an 8x8 grid, what the output "
+                   "neuron's default probe features hold")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_baseline)
 
@@ -454,7 +459,7 @@ def _model_kwargs(args) -> dict:
         kwargs["copies"] = args.copies
     if args.compile:
         kwargs["compile"] = True
-    if args.probes:
+    if args.probes is not None:  # 0 switches off a task's default probes
         kwargs["probes"] = args.probes
     return kwargs
 
@@ -515,21 +520,27 @@ def cmd_plot(args) -> int:
 
 def cmd_baseline(args) -> int:
     """Handler of ``paramgraph baseline``."""
-    from .baseline import fit_predict
+    from .baseline import FEATURE_SETS, fit_predict
+    from .errors import TaskError
     from .objectives import get_objective
     from .zoo import Zoo
 
     zoo = Zoo(args.zoo)
     objective = get_objective(args.task, args.target)
     objective.check_zoo(zoo)
+    if args.features not in FEATURE_SETS:
+        raise TaskError(f"unknown --features '{args.features}' (known: "
+                        f"{', '.join(FEATURE_SETS)})")
     pre = "" if args.splits == "id" else "ood_"
-    result = fit_predict(objective, zoo, f"{pre}train", f"{pre}test", seed=args.seed)
+    x_all = FEATURE_SETS[args.features](zoo)
+    result = fit_predict(objective, zoo, f"{pre}train", f"{pre}test", seed=args.seed,
+                         x_all=x_all)
     if args.json:
         print(json.dumps({"metrics": result["metrics"], "seconds": result["seconds"]}, indent=1))
     else:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
         task = args.task if args.target is None else f"{args.task} of {args.target}"
-        print(f"statistics baseline, {task} on {zoo.root} ({pre}test): {metrics} "
+        print(f"{args.features} baseline, {task} on {zoo.root} ({pre}test): {metrics} "
               f"({result['seconds']:.1f} s)")
     return 0
 

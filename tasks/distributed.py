@@ -411,6 +411,8 @@ class _GraphOutputs(torch.nn.Module):
     def __init__(self, ddp: torch.nn.Module):
         super().__init__()
         self.ddp = ddp
+        # what the task reads off the metanet to feed it (probe features per neuron)
+        self.probes = getattr(ddp.module.net, "probes", 0)
 
     def forward(self, *args, **kwargs):
         return self.ddp(*args, **kwargs)[0]

@@ -73,6 +73,11 @@ class Objective:
     references: tuple[str, ...] = ()
     scatter_label: str | None = None
 
+    def model_defaults(self, mode: str) -> dict:
+        """The metanet options this task trains with unless a run sets them (``MetaNet``
+        keyword arguments), for metanets of ``mode``; none by default."""
+        return {}
+
     def check_zoo(self, zoo) -> None:
         """Raise :class:`TaskError` if ``zoo`` cannot serve this task."""
         if zoo.kind not in self.zoo_kinds:
@@ -134,7 +139,7 @@ class Objective:
         ``[B, 64]`` edited-SIREN images. Differentiable. ``structure``: the batch's
         ``GraphStructure`` from ``models.prepare`` (read on the host before the batch moved).
         A metanet built with ``probes`` gets this task's probe features of the batch."""
-        points = getattr(getattr(net, "module", net), "probes", 0)  # through a DDP wrapper
+        points = getattr(net, "probes", 0)  # (the data-parallel wrapper passes it on)
         kwargs = {"probes": self.probe_features(batch, hidden, points)} if points else {}
         args = (batch,) if structure is None and not kwargs else (batch, structure)
         return self.from_output(net(*args, **kwargs), hidden)
@@ -265,6 +270,12 @@ class InrClass(_SirenProbes, _ClassLogits, Objective):
     target = "label"
     zoo_kinds = ("inr",)
     out_dim = 10
+
+    def model_defaults(self, mode: str) -> dict:
+        # Probe features on an 8x8 grid, and a readout of the output neuron, whose probes are
+        # the image the SIREN draws: without them classification from independent
+        # initialisations stays at chance (README, "INR benchmarks"). strict reads no probes.
+        return {} if mode == "strict" else {"probes": 64, "output_readout": True}
 
     def targets(self, zoo) -> Tensor:
         import torch

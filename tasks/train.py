@@ -32,7 +32,7 @@ import io
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +202,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
                            "choose another --out")
     objective = get_objective(cfg.task, cfg.target)
     from paramgraph.models import MODES
+
+    if not resume:  # the task's metanet defaults, written into the run's config
+        cfg = replace(cfg, model_kwargs={**objective.model_defaults(cfg.mode),
+                                         **cfg.model_kwargs})
 
     if cfg.mode not in MODES:
         raise TaskError(f"unknown mode '{cfg.mode}' (known: {', '.join(MODES)})")

@@ -214,9 +214,11 @@ def test_siren_probes_are_every_neurons_values():
         assert torch.allclose(rows, want, atol=1e-12)
 
 
-def test_quasi_with_probes_is_invariant_perm_is_not():
+@pytest.mark.parametrize("output_readout", [False, True])
+def test_quasi_with_probes_is_invariant_perm_is_not(output_readout):
     """quasi moves the probes with each neuron's gauge factor (sign flips of the sines), so
-    its output stays put under the SIRENs' group; perm's moves (the control)."""
+    its output stays put under the SIRENs' group, with or without the readout of the output
+    neuron; perm's moves (the control)."""
     from paramgraph.tasks.inr import siren_probes
 
     _, gs = _sirens()
@@ -226,7 +228,8 @@ def test_quasi_with_probes_is_invariant_perm_is_not():
     assert not torch.equal(moved[0].edge_value, gs[0].edge_value)
     change = {}
     for mode in ("quasi", "perm"):
-        net = models.MetaNet(mode=mode, hidden=16, layers=2, probes=16).double()
+        net = models.MetaNet(mode=mode, hidden=16, layers=2, probes=16,
+                             output_readout=output_readout).double()
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
@@ -234,6 +237,32 @@ def test_quasi_with_probes_is_invariant_perm_is_not():
                     for b in (Batch.from_data_list(gs), Batch.from_data_list(moved))]
         change[mode] = float((outs[0] - outs[1]).abs().max())
     assert change["quasi"] < 1e-9 and change["perm"] > 1e-3, change
+
+
+def test_the_output_readout_reads_the_output_neurons_alone():
+    """The head's extra input is the mean of each graph's output neurons' features (a SIREN
+    has one: its features themselves); another neuron's features do not reach it."""
+    from paramgraph.models.heads import InvariantHead
+    from paramgraph.models.structure import GraphStructure
+    from paramgraph.types import NodeType
+
+    _, gs = _sirens(2)
+    st = GraphStructure.of(Batch.from_data_list(gs))
+    head = InvariantHead(4, 3, 8, 1, output_readout=True).double()
+    seen = []
+    head.mlp[0].register_forward_hook(lambda _m, inp, _o: seen.append(inp[0][:, -4:].clone()))
+    h = torch.randn(st.num_nodes, 4, dtype=torch.float64)
+    e = torch.randn(st.num_edges, 3, dtype=torch.float64)
+    head(st, h, e)
+    out = (st.node_type == int(NodeType.OUTPUT)).nonzero().squeeze(1)
+    assert out.numel() == 2  # one output neuron per SIREN
+    assert torch.equal(seen[0], h[out])
+    hidden = h.clone()
+    hidden[0] += 5.0  # an input neuron of the first SIREN
+    head(st, hidden, e)
+    assert torch.equal(seen[1], seen[0])
+    # control: without the readout the head's input is narrower and holds no such block
+    assert InvariantHead(4, 3, 8, 1).mlp[0].in_features == 2 * 4 + 2 * 3
 
 
 def test_probe_features_are_checked():
@@ -253,6 +282,45 @@ def test_probe_features_are_checked():
         get_objective("inr-class").probe_features(batch, [8, 8], 10)
     with pytest.raises(TaskError, match="no probe features"):
         get_objective("generalization").probe_features(batch, None, 16)
+
+
+def test_inr_class_defaults_to_probes_and_the_output_readout(views_zoo, tmp_path):
+    """A run's config records the task's metanet defaults; --probes 0 switches probes off;
+    strict (which cannot read probes) gets none."""
+    import json
+
+    from paramgraph.tasks.cli import main
+
+    common = ["--task", "inr-class", "--zoo", str(views_zoo.root), "--hidden", "8", "--layers",
+              "1", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress"]
+    kwargs = {}
+    for name, extra in (("quasi", ["--mode", "quasi"]), ("off", ["--mode", "perm", "--probes", "0"]),
+                        ("strict", ["--mode", "strict"])):
+        assert main(["train", *common, *extra, "--out", str(tmp_path / name)]) == 0
+        kwargs[name] = json.loads((tmp_path / name / "config.json").read_text())["config"][
+            "model_kwargs"]
+    assert kwargs == {"quasi": {"probes": 64, "output_readout": True},
+                      "off": {"probes": 0, "output_readout": True}, "strict": {}}
+
+
+def test_the_rendered_baseline_reads_what_each_siren_draws(views_zoo, capsys):
+    from paramgraph.tasks.baseline import FEATURE_SETS, rendered_features
+    from paramgraph.tasks.cli import main
+
+    assert FEATURE_SETS["rendered"] is rendered_features
+    x = rendered_features(views_zoo, [0, 3], side=8)
+    assert x.shape == (2, 64)
+    for row, i in zip(x, (0, 3)):
+        siren = Siren([8, 8]).double()
+        siren.load_state_dict({k: v.double() for k, v in views_zoo.state_dict(i).items()})
+        with torch.no_grad():
+            want = siren(grid(8).double()).squeeze(1).numpy()
+        assert np.allclose(row, want, atol=1e-12)
+    args = ["baseline", "--task", "inr-class", "--zoo", str(views_zoo.root), "--features"]
+    assert main([*args, "rendered"]) == 0
+    assert "rendered baseline, inr-class" in capsys.readouterr().out
+    assert main([*args, "pixels"]) == 2
+    assert "unknown --features 'pixels' (known: statistics, rendered)" in capsys.readouterr().err
 
 
 def test_an_inr_run_with_probes_trains_and_predicts(views_zoo, tmp_path):
