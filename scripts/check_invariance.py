@@ -54,14 +54,19 @@ def check_run(run: str, split: str, draws: int, scale_range: tuple[float, float]
     graphs = [dataset[k] for k in range(len(dataset))]
     gen = torch.Generator().manual_seed(0)
     changes, flags = [], [collapsed(g) for g in graphs]
+
+    def predict(nets):
+        batch, structure = prepare(Batch.from_data_list(nets))
+        return objective.predict(net, batch, data.hidden, structure)
+
     with torch.no_grad():
         for start in range(0, len(graphs), batch_size):
             chunk = graphs[start:start + batch_size]
-            base = objective.predict(net, *prepare(Batch.from_data_list(chunk)), data.hidden)
+            base = predict(chunk)
             for _ in range(draws):
                 moved = [paramgraph.random_symmetry(g, generator=gen, heads=heads,
                                                     scale_range=scale_range) for g in chunk]
-                pred = objective.predict(net, *prepare(Batch.from_data_list(moved)), data.hidden)
+                pred = predict(moved)
                 diff = (pred - base).abs().reshape(len(chunk), -1).amax(1)
                 changes.append(diff)
     per_net = torch.stack([torch.cat(changes[i::draws]) for i in range(draws)]).amax(0)
