@@ -174,6 +174,9 @@ def add_task_commands(subparsers) -> None:
                    help="inr tasks: give the metanet probe features, each neuron's values at P "
                    "fixed coordinates (a square grid: 16, 64, ...; inr-class: 64 by default, "
                    "0 for none)")
+    p.add_argument("--output-readout", action=argparse.BooleanOptionalAction, default=None,
+                   help="the invariant head also reads the mean of the output neurons' features "
+                   "(default: the task's; on for inr-class)")
     p.add_argument("--compile", action="store_true",
                    help="run the message-passing rounds through torch.compile (~1.2x per step "
                    "on CPU once compiled; the first batches pay minutes of compilation; eager "
@@ -461,6 +464,8 @@ def _model_kwargs(args) -> dict:
         kwargs["compile"] = True
     if args.probes is not None:  # 0 switches off a task's default probes
         kwargs["probes"] = args.probes
+    if args.output_readout is not None:
+        kwargs["output_readout"] = args.output_readout
     return kwargs
 
 

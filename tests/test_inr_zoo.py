@@ -285,8 +285,8 @@ def test_probe_features_are_checked():
 
 
 def test_inr_class_defaults_to_probes_and_the_output_readout(views_zoo, tmp_path):
-    """A run's config records the task's metanet defaults; --probes 0 switches probes off;
-    strict (which cannot read probes) gets none."""
+    """A run's config records the task's metanet defaults; --probes 0 and --no-output-readout
+    switch them off; strict (which cannot read probes) gets none."""
     import json
 
     from paramgraph.tasks.cli import main
@@ -295,12 +295,14 @@ def test_inr_class_defaults_to_probes_and_the_output_readout(views_zoo, tmp_path
               "1", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress"]
     kwargs = {}
     for name, extra in (("quasi", ["--mode", "quasi"]), ("off", ["--mode", "perm", "--probes", "0"]),
-                        ("strict", ["--mode", "strict"])):
+                        ("strict", ["--mode", "strict"]),
+                        ("bare", ["--mode", "perm", "--probes", "0", "--no-output-readout"])):
         assert main(["train", *common, *extra, "--out", str(tmp_path / name)]) == 0
         kwargs[name] = json.loads((tmp_path / name / "config.json").read_text())["config"][
             "model_kwargs"]
     assert kwargs == {"quasi": {"probes": 64, "output_readout": True},
-                      "off": {"probes": 0, "output_readout": True}, "strict": {}}
+                      "off": {"probes": 0, "output_readout": True}, "strict": {},
+                      "bare": {"probes": 0, "output_readout": False}}
 
 
 def test_the_rendered_baseline_reads_what_each_siren_draws(views_zoo, capsys):
