@@ -76,6 +76,9 @@ METHODS = {
     "quasi-ema": {"mode": "quasi", "train": {"ema": 0.99}},
     "perm-ema": {"mode": "perm", "train": {"ema": 0.99}},
     "strict-ema": {"mode": "strict", "train": {"ema": 0.99}},
+    # the invariant head also reads the mean of the output neurons (inr-class's default)
+    "quasi-out": {"mode": "quasi", "model": {"output_readout": True}},
+    "perm-out": {"mode": "perm", "model": {"output_readout": True}},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},
@@ -86,6 +89,10 @@ METHODS = {
     "quasi-probes16-out": {"mode": "quasi", "model": {"probes": 16, "output_readout": True}},
     "quasi-probes64-noout": {"mode": "quasi", "model": {"probes": 64, "output_readout": False}},
     "quasi-noprobes": {"mode": "quasi", "model": {"probes": 0, "output_readout": False}},
+    # inr-edit: output channel expansion (8 SIRENs averaged), on the first 1,000 training SIRENs
+    "quasi-k8": {"mode": "quasi", "model": {"copies": 8}, "train": {"max_train": 1000}},
+    "perm-k8": {"mode": "perm", "model": {"copies": 8}, "train": {"max_train": 1000}},
+    "strict-k8": {"mode": "strict", "model": {"copies": 8}, "train": {"max_train": 1000}},
 }
 MODES = ("quasi", "strict", "perm")
 ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 4000}  # inr: 16x16 views (issue 11)
