@@ -79,6 +79,7 @@ METHODS = {
     # the invariant head also reads the mean of the output neurons (inr-class's default)
     "quasi-out": {"mode": "quasi", "model": {"output_readout": True}},
     "perm-out": {"mode": "perm", "model": {"output_readout": True}},
+    "strict-out": {"mode": "strict", "model": {"output_readout": True}},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},
