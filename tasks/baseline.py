@@ -82,17 +82,15 @@ def rendered_features(zoo: Zoo, ids: list[int] | None = None, side: int = 8) -> 
     """``[n, side * side]``: each SIREN's output on a ``side x side`` grid, i.e. the image it
     draws, read at the points where ``--probes side^2`` probes it. Not a statistic of the
     weights: the reference for what reading the output neuron's probe features alone gives."""
-    from .inr import batched_forward, grid, layer_names
+    from .inr import batched_forward, grid, stack
     from .objectives import siren_hidden
 
     ids = list(range(len(zoo))) if ids is None else ids
-    names = layer_names(siren_hidden(zoo))
+    hidden = siren_hidden(zoo)
     out = []
     for start in range(0, len(ids), 512):
-        states = [zoo.state_dict(i) for i in ids[start:start + 512]]
-        params = [torch.stack([sd[f"{name}.{kind}"].double() for sd in states])
-                  for name in names for kind in ("weight", "bias")]
-        out.append(batched_forward(params, grid(side).double()).numpy())
+        params = stack([zoo.state_dict(i) for i in ids[start:start + 512]], hidden)
+        out.append(batched_forward([p.double() for p in params], grid(side).double()).numpy())
     return np.concatenate(out)
 
 

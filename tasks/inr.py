@@ -164,6 +164,13 @@ def movement(start: list[Tensor], end: list[Tensor]) -> Tensor:
     return (num / den).sqrt()
 
 
+def stack(states: list[dict[str, Tensor]], hidden: list[int]) -> list[Tensor]:
+    """The stacked ``[W1, b1, W2, b2, ...]`` of the SIRENs ``states`` (state_dicts of
+    :class:`Siren`), as :func:`init_params` makes them; the inverse of :func:`unstack`."""
+    return [torch.stack([sd[f"{name}.{kind}"] for sd in states])
+            for name in layer_names(hidden) for kind in ("weight", "bias")]
+
+
 def unstack(params: list[Tensor], hidden: list[int], j: int) -> dict[str, Tensor]:
     """The state_dict of SIREN ``j`` of stacked ``params`` (keys of :class:`Siren`)."""
     out = {}

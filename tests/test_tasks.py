@@ -22,6 +22,7 @@ from paramgraph.tasks.inr import (
     grid,
     init_params,
     siren_forward_from_batch,
+    stack,
     unstack,
 )
 from paramgraph.tasks.metrics import accuracy, is_better, kendall_tau, r2
@@ -53,6 +54,8 @@ def test_batched_sirens_equal_the_module(hidden):
         m.load_state_dict(unstack(params, hidden, j))
         with torch.no_grad():
             assert torch.allclose(m(coords).squeeze(1), out[j], atol=1e-5)
+    restacked = stack([unstack(params, hidden, j) for j in range(3)], hidden)
+    assert all(torch.equal(a, b) for a, b in zip(restacked, params))  # stack inverts unstack
 
 
 def test_siren_init_is_per_image_and_batch_independent():
