@@ -114,12 +114,15 @@ def test_edge_index_is_int32_and_files_with_int64_ids_still_load(tmp_path, cnn):
     assert torch.equal(torch.stack([src, dst]), graph.edge_index.long())
     old = graph.clone()
     old.edge_index = graph.edge_index.long()  # the layout of graph files written before int32
-    loaded = pg.load_graph(pg.save_graph(old, tmp_path / "old.pgraph"))
+    path = pg.save_graph(old, tmp_path / "old.pgraph")
+    # control: the saver narrows int64 fields on disk and says so, which is what lets it load
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert "edge_index" in json.loads(meta["int64_as_int32"])
+    save_file(tensors, str(path), metadata={**meta, "format_version": "1"})  # as version 1 wrote
+    loaded = pg.load_graph(path)
     assert loaded.edge_index.dtype == torch.int32
     assert torch.equal(loaded.edge_index, graph.edge_index)
-    # control: the saver narrows int64 fields on disk and says so, which is what lets it load
-    with safe_open(str(tmp_path / "old.pgraph"), framework="pt") as f:
-        assert "edge_index" in json.loads(f.metadata()["int64_as_int32"])
 
 
 def test_graph_file_keeps_extra_scalar_fields(tmp_path, cnn):
