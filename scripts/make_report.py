@@ -80,6 +80,13 @@ METHODS = {
     "quasi-out": {"mode": "quasi", "model": {"output_readout": True}},
     "perm-out": {"mode": "perm", "model": {"output_readout": True}},
     "strict-out": {"mode": "strict", "model": {"output_readout": True}},
+    # no value channels: the plain edge/node GNN of the same width (strict needs channels)
+    "quasi-c0": {"mode": "quasi", "model": {"channels": 0}},
+    "perm-c0": {"mode": "perm", "model": {"channels": 0}},
+    # the pairwise rank term (a surrogate of Kendall tau) beside the squared error
+    "quasi-rank": {"mode": "quasi", "train": {"rank_loss": 1.0}},
+    "perm-rank": {"mode": "perm", "train": {"rank_loss": 1.0}},
+    "strict-rank": {"mode": "strict", "train": {"rank_loss": 1.0}},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},

@@ -191,6 +191,9 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--ema", type=unit_interval, default=0.0, metavar="DECAY",
                    help="evaluate and keep a moving average of the weights with this decay per "
                    "step, e.g. 0.99 (default 0: the weights themselves)")
+    p.add_argument("--rank-loss", type=nonneg_float, default=0.0, metavar="W",
+                   help="add a pairwise rank term (a surrogate of Kendall tau) with weight W to "
+                   "the squared error, e.g. 1 (generalization and regression; default 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", choices=("id", "ood"), default="id",
                    help="id: train/val/test; ood: hold out the ViTs of a hetero zoo as test")
@@ -483,7 +486,8 @@ def cmd_train(args) -> int:
                           hidden=args.hidden,
                           layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-                          clip=args.clip, ema=args.ema, seed=args.seed, splits=args.splits,
+                          clip=args.clip, ema=args.ema, rank_loss=args.rank_loss,
+                          seed=args.seed, splits=args.splits,
                           max_train=args.max_train,
                           model_kwargs=_model_kwargs(args))
     summary = train(cfg, args.out, resume=args.resume, threads=args.threads,

@@ -438,7 +438,7 @@ def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=N
     for batch, (global_n, local_n) in zip(loader, plan, strict=True):
         batch, st = prepare(batch, dev, non_blocking=True)
         pred = objective.predict(model, batch, hidden, st)
-        loss = objective.loss(pred, batch.y)
+        loss = objective.training_loss(pred, batch.y)
         weight = local_n / global_n * ctx.world_size  # 1.0 in one process
         opt.zero_grad(set_to_none=True)
         (loss * weight if weight != 1.0 else loss).backward()

@@ -72,6 +72,8 @@ class Objective:
     higher: bool
     references: tuple[str, ...] = ()
     scatter_label: str | None = None
+    ranked: bool = False  # scored by Kendall tau on one prediction: a rank term may be added
+    rank_weight: float = 0.0  # weight of that term (:meth:`with_rank_loss`)
 
     def model_defaults(self, mode: str) -> dict:
         """The metanet options this task trains with unless a run sets them (``MetaNet``
@@ -159,6 +161,31 @@ class Objective:
 
         return F.mse_loss(pred, y.to(pred.dtype))
 
+    def with_rank_loss(self, weight: float) -> "Objective":
+        """This task training with the pairwise rank term of :mod:`paramgraph.tasks.losses`
+        added with ``weight`` (0: the plain :meth:`loss`)."""
+        import copy
+
+        if weight and not self.ranked:
+            raise TaskError(f"--rank-loss needs a task scored by Kendall tau on one prediction "
+                            f"(generalization, regression); '{self.name}' is not")
+        new = copy.copy(self)
+        new.rank_weight = float(weight)
+        return new
+
+    def training_loss(self, pred: Tensor, y: Tensor) -> Tensor:
+        """What training minimises: :meth:`loss`, plus the rank term where asked."""
+        loss = self.loss(pred, y)
+        if not self.rank_weight:
+            return loss
+        from .losses import pairwise_rank_loss
+
+        return loss + self.rank_weight * self.loss_unit() * pairwise_rank_loss(pred, y)
+
+    def loss_unit(self) -> float:
+        """The factor that puts a squared error in target units into :meth:`loss`'s units."""
+        return 1.0
+
     def metrics(self, pred, y) -> dict[str, float]:
         """Every score of this task, as a dict of floats (tensors or arrays)."""
         raise NotImplementedError
@@ -191,6 +218,7 @@ class Generalization(Objective):
     select = "kendall_tau"
     higher = True
     scatter_label = "true test accuracy"
+    ranked = True
 
     def targets(self, zoo) -> Tensor:
         import torch
@@ -402,6 +430,7 @@ class Regression(ColumnObjective):
     out_dim = 1
     select = "r2"
     higher = True
+    ranked = True
     mean: float = 0.0
     std: float = 1.0
     fit_done: bool = False
@@ -450,7 +479,10 @@ class Regression(ColumnObjective):
         import torch.nn.functional as F
 
         # in standard deviations of the training targets: the same loss for any unit
-        return F.mse_loss(pred, y.to(pred.dtype)) / (self.std * self.std)
+        return F.mse_loss(pred, y.to(pred.dtype)) * self.loss_unit()
+
+    def loss_unit(self):
+        return 1.0 / (self.std * self.std)
 
     def metrics(self, pred, y):
         from .metrics import kendall_tau, mae, mse, r2

@@ -80,6 +80,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     max_train: int | None = None  # use only the first N training networks (quick runs)
     ema: float = 0.0  # decay of the weights' moving average that is evaluated and kept; 0: off
+    rank_loss: float = 0.0  # weight of the pairwise rank term (tasks.losses); 0: off
     model_kwargs: dict = field(default_factory=dict)
 
     def split(self, which: str) -> str:
@@ -200,7 +201,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         if (run / CONFIG).exists():
             raise RunError(f"'{run}' already holds a run; pass --resume to continue it or "
                            "choose another --out")
-    objective = get_objective(cfg.task, cfg.target)
+    objective = get_objective(cfg.task, cfg.target).with_rank_loss(cfg.rank_loss)
     from paramgraph.models import MODES
 
     if not resume:  # the task's metanet defaults, written into the run's config
