@@ -168,6 +168,8 @@ def throughput_child(args) -> None:
 
     torch.set_num_threads(args.threads)
     kwargs = {"compile": True} if args.compile else {}
+    if args.channels is not None:
+        kwargs["channels"] = args.channels
     cfg = TrainConfig(task="regression", target="acc", zoo=str(args.zoo_dir), mode=args.mode,
                       hidden=args.hidden, layers=args.layers, batch_size=args.batch_size,
                       model_kwargs=kwargs)
@@ -278,7 +280,8 @@ def throughput(args) -> None:
     result = {"hidden": args.hidden, "layers": args.layers, "steps": args.steps,
               "zoos": {n: {"arch": ZOOS[n][0], "networks": ZOOS[n][1],
                            "batch_size": ZOOS[n][3]} for n in args.zoos},
-              "compile": args.compile, "cpu_count": os.cpu_count(), "rows": rows}
+              "compile": args.compile, "channels": args.channels, "cpu_count": os.cpu_count(),
+              "rows": rows}
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
 
@@ -290,6 +293,8 @@ def _throughput_run(args, zoo: Path, name: str, mode: str, threads: int, code) -
            str(args.steps if name == "small" else max(1, args.steps // 4))]
     if args.compile:
         cmd.append("--compile")
+    if args.channels is not None:
+        cmd += ["--channels", str(args.channels)]
     code = code if code is not None else str(ROOT)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=code, BENCH_TRAIN_CODE=code)
     out = subprocess.run(cmd, check=True, env=env, cwd="/", capture_output=True, text=True)
@@ -344,6 +349,8 @@ def main() -> None:
                         help="--throughput: also run the code at DIR, interleaved")
     parser.add_argument("--compile", action="store_true",
                         help="--throughput: MetaNet(compile=True) (torch.compile'd rounds)")
+    parser.add_argument("--channels", type=int, default=None,
+                        help="--throughput: value channels of the metanet (default hidden // 2)")
     parser.add_argument("--throughput-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--zoo-dir", type=Path, help=argparse.SUPPRESS)

@@ -83,6 +83,11 @@ METHODS = {
     # no value channels: the plain edge/node GNN of the same width (strict needs channels)
     "quasi-c0": {"mode": "quasi", "model": {"channels": 0}},
     "perm-c0": {"mode": "perm", "model": {"channels": 0}},
+    # three times the default weight decay (0.1 lifted quasi over 0.01, not perm or strict)
+    "quasi-wd0.3": {"mode": "quasi", "train": {"weight_decay": 0.3}},
+    "perm-wd0.3": {"mode": "perm", "train": {"weight_decay": 0.3}},
+    # the learned factor's log-scale bound s_max at twice the default (2)
+    "quasi-bound4": {"mode": "quasi", "model": {"gauge_bound": 4.0}},
     # the pairwise rank term (a surrogate of Kendall tau) beside the squared error
     "quasi-rank": {"mode": "quasi", "train": {"rank_loss": 1.0}},
     "perm-rank": {"mode": "perm", "train": {"rank_loss": 1.0}},
