@@ -80,6 +80,10 @@ METHODS = {
     "quasi-out": {"mode": "quasi", "model": {"output_readout": True}},
     "perm-out": {"mode": "perm", "model": {"output_readout": True}},
     "strict-out": {"mode": "strict", "model": {"output_readout": True}},
+    # hard sign canonicalisation at the default weight decay (soft signs fade near-jump neurons)
+    "quasi-hard": {"mode": "quasi", "model": {"soft_signs": False}},
+    # the unit-norm section (the network's scale in its last layer) read by the output readout
+    "quasi-unit-out": {"mode": "quasi", "model": {"section": "unit", "output_readout": True}},
     # no value channels: the plain edge/node GNN of the same width (strict needs channels)
     "quasi-c0": {"mode": "quasi", "model": {"channels": 0}},
     "perm-c0": {"mode": "perm", "model": {"channels": 0}},
@@ -106,6 +110,11 @@ METHODS = {
     "quasi-k8": {"mode": "quasi", "model": {"copies": 8}, "train": {"max_train": 1000}},
     "perm-k8": {"mode": "perm", "model": {"copies": 8}, "train": {"max_train": 1000}},
     "strict-k8": {"mode": "strict", "model": {"copies": 8}, "train": {"max_train": 1000}},
+    # editing with 64 probe features (strict cannot read them)
+    "quasi-k8-p64": {"mode": "quasi", "model": {"copies": 8, "probes": 64},
+                     "train": {"max_train": 1000}},
+    "perm-k8-p64": {"mode": "perm", "model": {"copies": 8, "probes": 64},
+                    "train": {"max_train": 1000}},
 }
 MODES = ("quasi", "strict", "perm")
 ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 4000}  # inr: 16x16 views (issue 11)
