@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def method_predictions(runs: Path, method: str, split: str) -> dict[int, dict[int, float]]:
-    """``{seed: {network id: prediction}}`` of every ``METHOD-sSEED`` run under ``runs``."""
+    """``{seed: {network id: prediction}}`` of every ``METHOD-sSEED`` run under ``runs`` on the
+    run's ``split`` (which zoo split that is depends on the run's split set)."""
     from paramgraph.tasks.train import evaluate_run
 
     out = {}
@@ -37,7 +38,9 @@ def method_predictions(runs: Path, method: str, split: str) -> dict[int, dict[in
         if not seed.isdigit() or not (run / "best.safetensors").is_file():
             continue
         file = run / f"eval-{split}.json"
-        ev = json.loads(file.read_text()) if file.is_file() else evaluate_run(run, split, threads=1)
+        if not file.is_file():
+            evaluate_run(run, split, threads=1)  # writes the file
+        ev = json.loads(file.read_text())
         out[int(seed)] = dict(zip(ev["net_id"], ev["pred"], strict=True))
     if not out:
         raise SystemExit(f"no finished runs '{method}-sSEED' under {runs}")
@@ -80,6 +83,9 @@ def main(argv=None) -> int:
                    help="run name prefixes (the first is the reference); 'baseline' for the "
                    "statistics baseline")
     p.add_argument("--split", default="test", help="the zoo split to score (default test)")
+    p.add_argument("--run-split", default=None,
+                   help="the runs' name for that split (default: the same; 'test' for runs "
+                   "trained with --splits swap, which score the zoo's val split)")
     p.add_argument("--draws", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: none)")
@@ -94,7 +100,7 @@ def main(argv=None) -> int:
     methods = {}
     for m in args.methods:
         raw = baseline_predictions(zoo, args.split) if m == "baseline" else \
-            method_predictions(args.runs, m, args.split)
+            method_predictions(args.runs, m, args.run_split or args.split)
         for seed, by_id in raw.items():
             if set(by_id) != set(ids):
                 raise SystemExit(f"{m} seed {seed}: its predictions are not of the zoo's "

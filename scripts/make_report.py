@@ -84,6 +84,11 @@ METHODS = {
     "quasi-hard": {"mode": "quasi", "model": {"soft_signs": False}},
     # the unit-norm section (the network's scale in its last layer) read by the output readout
     "quasi-unit-out": {"mode": "quasi", "model": {"section": "unit", "output_readout": True}},
+    # a second held-out estimate: the kept epoch chosen on the test split, the validation split
+    # scored (compare with scripts/compare_runs.py --split val --run-split test)
+    "quasi-swap": {"mode": "quasi", "train": {"splits": "swap"}},
+    "perm-swap": {"mode": "perm", "train": {"splits": "swap"}},
+    "strict-swap": {"mode": "strict", "train": {"splits": "swap"}},
     # no value channels: the plain edge/node GNN of the same width (strict needs channels)
     "quasi-c0": {"mode": "quasi", "model": {"channels": 0}},
     "perm-c0": {"mode": "perm", "model": {"channels": 0}},

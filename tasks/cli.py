@@ -44,6 +44,8 @@ from paramgraph import cli as pg_cli
 from paramgraph.cli import nonneg_float, nonneg_int, positive_int, unit_interval
 from paramgraph.errors import ParamGraphError
 
+from .zoo_kinds import SPLIT_SETS
+
 PROG = pg_cli.PROG
 
 
@@ -195,8 +197,10 @@ def add_task_commands(subparsers) -> None:
                    help="add a pairwise rank term (a surrogate of Kendall tau) with weight W to "
                    "the squared error, e.g. 1 (generalization and regression; default 0: off)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--splits", choices=("id", "ood"), default="id",
-                   help="id: train/val/test; ood: hold out the ViTs of a hetero zoo as test")
+    p.add_argument("--splits", choices=tuple(SPLIT_SETS), default="id",
+                   help="id: train/val/test; ood: hold out the ViTs of a hetero zoo as test; "
+                   "swap: keep the epoch best on the test split and score the validation split "
+                   "(a second held-out estimate)")
     p.add_argument("--max-train", type=pos, default=None, metavar="N",
                    help="use only the first N training networks")
     p.add_argument("--stop-after", type=pos, default=None, metavar="E",
@@ -229,7 +233,9 @@ def add_task_commands(subparsers) -> None:
                    help="the zoo column to predict (regression, classification)")
     p.add_argument("--zoo", metavar="DIR", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--splits", choices=("id", "ood"), default="id")
+    p.add_argument("--splits", choices=tuple(SPLIT_SETS), default="id",
+                   help="id: train/val/test; ood: hold out a hetero zoo's ViTs; swap: score "
+                   "the zoo's validation split")
     p.add_argument("--features", default="statistics", metavar="SET",
                    help="statistics: per-tensor weight statistics (the baseline); rendered "
                    "(SIREN zoos): the image each SIREN draws on an 8x8 grid, what the output "
@@ -540,9 +546,9 @@ def cmd_baseline(args) -> int:
     if args.features not in FEATURE_SETS:
         raise TaskError(f"unknown --features '{args.features}' (known: "
                         f"{', '.join(FEATURE_SETS)})")
-    pre = "" if args.splits == "id" else "ood_"
+    names = SPLIT_SETS[args.splits]
     x_all = FEATURE_SETS[args.features](zoo)
-    result = fit_predict(objective, zoo, f"{pre}train", f"{pre}test", seed=args.seed,
+    result = fit_predict(objective, zoo, names["train"], names["test"], seed=args.seed,
                          x_all=x_all)
     if args.json:
         print(json.dumps({"metrics": result["metrics"], "seconds": result["seconds"]}, indent=1))

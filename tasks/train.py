@@ -51,11 +51,11 @@ from .io import (atomic_save_safetensors, atomic_torch_save, atomic_write_json, 
 from .objectives import Objective, get_objective
 from .threads import threads as thread_count
 from .zoo import Zoo
+from .zoo_kinds import SPLIT_SETS
 
 CONFIG = "config.json"
 RESUME = "resume.pt"
 BEST = "best.safetensors"
-SPLIT_SETS = ("id", "ood")
 
 
 @dataclass
@@ -85,7 +85,7 @@ class TrainConfig:
 
     def split(self, which: str) -> str:
         """The zoo split name of ``which`` (train/val/test) under this run's split set."""
-        return which if self.splits == "id" else f"ood_{which}"
+        return SPLIT_SETS[self.splits][which]
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

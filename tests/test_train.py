@@ -92,6 +92,24 @@ def test_the_seed_decides_the_run(zoo, tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+def test_a_swapped_run_selects_on_test_and_scores_validation(zoo, tmp_path):
+    """--splits swap: the same training split; the kept epoch is chosen on the zoo's test
+    split, and the run's 'test' scores are the zoo's validation networks."""
+    cfg = TrainConfig(task="generalization", zoo=str(zoo.root), mode="perm", epochs=2,
+                      splits="swap", **TINY)
+    plain = dataclasses.replace(cfg, splits="id")
+    train(cfg, tmp_path / "swap", threads=1, progress=False)
+    train(plain, tmp_path / "id", threads=1, progress=False)
+    swapped, ordinary = (evaluate_run(tmp_path / r, "test", threads=1) for r in ("swap", "id"))
+    assert swapped["zoo_split"] == "val" and ordinary["zoo_split"] == "test"
+    stored = json.loads((tmp_path / "swap" / "eval-test.json").read_text())
+    assert stored["net_id"] == zoo.split("val")
+    # the same training: the same losses; validated on other networks: other scores
+    curves = [json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("swap", "id")]
+    assert [h["train_loss"] for h in curves[0]] == [h["train_loss"] for h in curves[1]]
+    assert [h["val_mse"] for h in curves[0]] != [h["val_mse"] for h in curves[1]]
+
+
 def test_lr_schedule_warms_up_then_decays():
     total = 100
     f = [lr_factor(s, total, 0.1, 0.01) for s in range(total)]
