@@ -35,9 +35,10 @@ def method_predictions(runs: Path, method: str, split: str) -> dict[int, dict[in
     out = {}
     for run in sorted(runs.glob(f"{method}-s*")):
         seed = run.name[len(method) + 2:]
-        if not seed.isdigit() or not (run / "best.safetensors").is_file():
-            continue
         file = run / f"eval-{split}.json"
+        # finished: evaluated, or trained to the end (make_report writes summary.json then)
+        if not seed.isdigit() or not (file.is_file() or (run / "summary.json").is_file()):
+            continue
         if not file.is_file():
             evaluate_run(run, split, threads=1)  # writes the file
         ev = json.loads(file.read_text())

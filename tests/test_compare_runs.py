@@ -44,7 +44,6 @@ def compare(monkeypatch):
 def _fake_run(runs: Path, name: str, ids: list[int], pred) -> None:
     run = runs / name
     run.mkdir(parents=True)
-    (run / "best.safetensors").write_bytes(b"")  # a finished run (never read: eval exists)
     (run / "eval-test.json").write_text(json.dumps(
         {"net_id": ids, "pred": [float(v) for v in pred]}))
 
