@@ -172,6 +172,10 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--copies", type=pos, default=1, metavar="K",
                    help="inr-edit: output channel expansion, the weight head writes K SIRENs "
                    "whose outputs are averaged, decoded into one K times wider (default 1)")
+    p.add_argument("--channels", type=nonneg_int, default=None, metavar="C",
+                   help="value channels per neuron and edge (default hidden // 2); 0: a plain "
+                   "edge/node GNN, about twice as fast per step (perm and quasi; strict needs "
+                   "at least 1)")
     p.add_argument("--probes", type=nonneg_int, default=None, metavar="P",
                    help="inr tasks: give the metanet probe features, each neuron's values at P "
                    "fixed coordinates (a square grid: 16, 64, ...; inr-class: 64 by default, "
@@ -471,6 +475,8 @@ def _model_kwargs(args) -> dict:
         kwargs["copies"] = args.copies
     if args.compile:
         kwargs["compile"] = True
+    if args.channels is not None:
+        kwargs["channels"] = args.channels
     if args.probes is not None:  # 0 switches off a task's default probes
         kwargs["probes"] = args.probes
     if args.output_readout is not None:

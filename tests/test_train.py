@@ -245,7 +245,7 @@ def test_a_run_with_a_weight_average_keeps_the_average(zoo, tmp_path, capsys):
 
 
 def test_compile_and_copies_reach_the_run_config(zoo, tmp_path, monkeypatch):
-    """--compile and --copies become the metanet's options in the run's config (compiling
+    """--compile, --copies and --channels become the metanet's options in the run's config (compiling
     itself would take minutes here; its eager fallback is tested in test_metanet)."""
     import paramgraph.tasks.train as train_module
     from paramgraph.tasks.cli import main
@@ -258,5 +258,6 @@ def test_compile_and_copies_reach_the_run_config(zoo, tmp_path, monkeypatch):
             "--out", str(tmp_path / "r")]
     assert main(args + ["--compile"]) == 0 and main(args) == 0
     assert main(args + ["--compile", "--copies", "3"]) == 0
+    assert main(args + ["--channels", "0"]) == 0
     assert [c.model_kwargs for c in seen] == [{"compile": True}, {},
-                                              {"copies": 3, "compile": True}]
+                                              {"copies": 3, "compile": True}, {"channels": 0}]
