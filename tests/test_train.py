@@ -245,8 +245,8 @@ def test_a_run_with_a_weight_average_keeps_the_average(zoo, tmp_path, capsys):
 
 
 def test_compile_and_copies_reach_the_run_config(zoo, tmp_path, monkeypatch):
-    """--compile, --copies and --channels become the metanet's options in the run's config (compiling
-    itself would take minutes here; its eager fallback is tested in test_metanet)."""
+    """--compile, --copies and --channels become the metanet's options in the run's config
+    (compiling itself would take minutes here; its eager fallback is tested in test_metanet)."""
     import paramgraph.tasks.train as train_module
     from paramgraph.tasks.cli import main
 
