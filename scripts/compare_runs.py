@@ -8,6 +8,10 @@ difference between two methods comes with the interval the choice of test runs a
     python scripts/compare_runs.py --zoo zoos/cnn-2000-s0 --runs runs/report/gen-cnn \\
         --methods quasi perm strict --split test
 
+``--two-fold`` scores the test and the validation split together (twice the runs): each method's
+validation predictions come from its ``METHOD-swap`` runs, which kept the epoch best on the test
+split (``--splits swap``), so every prediction is of a network its model was not selected on.
+
 ``--runs`` holds ``METHOD-sSEED`` run directories (``scripts/make_report.py`` lays them out
 so); their predictions are ``RUN/eval-SPLIT.json`` (written by ``paramgraph eval RUN --split
 SPLIT`` or by this script where missing). ``baseline`` as a method is the statistics baseline,
@@ -55,6 +59,12 @@ def baseline_predictions(zoo, split: str) -> dict[int, dict[int, float]]:
     return {0: dict(zip(zoo.split(split), (float(p) for p in result["pred"]), strict=True))}
 
 
+def _merged(parts: list[dict[int, dict[int, float]]]) -> dict[int, dict[int, float]]:
+    """The seeds every part has, each with the predictions of all parts."""
+    seeds = set.intersection(*(set(p) for p in parts))
+    return {s: {k: v for p in parts for k, v in p[s].items()} for s in sorted(seeds)}
+
+
 def kendall_matrix(preds: dict[int, np.ndarray], true: np.ndarray, index: np.ndarray) -> float:
     """The mean over seeds of Kendall tau on the networks ``index``."""
     from scipy.stats import kendalltau
@@ -87,6 +97,10 @@ def main(argv=None) -> int:
     p.add_argument("--run-split", default=None,
                    help="the runs' name for that split (default: the same; 'test' for runs "
                    "trained with --splits swap, which score the zoo's val split)")
+    p.add_argument("--two-fold", action="store_true",
+                   help="score the test and validation splits together: each method's test "
+                   "predictions from its runs METHOD-sSEED, its validation predictions from "
+                   "METHOD-swap-sSEED (trained with --splits swap); the baseline fits both")
     p.add_argument("--draws", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: none)")
@@ -95,13 +109,19 @@ def main(argv=None) -> int:
     from paramgraph.tasks.zoo import Zoo
 
     zoo = Zoo(args.zoo)
-    ids = zoo.split(args.split)
+    # what is scored: (the zoo split, the runs' name for it, the suffix of the runs' names)
+    parts = [(args.split, args.run_split or args.split, "")]
+    if args.two_fold:
+        args.split = "test+val"
+        parts = [("test", "test", ""), ("val", "test", "-swap")]
+    ids = [i for zoo_split, _, _ in parts for i in zoo.split(zoo_split)]
     true = np.asarray(zoo.column("test_acc"), dtype=np.float64)[ids]
     groups = np.asarray([zoo.rows[i]["run"] for i in ids])
     methods = {}
     for m in args.methods:
-        raw = baseline_predictions(zoo, args.split) if m == "baseline" else \
-            method_predictions(args.runs, m, args.run_split or args.split)
+        raw = _merged([baseline_predictions(zoo, zoo_split) if m == "baseline" else
+                       method_predictions(args.runs, m + suffix, run_split)
+                       for zoo_split, run_split, suffix in parts])
         for seed, by_id in raw.items():
             if set(by_id) != set(ids):
                 raise SystemExit(f"{m} seed {seed}: its predictions are not of the zoo's "

@@ -19,11 +19,11 @@ class _FakeZoo:
     def __init__(self, root):
         rng = np.random.default_rng(1)
         self.root = root
-        self.rows = [{"run": i // 4} for i in range(160)]  # 40 runs of 4 checkpoints
-        self.acc = rng.uniform(0.1, 0.9, 160).tolist()
+        self.rows = [{"run": i // 4} for i in range(320)]  # 80 runs of 4 checkpoints
+        self.acc = rng.uniform(0.1, 0.9, 320).tolist()
 
     def split(self, name):
-        return list(range(0, 160)) if name == "test" else []
+        return {"test": list(range(160)), "val": list(range(160, 320))}.get(name, [])
 
     def column(self, name):
         assert name == "test_acc"
@@ -50,7 +50,7 @@ def _fake_run(runs: Path, name: str, ids: list[int], pred) -> None:
 
 def test_bootstrap_separates_a_ranking_from_noise(compare, tmp_path, capsys):
     zoo = _FakeZoo(tmp_path)
-    ids, true = zoo.split("test"), np.asarray(zoo.acc)
+    ids, true = zoo.split("test"), np.asarray(zoo.acc)[:160]
     rng = np.random.default_rng(0)
     runs = tmp_path / "runs"
     for seed in (0, 1):
@@ -79,3 +79,23 @@ def test_a_run_of_another_split_is_refused(compare, tmp_path):
         compare.main(["--zoo", "z", "--runs", str(tmp_path / "runs"), "--methods", "m"])
     with pytest.raises(SystemExit, match="no finished runs 'other-sSEED'"):
         compare.main(["--zoo", "z", "--runs", str(tmp_path / "runs"), "--methods", "other"])
+
+
+def test_two_fold_scores_test_and_validation_runs_together(compare, tmp_path, capsys):
+    zoo = _FakeZoo(tmp_path)
+    acc = np.asarray(zoo.acc)
+    runs = tmp_path / "runs"
+    for seed in (0, 1):  # good on the test split, useless on the validation one
+        _fake_run(runs, f"m-s{seed}", zoo.split("test"), acc[:160])
+        _fake_run(runs, f"m-swap-s{seed}", zoo.split("val"), -acc[160:])
+        _fake_run(runs, f"exact-s{seed}", zoo.split("test"), acc[:160])
+        _fake_run(runs, f"exact-swap-s{seed}", zoo.split("val"), acc[160:])
+    _fake_run(runs, "exact-s2", zoo.split("test"), acc[:160])  # no swap run: left out
+    out = tmp_path / "cmp.json"
+    assert compare.main(["--zoo", "z", "--runs", str(runs), "--methods", "exact", "m",
+                         "--two-fold", "--draws", "50", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["exact"]["kendall_tau"] == pytest.approx(1.0)
+    assert rows["exact"]["seeds"] == [0, 1]
+    assert abs(rows["m"]["kendall_tau"]) < 0.2  # right on half the runs, reversed on the rest
+    assert "test+val split: 320 networks of 80 runs" in capsys.readouterr().out
