@@ -561,7 +561,7 @@ def cmd_baseline(args) -> int:
     else:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
         task = args.task if args.target is None else f"{args.task} of {args.target}"
-        print(f"{args.features} baseline, {task} on {zoo.root} ({pre}test): {metrics} "
+        print(f"{args.features} baseline, {task} on {zoo.root} ({names['test']}): {metrics} "
               f"({result['seconds']:.1f} s)")
     return 0
 

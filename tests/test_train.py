@@ -110,6 +110,15 @@ def test_a_swapped_run_selects_on_test_and_scores_validation(zoo, tmp_path):
     assert [h["val_mse"] for h in curves[0]] != [h["val_mse"] for h in curves[1]]
 
 
+def test_the_baseline_scores_the_split_set_it_is_given(zoo, capsys):
+    from paramgraph.tasks.cli import main
+
+    args = ["baseline", "--task", "generalization", "--zoo", str(zoo.root)]
+    assert main(args) == 0 and "(test): kendall_tau" in capsys.readouterr().out
+    assert main(args + ["--splits", "swap"]) == 0
+    assert "(val): kendall_tau" in capsys.readouterr().out
+
+
 def test_lr_schedule_warms_up_then_decays():
     total = 100
     f = [lr_factor(s, total, 0.1, 0.01) for s in range(total)]
