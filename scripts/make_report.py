@@ -89,6 +89,8 @@ METHODS = {
     "quasi-swap": {"mode": "quasi", "train": {"splits": "swap"}},
     "perm-swap": {"mode": "perm", "train": {"splits": "swap"}},
     "strict-swap": {"mode": "strict", "train": {"splits": "swap"}},
+    "quasi-rank-swap": {"mode": "quasi", "train": {"splits": "swap", "rank_loss": 1.0}},
+    "perm-rank-swap": {"mode": "perm", "train": {"splits": "swap", "rank_loss": 1.0}},
     # no value channels: the plain edge/node GNN of the same width (strict needs channels)
     "quasi-c0": {"mode": "quasi", "model": {"channels": 0}},
     "perm-c0": {"mode": "perm", "model": {"channels": 0}},
