@@ -27,9 +27,10 @@ def pairwise_rank_loss(pred: Tensor, y: Tensor) -> Tensor:
     batch has fewer than two distinct targets."""
     y = y.to(pred.dtype)
     sign = torch.sign(y.unsqueeze(1) - y.unsqueeze(0))  # [B, B]: +1 where y_i > y_j
-    pairs = sign != 0
-    if not bool(pairs.any()):
-        return pred.sum() * 0.0  # keeps the graph (and the device) of pred
-    spread = y.std().detach()
-    margin = (pred.unsqueeze(1) - pred.unsqueeze(0)) * sign / (spread / 2)
-    return spread.square() * F.softplus(-margin[pairs]).mean()
+    pairs = (sign != 0).to(pred.dtype)
+    # masked sums, no branch on the data: a training step must not wait for the device
+    spread = y.std().detach() if y.numel() > 1 else y.new_zeros(())
+    temperature = torch.where(spread > 0, spread / 2, torch.ones_like(spread))  # 0: no pairs
+    margin = (pred.unsqueeze(1) - pred.unsqueeze(0)) * sign / temperature
+    mean = (F.softplus(-margin) * pairs).sum() / pairs.sum().clamp_min(1)
+    return spread.square() * mean
