@@ -52,10 +52,12 @@ def method_predictions(runs: Path, method: str, split: str) -> dict[int, dict[in
     return out
 
 
-def baseline_predictions(zoo, split: str) -> dict[int, dict[int, float]]:
+def baseline_predictions(zoo, split: str, features: np.ndarray) -> dict[int, dict[int, float]]:
+    """The statistics baseline fitted on the training split, on ``split`` (``features``: the
+    zoo's :func:`~paramgraph.tasks.baseline.zoo_features`, computed once for every split)."""
     from paramgraph.tasks.baseline import fit_predict
 
-    result = fit_predict("generalization", zoo, "train", split, seed=0)
+    result = fit_predict("generalization", zoo, "train", split, seed=0, x_all=features)
     return {0: dict(zip(zoo.split(split), (float(p) for p in result["pred"]), strict=True))}
 
 
@@ -65,11 +67,11 @@ def _merged(parts: list[dict[int, dict[int, float]]]) -> dict[int, dict[int, flo
     return {s: {k: v for p in parts for k, v in p[s].items()} for s in sorted(seeds)}
 
 
-def kendall_matrix(preds: dict[int, np.ndarray], true: np.ndarray, index: np.ndarray) -> float:
+def seed_mean_tau(preds: dict[int, np.ndarray], true: np.ndarray, index: np.ndarray) -> float:
     """The mean over seeds of Kendall tau on the networks ``index``."""
-    from scipy.stats import kendalltau
+    from paramgraph.tasks.metrics import kendall_tau
 
-    return float(np.mean([kendalltau(p[index], true[index]).statistic for p in preds.values()]))
+    return float(np.mean([kendall_tau(p[index], true[index]) for p in preds.values()]))
 
 
 def bootstrap(methods: dict, true: np.ndarray, groups: np.ndarray, draws: int,
@@ -82,7 +84,7 @@ def bootstrap(methods: dict, true: np.ndarray, groups: np.ndarray, draws: int,
         picked = rng.integers(len(members), size=len(members))
         index = np.concatenate([members[i] for i in picked])
         for m, preds in methods.items():
-            scores[m][b] = kendall_matrix(preds, true, index)
+            scores[m][b] = seed_mean_tau(preds, true, index)
     return scores
 
 
@@ -111,27 +113,32 @@ def main(argv=None) -> int:
     zoo = Zoo(args.zoo)
     # what is scored: (the zoo split, the runs' name for it, the suffix of the runs' names)
     parts = [(args.split, args.run_split or args.split, "")]
+    label = args.split
     if args.two_fold:
-        args.split = "test+val"
+        label = "test+val"
         parts = [("test", "test", ""), ("val", "test", "-swap")]
     ids = [i for zoo_split, _, _ in parts for i in zoo.split(zoo_split)]
     true = np.asarray(zoo.column("test_acc"), dtype=np.float64)[ids]
     groups = np.asarray([zoo.rows[i]["run"] for i in ids])
+    if "baseline" in args.methods:
+        from paramgraph.tasks.baseline import zoo_features
+
+        features = zoo_features(zoo)
     methods = {}
     for m in args.methods:
-        raw = _merged([baseline_predictions(zoo, zoo_split) if m == "baseline" else
+        raw = _merged([baseline_predictions(zoo, zoo_split, features) if m == "baseline" else
                        method_predictions(args.runs, m + suffix, run_split)
                        for zoo_split, run_split, suffix in parts])
         for seed, by_id in raw.items():
             if set(by_id) != set(ids):
                 raise SystemExit(f"{m} seed {seed}: its predictions are not of the zoo's "
-                                 f"'{args.split}' split")
+                                 f"'{label}' split")
         methods[m] = {s: np.asarray([by_id[i] for i in ids]) for s, by_id in raw.items()}
-    full = {m: kendall_matrix(preds, true, np.arange(len(ids))) for m, preds in methods.items()}
+    full = {m: seed_mean_tau(preds, true, np.arange(len(ids))) for m, preds in methods.items()}
     boot = bootstrap(methods, true, groups, args.draws, args.seed)
     ref = args.methods[0]
     rows = []
-    print(f"{args.split} split: {len(ids)} networks of {len(np.unique(groups))} runs; "
+    print(f"{label} split: {len(ids)} networks of {len(np.unique(groups))} runs; "
           f"{args.draws} resamples of the runs; 95% intervals")
     print(f"{'method':18} {'seeds':>5} {'Kendall tau':>11} {'interval':>17} | "
           f"{'minus ' + ref:>16} {'interval':>17} {'P(> 0)':>7}")
@@ -148,7 +155,7 @@ def main(argv=None) -> int:
               f"{row['p_above'] if m != ref else float('nan'):>7.2f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"split": args.split, "draws": args.draws,
+        args.out.write_text(json.dumps({"split": label, "draws": args.draws,
                                         "reference": ref, "rows": rows}, indent=2))
     return 0
 
