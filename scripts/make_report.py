@@ -94,6 +94,8 @@ METHODS = {
     # no value channels: the plain edge/node GNN of the same width (strict needs channels)
     "quasi-c0": {"mode": "quasi", "model": {"channels": 0}},
     "perm-c0": {"mode": "perm", "model": {"channels": 0}},
+    "quasi-c0-swap": {"mode": "quasi", "model": {"channels": 0}, "train": {"splits": "swap"}},
+    "perm-c0-swap": {"mode": "perm", "model": {"channels": 0}, "train": {"splits": "swap"}},
     # three times the default weight decay (0.1 lifted quasi over 0.01, not perm or strict)
     "quasi-wd0.3": {"mode": "quasi", "train": {"weight_decay": 0.3}},
     "perm-wd0.3": {"mode": "perm", "train": {"weight_decay": 0.3}},
