@@ -105,6 +105,13 @@ METHODS = {
     "quasi-rank": {"mode": "quasi", "train": {"rank_loss": 1.0}},
     "perm-rank": {"mode": "perm", "train": {"rank_loss": 1.0}},
     "strict-rank": {"mode": "strict", "train": {"rank_loss": 1.0}},
+    # the four levers that each lifted a metanet by less than its noise, together: the rank
+    # term, weight decay 0.3, the moving average of the weights and the output readout
+    **{f"{mode}-combo{tail}": {"mode": mode, "model": {"output_readout": True},
+                               "train": {"rank_loss": 1.0, "weight_decay": 0.3, "ema": 0.99,
+                                         **split}}
+       for mode in ("quasi", "perm", "strict")
+       for tail, split in (("", {}), ("-swap", {"splits": "swap"}))},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},
