@@ -164,7 +164,7 @@ def throughput_child(args) -> None:
 
     from paramgraph.tasks import distributed
     from paramgraph.tasks.objectives import get_objective
-    from paramgraph.tasks.train import RunData, TrainConfig, build_metanet
+    from paramgraph.tasks.train import RunData, TrainConfig, build_metanet, with_task_defaults
 
     torch.set_num_threads(args.threads)
     kwargs = {"compile": True} if args.compile else {}
@@ -173,6 +173,7 @@ def throughput_child(args) -> None:
     cfg = TrainConfig(task="regression", target="acc", zoo=str(args.zoo_dir), mode=args.mode,
                       hidden=args.hidden, layers=args.layers, batch_size=args.batch_size,
                       model_kwargs=kwargs)
+    cfg = with_task_defaults(cfg, get_objective(cfg.task, cfg.target))
     data = RunData(cfg, get_objective(cfg.task, cfg.target), False)
     objective = data.objective
     torch.manual_seed(0)

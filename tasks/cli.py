@@ -86,9 +86,11 @@ def add_task_commands(subparsers) -> None:
     them with :func:`paramgraph.cli.run_command`.
     """
     from .objectives import OBJECTIVES
-    from paramgraph.models.defaults import HIDDEN, LAYERS, MODES, WEIGHT_DECAY
+    from paramgraph.models.defaults import HIDDEN, LAYERS, MODES, TRAINING
 
     from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_SIDE, INR_STEPS, KINDS
+
+    GENERALIZATION = {**TRAINING, **OBJECTIVES["generalization"].train_defaults("quasi")}
 
     pos = positive_int
     debug = argparse.ArgumentParser(add_help=False)
@@ -182,24 +184,28 @@ def add_task_commands(subparsers) -> None:
                    "0 for none)")
     p.add_argument("--output-readout", action=argparse.BooleanOptionalAction, default=None,
                    help="the invariant head also reads the mean of the output neurons' features "
-                   "(default: the task's; on for inr-class)")
+                   "(default: the task's; on for generalization and inr-class)")
     p.add_argument("--compile", action="store_true",
                    help="run the message-passing rounds through torch.compile (~1.2x per step "
                    "on CPU once compiled; the first batches pay minutes of compilation; eager "
                    "fallback with a warning where it fails)")
     p.add_argument("--lr", type=nonneg_float, default=2e-3)
-    p.add_argument("--weight-decay", type=nonneg_float, default=WEIGHT_DECAY,
-                   help=f"AdamW weight decay (default {WEIGHT_DECAY})")
+    p.add_argument("--weight-decay", type=nonneg_float, default=None,
+                   help=f"AdamW weight decay (default: the task's; generalization "
+                   f"{GENERALIZATION['weight_decay']}, others {TRAINING['weight_decay']})")
     p.add_argument("--warmup", type=nonneg_float, default=0.05,
                    help="fraction of the steps spent warming up (default 0.05)")
     p.add_argument("--clip", type=nonneg_float, default=1.0,
                    help="gradient-norm clip, 0 for none (default 1)")
-    p.add_argument("--ema", type=unit_interval, default=0.0, metavar="DECAY",
+    p.add_argument("--ema", type=unit_interval, default=None, metavar="DECAY",
                    help="evaluate and keep a moving average of the weights with this decay per "
-                   "step, e.g. 0.99 (default 0: the weights themselves)")
-    p.add_argument("--rank-loss", type=nonneg_float, default=0.0, metavar="W",
+                   f"step, 0 for the weights themselves (default: the task's; generalization "
+                   f"{GENERALIZATION['ema']}, others {TRAINING['ema']:g})")
+    p.add_argument("--rank-loss", type=nonneg_float, default=None, metavar="W",
                    help="add a pairwise rank term (a surrogate of Kendall tau) with weight W to "
-                   "the squared error, e.g. 1 (generalization and regression; default 0: off)")
+                   "the squared error, 0 for none (generalization and regression; default: "
+                   f"the task's; generalization {GENERALIZATION['rank_loss']:g}, regression "
+                   f"{TRAINING['rank_loss']:g})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", choices=tuple(SPLIT_SETS), default="id",
                    help="id: train/val/test; ood: hold out the ViTs of a hetero zoo as test; "

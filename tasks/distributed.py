@@ -16,6 +16,11 @@ What makes an N-process run equal to a one-process run with the same global batc
 * Each rank's loss (a mean over its graphs) is weighted by its share of the global batch times the
   world size; DDP averages gradients across ranks, so the applied gradient is the gradient of the
   mean loss over the whole global batch, as in one process.
+* The pairwise rank term (``--rank-loss``) is not a mean of per-graph terms: every rank gathers
+  the step's predictions and targets of all ranks (:func:`global_batch`, the others' detached)
+  and computes the term over the whole global batch. Its gradient with respect to this rank's
+  predictions is then exactly the one-process gradient, and weighting it by the world size
+  undoes DDP's averaging.
 * A step is skipped when the (all-reduced, so identical on every rank) gradient is not finite,
   decided on the device: the fused AdamW's ``found_inf`` input, no host round trip per step.
 * Training loss and skip counts are accumulated on the device and reduced once per epoch;
@@ -34,9 +39,11 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.utils.data import Sampler
 
 from paramgraph.models import prepare
@@ -267,12 +274,21 @@ def partition_batch(indices: Sequence[int], edges: Sequence[int], world: int) ->
     return [[indices[k] for k in sorted(p)] for p in parts]
 
 
+class StepPlan(NamedTuple):
+    """One training step of a rank: the global batch's graph count, this rank's share of it and
+    every rank's share (rank order), known to every rank without communication."""
+
+    graphs: int
+    local: int
+    shares: tuple[int, ...]
+
+
 class EdgeBalancedBatchSampler(Sampler[list[int]]):
     """The distributed batch sampler of a training epoch.
 
     ``order``: dataset indices in the epoch's order; ``edge_counts[i]``: edges of dataset item
     ``i``. Global step ``k`` takes ``order[k*B:(k+1)*B]`` (as one process would) and yields this
-    rank's part of it (:func:`partition_batch`). ``plan[k] = (global_graphs, local_graphs)``.
+    rank's part of it (:func:`partition_batch`); ``plan[k]`` is its :class:`StepPlan`.
     A rank left without a graph (a last batch smaller than the world) gets the batch's first graph
     with ``local_graphs == 0``: it runs forward/backward with weight zero, so DDP's all-reduce
     still sees every rank.
@@ -281,13 +297,14 @@ class EdgeBalancedBatchSampler(Sampler[list[int]]):
     def __init__(self, order: Sequence[int], batch_size: int, edge_counts: Sequence[int],
                  rank: int = 0, world_size: int = 1):
         self.batches: list[list[int]] = []
-        self.plan: list[tuple[int, int]] = []
+        self.plan: list[StepPlan] = []
         order = [int(i) for i in order]
         for s in range(0, len(order), batch_size):
             batch = order[s : s + batch_size]
-            mine = partition_batch(batch, [edge_counts[i] for i in batch], world_size)[rank] \
-                if world_size > 1 else batch
-            self.plan.append((len(batch), len(mine)))
+            parts = partition_batch(batch, [edge_counts[i] for i in batch], world_size) \
+                if world_size > 1 else [batch]
+            mine = parts[rank]
+            self.plan.append(StepPlan(len(batch), len(mine), tuple(len(p) for p in parts)))
             self.batches.append(mine if mine else batch[:1])
 
     def __iter__(self):
@@ -418,6 +435,22 @@ class _GraphOutputs(torch.nn.Module):
         return self.ddp(*args, **kwargs)[0]
 
 
+def global_batch(ctx: Context, pred: Tensor, y: Tensor, step: StepPlan) -> tuple[Tensor, Tensor]:
+    """The predictions and targets of the whole global batch of ``step``, every rank's in rank
+    order: this rank's predictions keep their gradient, the others' are detached copies (one
+    all-gather of a few numbers; no host synchronisation). One process: ``pred, y``."""
+    if not ctx.distributed:
+        return pred, y
+    width = max(step.shares)
+    mine = torch.zeros(2, width, dtype=pred.dtype, device=pred.device)
+    mine[0, : step.local] = pred.detach()[: step.local]
+    mine[1, : step.local] = y[: step.local].to(pred.dtype)
+    rows = [torch.empty_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(rows, mine)
+    preds = [pred[:n] if r == ctx.rank else rows[r][0, :n] for r, n in enumerate(step.shares)]
+    return torch.cat(preds), torch.cat([rows[r][1, :n] for r, n in enumerate(step.shares)])
+
+
 def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=None,
               clip: float = 0.0, bar=None, after_step=None) -> dict:
     """One training epoch over ``loader`` (this rank's batches) following ``plan``.
@@ -435,13 +468,19 @@ def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=N
     skipped = torch.zeros((), dtype=torch.float64, device=dev)
     bad_loss = torch.zeros((), dtype=torch.float64, device=dev)
     count = 0
-    for batch, (global_n, local_n) in zip(loader, plan, strict=True):
+    for batch, step in zip(loader, plan, strict=True):
+        local_n = step.local
         batch, st = prepare(batch, dev, non_blocking=True)
         pred = objective.predict(model, batch, hidden, st)
-        loss = objective.training_loss(pred, batch.y)
-        weight = local_n / global_n * ctx.world_size  # 1.0 in one process
+        loss = objective.loss(pred, batch.y)
+        weight = local_n / step.graphs * ctx.world_size  # 1.0 in one process
+        total = loss * weight if weight != 1.0 else loss
+        if objective.rank_weight:  # over the global batch, the same on every rank
+            rank_term = objective.rank_term(*global_batch(ctx, pred, batch.y, step))
+            total = total + (rank_term * ctx.world_size if ctx.distributed else rank_term)
+            loss = loss + rank_term
         opt.zero_grad(set_to_none=True)
-        (loss * weight if weight != 1.0 else loss).backward()
+        total.backward()
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=dev)
         bad = ~torch.isfinite(norm)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from paramgraph.atomic import atomic_path
-from paramgraph.models.defaults import HIDDEN, LAYERS, WEIGHT_DECAY
+from paramgraph.models.defaults import HIDDEN, LAYERS, TRAINING
 
 from . import distributed
 from .averaging import WeightAverage
@@ -71,7 +71,8 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
     lr: float = 2e-3
-    weight_decay: float = WEIGHT_DECAY
+    # None: the task's default (Objective.train_defaults, else models.defaults.TRAINING)
+    weight_decay: float | None = None
     warmup: float = 0.05  # fraction of all steps spent warming up linearly
     min_lr: float = 0.01  # cosine decays to this fraction of lr
     clip: float = 1.0
@@ -79,8 +80,8 @@ class TrainConfig:
     splits: str = "id"  # "id": train/val/test; "ood": ood_train/ood_val/ood_test (hetero)
     eval_batch_size: int = 64
     max_train: int | None = None  # use only the first N training networks (quick runs)
-    ema: float = 0.0  # decay of the weights' moving average that is evaluated and kept; 0: off
-    rank_loss: float = 0.0  # weight of the pairwise rank term (tasks.losses); 0: off
+    ema: float | None = None  # decay of the weights' moving average that is evaluated and kept; 0: off
+    rank_loss: float | None = None  # weight of the pairwise rank term (tasks.losses); 0: off
     model_kwargs: dict = field(default_factory=dict)
 
     def split(self, which: str) -> str:
@@ -93,13 +94,24 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise RunError(f"run config has unknown fields: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        # a run from before the moving average and the rank term existed trained without them
+        return cls(**{"ema": 0.0, "rank_loss": 0.0, **d})
 
 
 # -- helpers --------------------------------------------------------------------------------------
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def with_task_defaults(cfg: TrainConfig, objective: Objective) -> TrainConfig:
+    """``cfg`` with the task's defaults filled in: every training setting of
+    ``models.defaults.TRAINING`` it leaves at ``None``, and every metanet option it does not set
+    (a run's config.json then names every value it trained with)."""
+    train = {**TRAINING, **objective.train_defaults(cfg.mode)}
+    unset = {name: value for name, value in train.items() if getattr(cfg, name) is None}
+    return replace(cfg, **unset, model_kwargs={**objective.model_defaults(cfg.mode),
+                                               **cfg.model_kwargs})
 
 
 def build_metanet(cfg: TrainConfig, objective: Objective):
@@ -201,12 +213,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         if (run / CONFIG).exists():
             raise RunError(f"'{run}' already holds a run; pass --resume to continue it or "
                            "choose another --out")
-    objective = get_objective(cfg.task, cfg.target).with_rank_loss(cfg.rank_loss)
+    objective = get_objective(cfg.task, cfg.target)
     from paramgraph.models import MODES
 
-    if not resume:  # the task's metanet defaults, written into the run's config
-        cfg = replace(cfg, model_kwargs={**objective.model_defaults(cfg.mode),
-                                         **cfg.model_kwargs})
+    if not resume:  # the task's defaults, written into the run's config
+        cfg = with_task_defaults(cfg, objective)
+    objective = objective.with_rank_loss(cfg.rank_loss)
 
     if cfg.mode not in MODES:
         raise TaskError(f"unknown mode '{cfg.mode}' (known: {', '.join(MODES)})")

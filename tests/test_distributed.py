@@ -63,7 +63,8 @@ def test_sampler_steps_follow_the_global_order():
     assert [p[1] + q[1] for p, q in zip(s0.plan, s1.plan)] == [4, 4, 3]
     # a last batch of one graph: rank 1 runs it with weight zero instead of sitting out
     short = EdgeBalancedBatchSampler([1, 2, 3], 2, edges, 1, 2)
-    assert short.plan[-1] == (1, 0) and list(short)[-1] == [3]
+    assert short.plan[-1] == (1, 0, (1, 0)) and list(short)[-1] == [3]
+    assert [p.shares for p in s0.plan] == [(p.local, q.local) for p, q in zip(s0.plan, s1.plan)]
 
 
 def test_rank_slices_are_contiguous_and_cover_everything():
@@ -140,6 +141,56 @@ def test_two_processes_equal_one_and_resume(zoo, tmp_path):
         assert torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-5), k
     # only rank 0 wrote files: no stray temporary files from the other rank
     assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]
+
+
+# -- the rank term over the global batch -----------------------------------------------------------
+
+PRED = [0.3, 0.9, 0.1, 0.5, 0.7, 0.2, 0.8]
+TARGET = [0.2, 0.8, 0.4, 0.5, 0.9, 0.1, 0.6]
+
+
+def _rank_term_worker(rank: int, world: int, port: int, out: str) -> None:
+    """This rank's gradient of the rank term, over the global batch and (the control) over its
+    own part only, each as data-parallel training applies it (times the world size)."""
+    from paramgraph.tasks import distributed
+    from paramgraph.tasks.objectives import get_objective
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    ctx = distributed.setup("cpu")
+    objective = get_objective("generalization").with_rank_loss(1.0)
+    step = EdgeBalancedBatchSampler(list(range(7)), 7, [5, 1, 4, 2, 3, 6, 2], rank, world)
+    mine, plan = step.batches[0], step.plan[0]
+    grads = {}
+    for name, gather in (("global", True), ("local", False)):
+        pred = torch.tensor(PRED)[mine].requires_grad_()
+        y = torch.tensor(TARGET)[mine]
+        term = objective.rank_term(*(distributed.global_batch(ctx, pred, y, plan) if gather
+                                     else (pred, y)))
+        (term * world).backward()
+        grads[name] = dict(zip(mine, pred.grad.tolist()))
+    distributed.teardown(ctx)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(grads, f)
+
+
+def test_the_rank_term_is_taken_over_the_global_batch(tmp_path):
+    """Two ranks, each with its part of a batch of 7, apply (after DDP's averaging) exactly the
+    one-process gradient of the pairwise rank term; the control, each rank's term over its own
+    part, does not."""
+    from paramgraph.tasks.objectives import get_objective
+
+    pred = torch.tensor(PRED, requires_grad=True)
+    get_objective("generalization").with_rank_loss(1.0).rank_term(pred, torch.tensor(TARGET)) \
+        .backward()
+    mp.spawn(_rank_term_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    applied = {"global": torch.zeros(7), "local": torch.zeros(7)}
+    for r in range(2):
+        for name, grads in json.loads((tmp_path / f"rank{r}.json").read_text()).items():
+            for i, g in grads.items():
+                applied[name][int(i)] += g / 2  # DDP averages over the two ranks
+    assert torch.allclose(applied["global"], pred.grad, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(applied["local"], pred.grad, rtol=1e-2, atol=1e-3)
 
 
 # -- the INR tasks, and a failing rank -----------------------------------------------------------

@@ -49,7 +49,7 @@ def test_rank_term_rewards_order_not_values():
 def test_objectives_add_the_rank_term_where_they_are_ranked():
     pred, y = torch.tensor([0.6, 0.2, 0.4]), torch.tensor([0.1, 0.5, 0.3])
     gen = get_objective("generalization")
-    assert torch.equal(gen.training_loss(pred, y), gen.loss(pred, y))  # off by default
+    assert torch.equal(gen.training_loss(pred, y), gen.loss(pred, y))  # off unless asked
     ranked = gen.with_rank_loss(2.0)
     assert gen.rank_weight == 0.0  # a copy: the registered objective is unchanged
     assert float(ranked.training_loss(pred, y)) == pytest.approx(
@@ -70,10 +70,10 @@ def test_a_run_trains_with_the_rank_term(tmp_path, capsys):
     args = ["train", "--task", "generalization", "--zoo", str(zoo.root), "--mode", "perm",
             "--epochs", "1", "--hidden", "16", "--layers", "2", "--batch-size", "4",
             "--threads", "1", "--no-progress"]
-    assert main(args + ["--rank-loss", "1", "--out", str(tmp_path / "ranked")]) == 0
-    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(args + ["--rank-loss", "2", "--out", str(tmp_path / "ranked")]) == 0
+    assert main(args + ["--rank-loss", "0", "--out", str(tmp_path / "plain")]) == 0
     config = json.loads((tmp_path / "ranked" / "config.json").read_text())["config"]
-    assert config["rank_loss"] == 1.0
+    assert config["rank_loss"] == 2.0
 
     def loss(run):
         return json.loads((tmp_path / run / "metrics.json").read_text())[0]["train_loss"]

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from paramgraph.tasks.errors import RunError, TaskError, ZooError
-from paramgraph.tasks.train import TrainConfig, build_metanet, evaluate_run, lr_factor, plot_run, train
+from paramgraph.tasks.train import (TrainConfig, build_metanet, evaluate_run, lr_factor, plot_run,
+                                    train, with_task_defaults)
 from paramgraph.tasks.zoo import make_zoo
 
 TINY = dict(hidden=16, layers=2, batch_size=4, lr=3e-3)
@@ -35,8 +36,9 @@ def test_training_lowers_the_loss(zoo, tmp_path):
     from paramgraph.tasks.data import ZooDataset
     from paramgraph.tasks.objectives import get_objective
 
-    cfg = TrainConfig(task="generalization", zoo=str(zoo.root), mode="quasi", epochs=4, **TINY)
     objective = get_objective("generalization")
+    cfg = with_task_defaults(TrainConfig(task="generalization", zoo=str(zoo.root), mode="quasi",
+                                         epochs=4, **TINY), objective)
     torch.manual_seed(cfg.seed)
     initial = build_metanet(cfg, objective)  # the run starts from exactly this network
     train_set = ZooDataset(zoo, "train", "test_acc", progress=False)
@@ -242,15 +244,43 @@ def test_a_run_with_a_weight_average_keeps_the_average(zoo, tmp_path, capsys):
     assert plain["best"] != summary["best"]  # the same training, other weights scored
     assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--mode", "perm",
                  "--epochs", "1", "--hidden", "16", "--layers", "2", "--batch-size", "4",
-                 "--ema", "0.99", "--threads", "1", "--no-progress",
+                 "--ema", "0.9", "--threads", "1", "--no-progress",
                  "--out", str(tmp_path / "cli")]) == 0
-    assert json.loads((tmp_path / "cli" / "config.json").read_text())["config"]["ema"] == 0.99
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["config"]["ema"] == 0.9
     capsys.readouterr()
     status = main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--ema", "1.5",
                    "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert status == 2 and "expected a number in [0, 1), got '1.5'" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_each_task_trains_with_its_defaults_unless_the_run_sets_them(zoo, tmp_path):
+    """generalization trains with the combination measured best (weight decay 0.3, moving
+    average 0.99, rank term 1, output readout), other tasks with models.defaults.TRAINING; a
+    setting given on the command line wins, and the run's config names every value used."""
+    from paramgraph.models.defaults import TRAINING
+    from paramgraph.tasks.cli import main
+    from paramgraph.tasks.objectives import get_objective
+
+    def config(name: str, *flags: str) -> dict:
+        assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--epochs",
+                     "1", "--hidden", "16", "--layers", "2", "--batch-size", "4", "--threads",
+                     "1", "--no-progress", "--out", str(tmp_path / name), *flags]) == 0
+        return json.loads((tmp_path / name / "config.json").read_text())["config"]
+
+    task = config("task")
+    assert (task["weight_decay"], task["ema"], task["rank_loss"]) == (0.3, 0.99, 1.0)
+    assert task["model_kwargs"] == {"output_readout": True}
+    own = config("own", "--weight-decay", "0.1", "--ema", "0", "--rank-loss", "0",
+                 "--no-output-readout")
+    assert (own["weight_decay"], own["ema"], own["rank_loss"]) == (0.1, 0.0, 0.0)
+    assert own["model_kwargs"] == {"output_readout": False}
+    regression = with_task_defaults(TrainConfig(task="regression", target="test_acc",
+                                                zoo=str(zoo.root)),
+                                    get_objective("regression", "test_acc"))
+    assert {k: getattr(regression, k) for k in TRAINING} == TRAINING
+    assert regression.model_kwargs == {}
 
 
 def test_compile_and_copies_reach_the_run_config(zoo, tmp_path, monkeypatch):
