@@ -201,12 +201,16 @@ class GaugeMap(nn.Module):
     """
 
     def __init__(self, hidden: int = 16, bound: float = 2.0, learned: bool = True,
-                 section: str = "balanced", sweeps: int = BALANCE_SWEEPS, precise: bool = True):
+                 section: str = "balanced", sweeps: int = BALANCE_SWEEPS, precise: bool = True,
+                 signs: bool = True):
         super().__init__()
         if section not in SECTIONS:
             raise ValueError(f"unknown gauge section '{section}'; choose from {SECTIONS}")
         self.bound = float(bound)
         self.learned = learned
+        # False: the section's scales without its sign flips (an ablation that measures what
+        # canonicalising signs costs; the gauged network is then not invariant to sign flips)
+        self.signs = signs
         self.section, self.sweeps, self.precise = section, int(sweeps), precise
         if not learned:
             return
@@ -246,6 +250,7 @@ class GaugeMap(nn.Module):
         if st.heads is not None:
             return self._gauge_heads(st, ev, nv, node_mask, dtype)
         f, sums = self.section_factors(st, ev, nv)
+        f = f if self.signs else f.abs()
         alpha = f
         if self.learned and st.has_scale:
             s = self.log_scale(st, f, sums, node_value, node_mask).to(wide)
@@ -257,6 +262,7 @@ class GaugeMap(nn.Module):
         """Unit factors ``f``, then the head section, then balancing factors ``b`` from there:
         ``(f, b, sections, ev, nv)`` with ``(ev, nv)`` the unit-scaled, head-canonical values."""
         f = canonical_factors(st, ev, nv)
+        f = f if self.signs else f.abs()
         ev, nv = apply_factors(st, f, ev, nv)
         sections = head_sections(st.heads, ev, nv)
         ev, nv = write_heads(st.heads, sections, ev, nv)

@@ -68,6 +68,9 @@ class MetaNet(nn.Module):
         gauge_hidden, gauge_bound: width of the learned gauge factor's network, and the bound
             ``s_max`` of its log-scale (``quasi``).
         learn_gauge: ``False`` keeps only the exact section (an ablation of ``quasi``).
+        gauge_signs: ``False`` leaves sign-symmetric neurons unflipped, the section's scales
+            only (an ablation of ``quasi`` that measures what canonicalising signs costs; the
+            metanet is then *not* invariant to sign flips).
         section, sweeps: the exact section of the scaling group the gauge starts from
             (``"balanced"``: the minimum-norm point of the orbit, approached by ``sweeps``
             rebalancing sweeps from the unit-norm form; ``"unit"``: unit-norm incoming weights);
@@ -107,7 +110,7 @@ class MetaNet(nn.Module):
                  hidden: int = HIDDEN, layers: int = LAYERS, *,
                  aggrs: Sequence[str] = ("sum", "mean", "max"), kernel_cap: int = 64,
                  channels: int | None = None, gauge_hidden: int = 16, gauge_bound: float = 2.0,
-                 learn_gauge: bool = True, section: str = "balanced",
+                 learn_gauge: bool = True, gauge_signs: bool = True, section: str = "balanced",
                  sweeps: int = BALANCE_SWEEPS, compress: bool = True,
                  statistics: bool = False, soft_signs: bool = True, frame: str = "gauged",
                  checkpoint: bool = False, copies: int = 1, compile: bool = False,
@@ -130,8 +133,8 @@ class MetaNet(nn.Module):
         self.out_dim = out_dim
         self.probes = int(probes)
         channels = max(hidden // 2, 1) if channels is None else channels
-        self.gauge = (GaugeMap(gauge_hidden, gauge_bound, learn_gauge, section, sweeps)
-                      if mode == "quasi" else None)
+        self.gauge = (GaugeMap(gauge_hidden, gauge_bound, learn_gauge, section, sweeps,
+                               signs=gauge_signs) if mode == "quasi" else None)
         # strict reads its values equivariantly; its statistics read the exact section
         self.section = (GaugeMap(learned=False, section=section, sweeps=sweeps)
                         if mode == "strict" and statistics and task == "invariant" else None)

@@ -19,11 +19,11 @@ incoming weights) stay visible. Invariant features may be added to value channel
 factor is trivial (inputs, outputs, wiring, neurons without symmetry).
 
 :class:`FreeReader` (``mode="perm"`` and ``mode="quasi"``). No constraint: invariant features may
-be added everywhere. In ``quasi`` mode the values are already gauged (invariant and normalised
-per neuron), so everything computed from them is invariant and the channels are read as they
-are, which keeps their linear structure. In ``perm`` mode the raw weights have any scale, so the
-channels are read through ``symlog`` (sign-preserving compression; reading them raw trains
-worse); the network is permutation equivariant only.
+be added everywhere. In ``quasi`` mode the values are already gauged (invariant), so everything
+computed from them is invariant; in ``perm`` mode the network is permutation equivariant only.
+Both read the channels through ``symlog`` (sign-preserving compression; ``compress=False`` reads
+them raw, which trained worse in both modes: README, "What makes the gauge pay"); the channels
+themselves keep their linear structure.
 """
 
 from __future__ import annotations

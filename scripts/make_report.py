@@ -46,6 +46,7 @@ BEFORE_WD = {"weight_decay": 0.01}  # the default weight decay until weight deca
 # row below was defined and measured against them, so a row trains with them on a
 # generalization column unless it sets its own (the combo rows set all four, which makes them
 # today's defaults). Other tasks' defaults did not change.
+COMBO_TRAIN = {"rank_loss": 1.0, "weight_decay": 0.3, "ema": 0.99}
 BEFORE_COMBO = {"train": {"weight_decay": 0.1, "ema": 0.0, "rank_loss": 0.0},
                 "model": {"output_readout": False}}
 
@@ -104,9 +105,16 @@ METHODS = {
     "strict-rank": {"mode": "strict", "train": {"rank_loss": 1.0}},
     # the four levers that each lifted a metanet by less than its noise, together: the rank
     # term, weight decay 0.3, the moving average of the weights and the output readout
-    **{f"{mode}-combo": {"mode": mode, "model": {"output_readout": True},
-                         "train": {"rank_loss": 1.0, "weight_decay": 0.3, "ema": 0.99}}
+    **{f"{mode}-combo": {"mode": mode, "model": {"output_readout": True}, "train": COMBO_TRAIN}
        for mode in ("quasi", "perm", "strict")},
+    # what the sign canonicaliser costs on the combination (quasi trails perm on tanh
+    # networks, where the gauge fixes signs only): hard signs (no fading near the jump), and
+    # no sign flips at all (a diagnostic: the metanet is then not invariant to sign flips)
+    "quasi-combo-hard": {"mode": "quasi", "model": {"output_readout": True, "soft_signs": False},
+                         "train": COMBO_TRAIN},
+    "quasi-combo-nosigns": {"mode": "quasi", "train": COMBO_TRAIN,
+                            "model": {"output_readout": True, "soft_signs": False,
+                                      "gauge_signs": False}},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},

@@ -185,6 +185,36 @@ def test_gauge_bound_limits_the_learned_factor(zoo):
     assert torch.equal(alpha[~st.scale], f[~st.scale])
 
 
+def test_gauge_without_signs_fixes_scales_and_keeps_signs(zoo):
+    """The ablation ``signs=False``: the gauged network is invariant to scalings, not to sign
+    flips (each sign-symmetric neuron keeps its input sign), and still computes the function."""
+    names, modules, gs, batch = zoo
+    st = GraphStructure.of(batch)
+    gauge = models.GaugeMap(signs=False).double()
+
+    def gauged(b):
+        return gauge(st, b.edge_value, b.node_value, b.node_mask)
+
+    edge, node, alpha = gauged(batch)
+    assert (alpha > 0).all() and st.sign.any()
+    scaled = Batch.from_data_list(_moved(gs, 4, permutations=False, signs=False))
+    flipped = Batch.from_data_list(_moved(gs, 4, permutations=False, scales=False))
+    assert (gauged(scaled)[0] - edge).abs().max() <= 1e-10 * edge.abs().max()
+    assert (gauged(flipped)[0] - edge).abs().max() > 1e-3  # the control: signs are not fixed
+    with_signs = models.GaugeMap().double()
+    with_signs.load_state_dict(gauge.state_dict())
+    flipped_back = with_signs(st, flipped.edge_value, flipped.node_value, flipped.node_mask)[0]
+    assert (flipped_back - with_signs(st, batch.edge_value, batch.node_value,
+                                      batch.node_mask)[0]).abs().max() <= 1e-10 * edge.abs().max()
+    net = batch.with_values(edge, node).to_data_list()
+    gen = torch.Generator().manual_seed(5)
+    for name, module, g in zip(names, modules, net):
+        x = random_input(name, 8, gen)
+        with torch.no_grad():
+            clone = paramgraph.load_into(copy.deepcopy(module), g)
+            assert torch.allclose(clone(x), module(x), rtol=1e-8, atol=1e-10), name
+
+
 # -- building blocks -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("aggrs", [("sum", "mean", "max"), ("min", "std")])
