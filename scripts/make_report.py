@@ -186,9 +186,23 @@ def make_zoos(args) -> dict[str, Path]:
     return paths
 
 
+def job_config(job: dict):
+    """The ``TrainConfig`` of one run: its method's settings over the defaults the method was
+    measured against (``BEFORE_COMBO`` on generalization columns)."""
+    from paramgraph.tasks.train import TrainConfig
+
+    method = METHODS[job["mode"]]
+    base = BEFORE_COMBO if job["task"] == "generalization" else {}
+    return TrainConfig(task=job["task"], zoo=job["zoo"], mode=method["mode"],
+                       hidden=job["hidden"], layers=job["layers"], epochs=job["epochs"],
+                       seed=job["seed"],
+                       model_kwargs={**base.get("model", {}), **method.get("model", {})},
+                       **{**base.get("train", {}), **method.get("train", {})})
+
+
 def _job(job: dict) -> dict:
     """Train (or resume, or skip if finished) one run and evaluate it on the test split."""
-    from paramgraph.tasks.train import TrainConfig, evaluate_run, train
+    from paramgraph.tasks.train import evaluate_run, train
 
     run = Path(job["run"])
     done_file = run / "eval-test.json"
@@ -196,13 +210,7 @@ def _job(job: dict) -> dict:
         ev = json.loads(done_file.read_text())
         summary = json.loads((run / "summary.json").read_text())
         return {**job, "metrics": ev["metrics"], "seconds": summary["seconds"]}
-    method = METHODS[job["mode"]]
-    base = BEFORE_COMBO if job["task"] == "generalization" else {}
-    cfg = TrainConfig(task=job["task"], zoo=job["zoo"], mode=method["mode"],
-                      hidden=job["hidden"], layers=job["layers"], epochs=job["epochs"],
-                      seed=job["seed"],
-                      model_kwargs={**base.get("model", {}), **method.get("model", {})},
-                      **{**base.get("train", {}), **method.get("train", {})})
+    cfg = job_config(job)
     resume = (run / "config.json").is_file()
     summary = train(None if resume else cfg, run, resume=resume, threads=1, progress=False)
     result = evaluate_run(run, "test", threads=1)

@@ -46,6 +46,23 @@ def _train_job(job: tuple[str, str, str, int, int]) -> dict:
     return {"method": mode, **result["metrics"], "seconds": time.time() - t0, "run": run_dir}
 
 
+def _recipe() -> str:
+    """The generalization task's training defaults, as the demo's runs use them."""
+    from paramgraph.models.defaults import TRAINING
+
+    from .objectives import get_objective
+
+    task = get_objective("generalization")
+    settings = {**TRAINING, **task.train_defaults("quasi"), **task.model_defaults("quasi")}
+    return ", ".join(f"{RECIPE_WORDS.get(name, name)} {value:g}" if not isinstance(value, bool)
+                     else RECIPE_WORDS.get(name, name) + ("" if value else " off")
+                     for name, value in settings.items())
+
+
+RECIPE_WORDS = {"weight_decay": "weight decay", "ema": "weight average", "rank_loss": "rank term",
+                "output_readout": "output readout"}
+
+
 def _count_epochs(run_dirs: list[Path]) -> int:
     import json
 
@@ -162,8 +179,8 @@ def run_demo(size: int = DEMO_SIZE, epochs: int = DEMO_EPOCHS, out: str = "runs/
     load_graphs(zoo)  # convert once here, so the training processes share the cache
 
     print(f"[2/3] metanets: {epochs} epochs each, hidden {METANET['hidden']}, "
-          f"{METANET['layers']} rounds, {len(zoo.split('train'))} training networks; and the "
-          "statistics baseline", flush=True)
+          f"{METANET['layers']} rounds, {len(zoo.split('train'))} training networks, the "
+          f"task's defaults ({_recipe()}); and the statistics baseline", flush=True)
     results = _train_all(zoo_path, out_path, epochs, seed, workers)
     base = fit_predict("generalization", zoo, "train", "test", seed=seed)
     base_row = {"method": "statistics baseline", **base["metrics"], "seconds": base["seconds"]}
