@@ -371,20 +371,35 @@ def random_symmetry(
     return apply_element(graph, element)
 
 
+def random_factors(scale: torch.Tensor | None, sign: torch.Tensor | None, generator=None,
+                   scale_range: tuple[float, float] = (0.1, 10.0)) -> torch.Tensor:
+    """Random neuron factors (float64, one per neuron): log-uniform over ``scale_range`` where
+    the bool mask ``scale`` is set, times a fair random sign where ``sign`` is set, 1 elsewhere
+    (``None``: that kind is not drawn). Both draws are made whatever the masks hold, so the
+    random stream does not depend on them."""
+    n = (scale if scale is not None else sign).numel()
+    device = (scale if scale is not None else sign).device
+    factor = torch.ones(n, dtype=torch.float64, device=device)
+    if scale is not None:
+        lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
+        log_q = torch.rand(n, generator=generator, dtype=torch.float64, device=device) \
+            * (hi - lo) + lo
+        factor = torch.where(scale, log_q.exp(), factor)
+    if sign is not None:
+        flip = torch.rand(n, generator=generator, dtype=torch.float64, device=device) < 0.5
+        factor = torch.where(sign & flip, -factor, factor)
+    return factor
+
+
 def random_element(graph: ParamGraph, *, generator=None, permutations=True, scales=True,
                    signs=True, heads=True, scale_range=(0.1, 10.0),
                    head_scale_range=(0.5, 2.0)) -> GroupElement:
     """Draw a :class:`GroupElement` of ``graph``'s group; see :func:`random_symmetry`."""
     n = graph.num_nodes
     node_perm = _random_node_permutation(graph, generator) if permutations else torch.arange(n)
-    factor = torch.ones(n, dtype=torch.float64)
-    if scales:
-        lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
-        log_q = torch.rand(n, generator=generator, dtype=torch.float64) * (hi - lo) + lo
-        factor = torch.where(graph.node_scale, log_q.exp(), factor)
-    if signs:
-        flip = torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
-        factor = torch.where(graph.node_sign & flip, -factor, factor)
+    factor = (random_factors(graph.node_scale if scales else None,
+                             graph.node_sign if signs else None, generator, scale_range)
+              if scales or signs else torch.ones(n, dtype=torch.float64))
     qk, vo = {}, {}
     if heads:
         for block in _attention_blocks(graph):

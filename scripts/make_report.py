@@ -115,6 +115,10 @@ METHODS = {
     "quasi-combo-nosigns": {"mode": "quasi", "train": COMBO_TRAIN,
                             "model": {"output_readout": True, "soft_signs": False,
                                       "gauge_signs": False}},
+    # perm trained on networks moved by random scales in [1/4, 4] and signs every step: can it
+    # still read what the function does not determine (where a network sits in its orbit)?
+    "perm-combo-aug": {"mode": "perm", "model": {"output_readout": True},
+                       "train": {**COMBO_TRAIN, "augment": 4.0}},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},

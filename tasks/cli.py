@@ -206,6 +206,10 @@ def add_task_commands(subparsers) -> None:
                    "the squared error, 0 for none (generalization and regression; default: "
                    f"the task's; generalization {GENERALIZATION['rank_loss']:g}, regression "
                    f"{TRAINING['rank_loss']:g})")
+    p.add_argument("--augment", type=nonneg_float, default=0.0, metavar="R",
+                   help="move every training network by a random function-preserving element "
+                   "each step: scales log-uniform in [1/R, R] and random signs (R > 1; default "
+                   "0: off). For perm, which is not invariant to them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", choices=tuple(SPLIT_SETS), default="id",
                    help="id: train/val/test; ood: hold out the ViTs of a hetero zoo as test; "
@@ -505,6 +509,7 @@ def cmd_train(args) -> int:
                           layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
                           clip=args.clip, ema=args.ema, rank_loss=args.rank_loss,
+                          augment=args.augment,
                           seed=args.seed, splits=args.splits,
                           max_train=args.max_train,
                           model_kwargs=_model_kwargs(args))

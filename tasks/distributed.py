@@ -452,14 +452,15 @@ def global_batch(ctx: Context, pred: Tensor, y: Tensor, step: StepPlan) -> tuple
 
 
 def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=None,
-              clip: float = 0.0, bar=None, after_step=None) -> dict:
+              clip: float = 0.0, bar=None, after_step=None, transform=None) -> dict:
     """One training epoch over ``loader`` (this rank's batches) following ``plan``.
 
     No host synchronisation per step: the loss, skipped steps and non-finite losses are summed on
     the device and all-reduced once at the end. Returns ``{"loss_sum", "count", "skipped",
     "bad_loss"}`` as Python numbers over all ranks (``skipped``: steps whose gradient was not
     finite and were not applied; identical on every rank because gradients are all-reduced).
-    ``after_step()`` is called after every optimiser step (the weights' moving average).
+    ``after_step()`` is called after every optimiser step (the weights' moving average);
+    ``transform(batch, structure)`` returns the batch the model reads (training augmentation).
     """
     dev = ctx.device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -471,6 +472,8 @@ def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=N
     for batch, step in zip(loader, plan, strict=True):
         local_n = step.local
         batch, st = prepare(batch, dev, non_blocking=True)
+        if transform is not None:
+            batch = transform(batch, st)
         pred = objective.predict(model, batch, hidden, st)
         loss = objective.loss(pred, batch.y)
         weight = local_n / step.graphs * ctx.world_size  # 1.0 in one process

@@ -33,6 +33,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from paramgraph.atomic import atomic_path
 from paramgraph.models.defaults import HIDDEN, LAYERS, TRAINING
 
 from . import distributed
+from .augment import augment
 from .averaging import WeightAverage
 from .data import ZooDataset, load_graphs
 from .distributed import predict
@@ -82,6 +84,7 @@ class TrainConfig:
     max_train: int | None = None  # use only the first N training networks (quick runs)
     ema: float | None = None  # decay of the weights' moving average that is evaluated and kept; 0: off
     rank_loss: float | None = None  # weight of the pairwise rank term (tasks.losses); 0: off
+    augment: float = 0.0  # R > 1: move training networks by random scales in [1/R, R] and signs
     model_kwargs: dict = field(default_factory=dict)
 
     def split(self, which: str) -> str:
@@ -226,6 +229,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         raise TaskError(f"unknown split set '{cfg.splits}' (known: {', '.join(SPLIT_SETS)})")
     if workers < 0:
         raise TaskError(f"--workers must be at least 0, got {workers}")
+    if cfg.augment and cfg.augment <= 1:
+        raise TaskError(f"--augment R moves scales within [1/R, R] and needs R > 1 (or 0 for "
+                        f"none), got {cfg.augment:g}")
     with thread_count(threads), distributed.session(device) as ctx, \
             distributed.failures_shared(ctx):  # a failing rank ends the run on every rank
         return _train(cfg, objective, run, resume, progress and ctx.is_main, stop_after,
@@ -366,8 +372,9 @@ def _train_epoch(cfg: TrainConfig, objective: Objective, data: RunData, state: _
                                             edges, workers)
     t1 = time.time()
     after_step = (lambda: state.average.update(state.net)) if state.average is not None else None
+    transform = partial(augment, scale_range=cfg.augment) if cfg.augment else None
     sums = distributed.run_epoch(ctx, model, objective, state.opt, state.sched, loader, plan,
-                                 data.hidden, cfg.clip, bar, after_step)
+                                 data.hidden, cfg.clip, bar, after_step, transform)
     seconds = time.time() - t1
     if sums["bad_loss"]:
         raise TaskError(f"training diverged at epoch {epoch} (non-finite loss in "

@@ -300,3 +300,51 @@ def test_compile_and_copies_reach_the_run_config(zoo, tmp_path, monkeypatch):
     assert main(args + ["--channels", "0"]) == 0
     assert [c.model_kwargs for c in seen] == [{"compile": True}, {},
                                               {"copies": 3, "compile": True}, {"channels": 0}]
+
+
+def test_augmentation_moves_the_training_networks_within_their_orbits(zoo, tmp_path, capsys):
+    """--augment R: the metanet reads networks moved by random scales in [1/R, R] and signs,
+    which compute exactly what they computed (every network of the metanet test catalogue); a
+    perm run trains differently with it, a quasi run (invariant) the same to float rounding;
+    R <= 1 is refused with one line."""
+    import copy
+
+    from torch_geometric.data import Batch
+
+    import paramgraph
+    from metanet_nets import graphs, random_input
+    from paramgraph.models import prepare
+    from paramgraph.tasks.augment import moved_values
+    from paramgraph.tasks.cli import main
+
+    names, modules, gs = graphs(seeds=(0,))
+    batch, st = prepare(Batch.from_data_list(gs))
+    torch.manual_seed(3)
+    edge, node = moved_values(st, batch.edge_value, batch.node_value, 4.0)
+    ratio = (edge / batch.edge_value)[batch.edge_value.abs() > 1e-6].abs()
+    assert ratio.min() >= 1 / 16 - 1e-9 and ratio.max() <= 16 + 1e-9 and ratio.std() > 0.1
+    assert (edge * batch.edge_value < 0).any()  # some signs flipped
+    gen = torch.Generator().manual_seed(4)
+    for name, module, g in zip(names, modules, batch.with_values(edge, node).to_data_list()):
+        x = random_input(name, 8, gen)
+        with torch.no_grad():
+            clone = paramgraph.load_into(copy.deepcopy(module), g)
+            assert torch.allclose(clone(x), module(x), rtol=1e-8, atol=1e-10), name
+
+    def run(name: str, mode: str, *flags: str) -> list[float]:
+        assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--mode", mode,
+                     "--epochs", "1", "--hidden", "16", "--layers", "2", "--batch-size", "4",
+                     "--threads", "1", "--no-progress", "--out", str(tmp_path / name),
+                     *flags]) == 0
+        return [r["train_loss"] for r in json.loads((tmp_path / name / "metrics.json")
+                                                    .read_text())]
+
+    assert run("perm-aug", "perm", "--augment", "4") != pytest.approx(run("perm", "perm"),
+                                                                      rel=1e-3)
+    assert run("quasi-aug", "quasi", "--augment", "4") == pytest.approx(run("quasi", "quasi"),
+                                                                         rel=1e-4)
+    capsys.readouterr()
+    assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--augment", "0.5",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--augment R moves scales within [1/R, R] and needs R > 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
