@@ -204,3 +204,9 @@ def test_command_line_and_python_defaults_agree():
     cfg = TrainConfig(task="generalization", zoo="z")
     for name in ("hidden", "layers", "mode"):
         assert getattr(args, name) == signature[name].default == getattr(cfg, name), name
+    # the settings a task may choose are left to the task by both, so both resolve them alike
+    from paramgraph.models.defaults import TRAINING
+
+    for name in TRAINING:
+        assert getattr(args, name) is None and getattr(cfg, name) is None, name
+    assert args.output_readout is None and "output_readout" not in cfg.model_kwargs
