@@ -111,6 +111,7 @@ from torch_geometric.utils import scatter
 from paramgraph.canonical import (  # the exact section: one home, shared with paramgraph
     BALANCE_SWEEPS,
     SECTIONS,
+    SIGN_STATISTICS,
     balance_factors,
     canonical_factors,
     section_factors,
@@ -121,6 +122,7 @@ from paramgraph.canonical_heads import HeadFrame, head_sections, write_heads
 from .encoders import CODE_SLOTS
 from .structure import GraphStructure, symlog
 
+GAUGE_SIGNS = (*SIGN_STATISTICS, "none")  # GaugeMap(signs=...)
 SOFT_SIGN_WIDTH = 0.1  # sign_confidence: a neuron's sign counts as sure from |r| >~ 0.2
 
 
@@ -146,11 +148,12 @@ def apply_factors(st: GraphStructure, factor: Tensor, edge_value: Tensor,
 
 
 def sign_confidence(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
-                    width: float = SOFT_SIGN_WIDTH) -> Tensor:
+                    width: float = SOFT_SIGN_WIDTH, statistic: str = "bias") -> Tensor:
     """``[N]``: how far each sign-symmetric neuron of a *canonical* network is from the jump of
     its sign choice, ``tanh(r / width)`` with ``r`` its canonical sign statistic relative to its
-    scale (plain neuron: bias over the rms of its incoming weights; normalised neuron: norm weight
-    over ``sqrt(gamma^2 + beta^2)``); 1 for neurons without a sign symmetry.
+    scale (plain neuron, ``statistic="bias"``: bias over the rms of its incoming weights;
+    ``"incoming"``: the sum of its incoming weights over their norm; normalised neuron: norm
+    weight over ``sqrt(gamma^2 + beta^2)``); 1 for neurons without a sign symmetry.
 
     The sign canonicaliser flips a neuron when its bias changes sign, so two nearly identical
     networks on either side of ``b = 0`` get canonical forms that differ by a flipped channel.
@@ -158,14 +161,20 @@ def sign_confidence(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
     invariant features continuous there: the flipped channel is faded out on both sides. (How
     many neurons of a zoo sit near the jump: README, "What makes the gauge pay".)
     """
-    ss, _ = _edge_sums(st, edge_value)
+    ss, sv = _edge_sums(st, edge_value)
     ss = torch.where(st.weight, ss, torch.zeros_like(ss))
     n = st.num_nodes
-    incoming = torch.zeros(n, dtype=ss.dtype, device=ss.device).index_add(0, st.dst, ss)
-    rms = (incoming / st.fan_in.clamp_min(1).to(ss.dtype)).sqrt()
+    zeros = torch.zeros(n, dtype=ss.dtype, device=ss.device)
+    incoming = zeros.index_add(0, st.dst, ss)
+    if statistic == "bias":
+        plain_stat = node_value[:, 0].abs()
+        plain_scale = (incoming / st.fan_in.clamp_min(1).to(ss.dtype)).sqrt()
+    else:
+        plain_stat = zeros.index_add(0, st.dst, torch.where(st.weight, sv, 0.0)).abs()
+        plain_scale = incoming.sqrt()
     norm = (node_value[:, 1].square() + node_value[:, 2].square()).sqrt()
-    stat = torch.where(st.plain, node_value[:, 0].abs(), node_value[:, 1].abs())
-    scale = torch.where(st.plain, rms, norm)
+    stat = torch.where(st.plain, plain_stat, node_value[:, 1].abs())
+    scale = torch.where(st.plain, plain_scale, norm)
     tiny = torch.finfo(ss.dtype).tiny ** 0.5
     r = stat / torch.where(scale > tiny, scale, torch.ones_like(scale))
     conf = torch.tanh(r / width)
@@ -202,14 +211,16 @@ class GaugeMap(nn.Module):
 
     def __init__(self, hidden: int = 16, bound: float = 2.0, learned: bool = True,
                  section: str = "balanced", sweeps: int = BALANCE_SWEEPS, precise: bool = True,
-                 signs: bool = True):
+                 signs: str = "bias"):
         super().__init__()
         if section not in SECTIONS:
             raise ValueError(f"unknown gauge section '{section}'; choose from {SECTIONS}")
+        if signs not in GAUGE_SIGNS:
+            raise ValueError(f"unknown gauge signs '{signs}'; choose from {GAUGE_SIGNS}")
         self.bound = float(bound)
         self.learned = learned
-        # False: the section's scales without its sign flips (an ablation that measures what
-        # canonicalising signs costs; the gauged network is then not invariant to sign flips)
+        # the canonicaliser's sign statistic; "none": its scales without its sign flips (an
+        # ablation that measures what canonicalising signs costs; not invariant to sign flips)
         self.signs = signs
         self.section, self.sweeps, self.precise = section, int(sweeps), precise
         if not learned:
@@ -231,9 +242,16 @@ class GaugeMap(nn.Module):
         the factor is the one applied around the head section (unit factors, then the heads,
         then the balancing sweeps; see the module docstring)."""
         if st.heads is None:
-            return section_factors(st, edge_value, node_value, self.section, self.sweeps)
+            f, sums = section_factors(st, edge_value, node_value, self.section, self.sweeps,
+                                      self._statistic)
+            return (f if self.signs != "none" else f.abs()), sums
         f, b = self._head_section(st, edge_value, node_value)[:2]
         return f * b, _edge_sums(st, edge_value)
+
+    @property
+    def _statistic(self) -> str:
+        """The canonicaliser's sign statistic (any, where signs are not kept)."""
+        return "bias" if self.signs == "none" else self.signs
 
     def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
                 node_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -250,7 +268,6 @@ class GaugeMap(nn.Module):
         if st.heads is not None:
             return self._gauge_heads(st, ev, nv, node_mask, dtype)
         f, sums = self.section_factors(st, ev, nv)
-        f = f if self.signs else f.abs()
         alpha = f
         if self.learned and st.has_scale:
             s = self.log_scale(st, f, sums, node_value, node_mask).to(wide)
@@ -261,8 +278,8 @@ class GaugeMap(nn.Module):
     def _head_section(self, st: GraphStructure, ev: Tensor, nv: Tensor):
         """Unit factors ``f``, then the head section, then balancing factors ``b`` from there:
         ``(f, b, sections, ev, nv)`` with ``(ev, nv)`` the unit-scaled, head-canonical values."""
-        f = canonical_factors(st, ev, nv)
-        f = f if self.signs else f.abs()
+        f = canonical_factors(st, ev, nv, signs=self._statistic)
+        f = f if self.signs != "none" else f.abs()
         ev, nv = apply_factors(st, f, ev, nv)
         sections = head_sections(st.heads, ev, nv)
         ev, nv = write_heads(st.heads, sections, ev, nv)

@@ -68,9 +68,11 @@ class MetaNet(nn.Module):
         gauge_hidden, gauge_bound: width of the learned gauge factor's network, and the bound
             ``s_max`` of its log-scale (``quasi``).
         learn_gauge: ``False`` keeps only the exact section (an ablation of ``quasi``).
-        gauge_signs: ``False`` leaves sign-symmetric neurons unflipped, the section's scales
-            only (an ablation of ``quasi`` that measures what canonicalising signs costs; the
-            metanet is then *not* invariant to sign flips).
+        gauge_signs: which statistic of a sign-symmetric neuron the canonicaliser makes
+            positive: ``"bias"`` (default) or ``"incoming"`` (the sum of its incoming weights;
+            :mod:`paramgraph.canonical`); ``"none"`` leaves such neurons unflipped, the
+            section's scales only (an ablation of ``quasi`` that measures what canonicalising
+            signs costs; the metanet is then *not* invariant to sign flips).
         section, sweeps: the exact section of the scaling group the gauge starts from
             (``"balanced"``: the minimum-norm point of the orbit, approached by ``sweeps``
             rebalancing sweeps from the unit-norm form; ``"unit"``: unit-norm incoming weights);
@@ -110,7 +112,7 @@ class MetaNet(nn.Module):
                  hidden: int = HIDDEN, layers: int = LAYERS, *,
                  aggrs: Sequence[str] = ("sum", "mean", "max"), kernel_cap: int = 64,
                  channels: int | None = None, gauge_hidden: int = 16, gauge_bound: float = 2.0,
-                 learn_gauge: bool = True, gauge_signs: bool = True, section: str = "balanced",
+                 learn_gauge: bool = True, gauge_signs: str = "bias", section: str = "balanced",
                  sweeps: int = BALANCE_SWEEPS, compress: bool = True,
                  statistics: bool = False, soft_signs: bool = True, frame: str = "gauged",
                  checkpoint: bool = False, copies: int = 1, compile: bool = False,
@@ -141,7 +143,8 @@ class MetaNet(nn.Module):
         self.statistics = (LayerStatistics(hidden) if statistics and task == "invariant"
                            else None)
         # only the invariant head: the weight head must start from the gauged network itself
-        self.soft_signs = soft_signs and mode == "quasi" and task == "invariant"
+        self.soft_signs = (soft_signs and mode == "quasi" and task == "invariant"
+                           and gauge_signs != "none")  # no sign choice, no jump to fade
         self.backbone = Backbone(task, out_dim, hidden, layers, channels, aggrs, kernel_cap,
                                  constrained=mode == "strict", compress=compress,
                                  checkpoint=checkpoint,
@@ -185,7 +188,8 @@ class MetaNet(nn.Module):
                 probes = probes * gauged.alpha.to(dtype).unsqueeze(1)
             if self.soft_signs:
                 # a weighting, not a path for gradients (its sqrt has none at zero weights)
-                conf = sign_confidence(st, edge_value.detach(), node_value.detach())
+                conf = sign_confidence(st, edge_value.detach(), node_value.detach(),
+                                       statistic=self.gauge.signs)
                 edge_value, node_value = soften_signs(st, conf, edge_value, node_value)
                 if probes is not None:
                     probes = probes * conf.to(dtype).unsqueeze(1)

@@ -7,8 +7,11 @@ whichever element of the scale/sign group it was moved by first (to float roundi
 1. :func:`canonical_factors`, the unit-norm canonicaliser: layer by layer from the input, each
    scalable neuron is rescaled so that its incoming parameters (weights after the factors of
    its sources, and bias; a normalised neuron: its norm weight and shift) have unit norm, and
-   each sign-symmetric neuron is flipped so that its bias (normalised: norm weight) is positive
-   (tie-break: the sum of its incoming weights, then the norm shift; zero: left unflipped).
+   each sign-symmetric neuron is flipped so that its *sign statistic* is positive (``signs``):
+   ``"bias"`` (the default), its bias, tie-break the sum of its incoming weights;
+   ``"incoming"``, the sum of its incoming weights (after its sources' factors), tie-break its
+   bias. A normalised neuron uses its norm weight, tie-break its norm shift, either way (its
+   incoming weights do not flip with it). Zero: left unflipped.
 2. :func:`balance_factors`, from the canonical network, red-black sweeps towards the
    minimum-norm point of the scaling orbit (the *balanced* section). A fixed number of sweeps of
    an invariant input is invariant, however far from convergence it stops.
@@ -35,6 +38,7 @@ if TYPE_CHECKING:  # for annotations only: the graph class imports torch_geometr
 
 BALANCE_SWEEPS = 12  # sweeps of balance_factors (exact invariance does not depend on it)
 SECTIONS = ("balanced", "unit")
+SIGN_STATISTICS = ("bias", "incoming")  # what canonical_factors makes positive (module doc)
 
 
 @dataclass
@@ -88,15 +92,17 @@ class ScaleStructure:
 
 
 def section_factors(st, edge_value: Tensor, node_value: Tensor, section: str = "balanced",
-                    sweeps: int = BALANCE_SWEEPS) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                    sweeps: int = BALANCE_SWEEPS,
+                    signs: str = "bias") -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """The exact section's factor ``[N]`` and the edges' ``(sum of squares, sum)`` of the input
     values, both in the dtype of ``edge_value``. ``section``: ``"balanced"`` (the unit-norm
     canonical network rebalanced by ``sweeps`` sweeps of :func:`balance_factors`) or ``"unit"``
-    (:func:`canonical_factors` alone). Raises ValueError for another section."""
+    (:func:`canonical_factors` alone); ``signs``: the sign statistic (module docstring).
+    Raises ValueError for another section."""
     if section not in SECTIONS:
         raise ValueError(f"unknown gauge section '{section}'; choose from {SECTIONS}")
     sums = edge_value_sums(st, edge_value)
-    f = canonical_factors(st, edge_value, node_value, sums)
+    f = canonical_factors(st, edge_value, node_value, sums, signs)
     if section == "balanced":
         mult = edge_multipliers(st, f)
         canon_ss = sums[0] * mult.square()
@@ -123,7 +129,8 @@ def edge_multipliers(st, f: Tensor) -> Tensor:
 
 
 def canonical_factors(st, edge_value: Tensor, node_value: Tensor,
-                      edge_sums: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                      edge_sums: tuple[Tensor, Tensor] | None = None,
+                      signs: str = "bias") -> Tensor:
     """The canonicaliser's factor per neuron, ``[N]`` (1 where the neuron has no symmetry).
 
     See the module docstring for the construction. Where ``st`` has ``heads`` (a
@@ -133,8 +140,11 @@ def canonical_factors(st, edge_value: Tensor, node_value: Tensor,
     that the factors do not depend on the per-head maps. Applying the result (the group's action,
     :func:`paramgraph.apply_element` with these factors) gives the canonical network, which is
     invariant under the group's scales and signs.
-    Differentiable (out-of-place), one vectorised step per depth level.
+    Differentiable (out-of-place), one vectorised step per depth level. ``signs``: the sign
+    statistic, one of :data:`SIGN_STATISTICS` (ValueError otherwise).
     """
+    if signs not in SIGN_STATISTICS:
+        raise ValueError(f"unknown sign statistic '{signs}'; choose from {SIGN_STATISTICS}")
     n = st.num_nodes
     dtype = edge_value.dtype
     ss, sv = edge_sums if edge_sums is not None else edge_value_sums(st, edge_value)
@@ -159,8 +169,9 @@ def canonical_factors(st, edge_value: Tensor, node_value: Tensor,
         if heads is not None and level in heads.reader_levels:  # readers of out-projections
             n2, wsum = heads.reader_sums(edge_value, node_value, f, n2, wsum)
         n2 = torch.where(st.plain, n2 + bias.square(), normed_n2)
-        primary = torch.where(st.plain, bias, nw)
-        tie = torch.where(st.plain, wsum, nb)
+        first, second = (bias, wsum) if signs == "bias" else (wsum, bias)
+        primary = torch.where(st.plain, first, nw)
+        tie = torch.where(st.plain, second, nb)
         stat = torch.where(primary != 0, primary, tie)
         sgn = torch.where(stat < 0, -torch.ones_like(stat), torch.ones_like(stat))
         scale = torch.where(n2 > tiny, n2, torch.ones_like(n2)).rsqrt()

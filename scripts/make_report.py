@@ -114,7 +114,12 @@ METHODS = {
                          "train": COMBO_TRAIN},
     "quasi-combo-nosigns": {"mode": "quasi", "train": COMBO_TRAIN,
                             "model": {"output_readout": True, "soft_signs": False,
-                                      "gauge_signs": False}},
+                                      "gauge_signs": "none"}},
+    # signs canonicalised by the sum of a neuron's incoming weights instead of its bias (which
+    # the canonical form then shows positive on every tanh neuron, unlike any ReLU network's)
+    "quasi-combo-insign": {"mode": "quasi", "train": COMBO_TRAIN,
+                           "model": {"output_readout": True, "soft_signs": False,
+                                     "gauge_signs": "incoming"}},
     # perm trained on networks moved by random scales in [1/4, 4] and signs every step: can it
     # still read what the function does not determine (where a network sits in its orbit)?
     "perm-combo-aug": {"mode": "perm", "model": {"output_readout": True},

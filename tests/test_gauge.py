@@ -185,12 +185,55 @@ def test_gauge_bound_limits_the_learned_factor(zoo):
     assert torch.equal(alpha[~st.scale], f[~st.scale])
 
 
+def test_incoming_sign_statistic_is_an_exact_section_too(zoo):
+    """signs="incoming": sign-symmetric plain neurons get a positive sum of incoming weights
+    instead of a positive bias; the canonical network is as exactly invariant, computes the same
+    function, and differs from the bias section (the control that the option does something); a
+    quasi metanet built on it is invariant under the whole scale/sign group with permutations."""
+    from paramgraph.canonical import edge_value_sums
+
+    names, modules, gs, batch = zoo
+    st = GraphStructure.of(batch)
+    moved = Batch.from_data_list(_moved(gs, 6))
+    st_moved = GraphStructure.of(moved)
+
+    def canonical(b, s, signs):
+        f = canonical_factors(s, b.edge_value, b.node_value, signs=signs)
+        return f, apply_factors(s, f, b.edge_value, b.node_value)
+
+    f, (edge, node) = canonical(batch, st, "incoming")
+    _, (edge2, _) = canonical(Batch.from_data_list(_moved(gs, 6, permutations=False)), st,
+                              "incoming")
+    assert (edge - edge2).abs().max() <= 1e-12 * edge.abs().max()
+    _, (edge_bias, _) = canonical(batch, st, "bias")
+    assert (edge - edge_bias).abs().max() > 1e-3
+    _, sv = edge_value_sums(st, edge)
+    wsum = torch.zeros(st.num_nodes, dtype=edge.dtype).index_add(
+        0, st.dst, torch.where(st.weight, sv, torch.zeros_like(sv)))
+    flippable = st.sign & st.plain & (wsum.abs() > 1e-9)
+    assert flippable.any() and (wsum[flippable] > 0).all()
+    gen = torch.Generator().manual_seed(7)
+    for name, module, g in zip(names, modules, batch.with_values(edge, node).to_data_list()):
+        x = random_input(name, 8, gen)
+        with torch.no_grad():
+            clone = paramgraph.load_into(copy.deepcopy(module), g)
+            assert torch.allclose(clone(x), module(x), rtol=1e-10, atol=1e-12), name
+    torch.manual_seed(0)
+    net = models.MetaNet(mode="quasi", hidden=16, layers=2, gauge_signs="incoming").double()
+    with torch.no_grad():
+        out = net(batch, st)
+        out_moved = net(moved, st_moved)
+    assert (out - out_moved).abs().max() <= 1e-9
+    with pytest.raises(ValueError, match="unknown sign statistic"):
+        canonical_factors(st, batch.edge_value, batch.node_value, signs="largest")
+
+
 def test_gauge_without_signs_fixes_scales_and_keeps_signs(zoo):
-    """The ablation ``signs=False``: the gauged network is invariant to scalings, not to sign
+    """The ablation ``signs="none"``: the gauged network is invariant to scalings, not to sign
     flips (each sign-symmetric neuron keeps its input sign), and still computes the function."""
     names, modules, gs, batch = zoo
     st = GraphStructure.of(batch)
-    gauge = models.GaugeMap(signs=False).double()
+    gauge = models.GaugeMap(signs="none").double()
 
     def gauged(b):
         return gauge(st, b.edge_value, b.node_value, b.node_mask)
