@@ -163,6 +163,7 @@ def throughput_child(args) -> None:
     import torch
 
     from paramgraph.tasks import distributed
+    from paramgraph.tasks.averaging import WeightAverage
     from paramgraph.tasks.objectives import get_objective
     from paramgraph.tasks.train import RunData, TrainConfig, build_metanet, with_task_defaults
 
@@ -170,12 +171,17 @@ def throughput_child(args) -> None:
     kwargs = {"compile": True} if args.compile else {}
     if args.channels is not None:
         kwargs["channels"] = args.channels
+    recipe = {}
+    if args.recipe == "generalization":  # that task's training recipe on the bench's networks
+        task = get_objective("generalization")
+        recipe = task.train_defaults(args.mode)
+        kwargs = {**task.model_defaults(args.mode), **kwargs}
     cfg = TrainConfig(task="regression", target="acc", zoo=str(args.zoo_dir), mode=args.mode,
                       hidden=args.hidden, layers=args.layers, batch_size=args.batch_size,
-                      model_kwargs=kwargs)
+                      model_kwargs=kwargs, **recipe)
     cfg = with_task_defaults(cfg, get_objective(cfg.task, cfg.target))
     data = RunData(cfg, get_objective(cfg.task, cfg.target), False)
-    objective = data.objective
+    objective = data.objective.with_rank_loss(cfg.rank_loss)
     torch.manual_seed(0)
     net = build_metanet(cfg, objective)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -190,7 +196,9 @@ def throughput_child(args) -> None:
     loader, plan = distributed.epoch_loader(ctx, train, order, args.batch_size,
                                             train.edge_counts())
     batches = timer.timed_iter(iter(loader))
-    step = dict(hidden=data.hidden, clip=cfg.clip)
+    average = WeightAverage(net, cfg.ema) if cfg.ema else None
+    step = dict(hidden=data.hidden, clip=cfg.clip,
+                after_step=(lambda: average.update(net)) if average else None)
     distributed.run_epoch(ctx, net, objective, opt, sched, _take(batches, 1), plan[:1], **step)
     timer.reset()
     wall, cpu = time.perf_counter(), time.process_time()
@@ -281,7 +289,8 @@ def throughput(args) -> None:
     result = {"hidden": args.hidden, "layers": args.layers, "steps": args.steps,
               "zoos": {n: {"arch": ZOOS[n][0], "networks": ZOOS[n][1],
                            "batch_size": ZOOS[n][3]} for n in args.zoos},
-              "compile": args.compile, "channels": args.channels, "cpu_count": os.cpu_count(),
+              "compile": args.compile, "channels": args.channels, "recipe": args.recipe,
+              "cpu_count": os.cpu_count(),
               "rows": rows}
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
@@ -296,6 +305,8 @@ def _throughput_run(args, zoo: Path, name: str, mode: str, threads: int, code) -
         cmd.append("--compile")
     if args.channels is not None:
         cmd += ["--channels", str(args.channels)]
+    if args.recipe != "plain":
+        cmd += ["--recipe", args.recipe]
     code = code if code is not None else str(ROOT)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=code, BENCH_TRAIN_CODE=code)
     out = subprocess.run(cmd, check=True, env=env, cwd="/", capture_output=True, text=True)
@@ -352,6 +363,10 @@ def main() -> None:
                         help="--throughput: MetaNet(compile=True) (torch.compile'd rounds)")
     parser.add_argument("--channels", type=int, default=None,
                         help="--throughput: value channels of the metanet (default hidden // 2)")
+    parser.add_argument("--recipe", choices=("plain", "generalization"), default="plain",
+                        help="--throughput: train with no extras (plain) or with the "
+                        "generalization task's recipe (rank term, weight decay, moving average, "
+                        "output readout)")
     parser.add_argument("--throughput-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--zoo-dir", type=Path, help=argparse.SUPPRESS)
