@@ -111,3 +111,16 @@ def random_input(name: str, n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` random inputs for the network ``name``."""
     shape = (n,) + tuple(NETS[name][1][1:])
     return torch.randn(shape, generator=generator, dtype=torch.float64)
+
+
+def assert_same_functions(names, modules, graphs, seed: int, rtol: float, atol: float) -> None:
+    """Each of ``graphs`` (new values for the network ``modules[i]`` called ``names[i]``),
+    loaded into a copy of its module, computes what the module computes on random inputs."""
+    import copy
+
+    gen = torch.Generator().manual_seed(seed)
+    for name, module, g in zip(names, modules, graphs):
+        x = random_input(name, 8, gen)
+        with torch.no_grad():
+            clone = paramgraph.load_into(copy.deepcopy(module), g)
+            assert torch.allclose(clone(x), module(x), rtol=rtol, atol=atol), name

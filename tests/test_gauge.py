@@ -14,7 +14,7 @@ from torch_geometric.utils import scatter
 from paramgraph import models
 import paramgraph
 from catalogue import random_inputs
-from metanet_nets import build, graphs, random_input
+from metanet_nets import assert_same_functions, build, graphs
 from paramgraph.models.encoders import KernelBins
 from paramgraph.models.gauge import apply_factors, canonical_factors
 from paramgraph.models.layers import EdgeAggregation, scatter_max
@@ -61,13 +61,8 @@ def test_canonical_network_is_exactly_invariant_and_functionally_identical(zoo):
     # only neurons with a symmetry move; the canonical network computes the same function
     assert torch.all((f == 1) | st.scale | st.sign)
     assert (f[st.scale] != 1).all() and (f[st.sign] == -1).any()
-    canonical = batch.with_values(edge, node).to_data_list()
-    gen = torch.Generator().manual_seed(2)
-    for name, module, g in zip(names, modules, canonical):
-        x = random_input(name, 8, gen)
-        clone = paramgraph.load_into(copy.deepcopy(module), g)
-        with torch.no_grad():
-            assert torch.allclose(clone(x), module(x), rtol=1e-10, atol=1e-12), name
+    assert_same_functions(names, modules, batch.with_values(edge, node).to_data_list(), 2,
+                          rtol=1e-10, atol=1e-12)
 
 
 def test_canonical_form_unit_norms_and_signs(zoo):
@@ -121,12 +116,8 @@ def test_balanced_section_is_invariant_functional_and_balances_norms(zoo):
         balanced = edge[on_edge].square().sum() + node[on_node, :3].square().sum()
         unit_norm = edge_u[on_edge].square().sum() + node_u[on_node, :3].square().sum()
         assert balanced <= unit_norm * (1 + 1e-9)
-    gen = torch.Generator().manual_seed(4)
-    for name, module, g in zip(names, modules, batch.with_values(edge, node).to_data_list()):
-        x = random_input(name, 8, gen)
-        clone = paramgraph.load_into(copy.deepcopy(module), g)
-        with torch.no_grad():
-            assert torch.allclose(clone(x), module(x), rtol=1e-9, atol=1e-11), name
+    assert_same_functions(names, modules, batch.with_values(edge, node).to_data_list(), 4,
+                          rtol=1e-9, atol=1e-11)
 
 
 def test_balancing_raw_weights_is_not_invariant_control(zoo):
@@ -212,12 +203,8 @@ def test_incoming_sign_statistic_is_an_exact_section_too(zoo):
         0, st.dst, torch.where(st.weight, sv, torch.zeros_like(sv)))
     flippable = st.sign & st.plain & (wsum.abs() > 1e-9)
     assert flippable.any() and (wsum[flippable] > 0).all()
-    gen = torch.Generator().manual_seed(7)
-    for name, module, g in zip(names, modules, batch.with_values(edge, node).to_data_list()):
-        x = random_input(name, 8, gen)
-        with torch.no_grad():
-            clone = paramgraph.load_into(copy.deepcopy(module), g)
-            assert torch.allclose(clone(x), module(x), rtol=1e-10, atol=1e-12), name
+    assert_same_functions(names, modules, batch.with_values(edge, node).to_data_list(), 7,
+                          rtol=1e-10, atol=1e-12)
     torch.manual_seed(0)
     net = models.MetaNet(mode="quasi", hidden=16, layers=2, gauge_signs="incoming").double()
     with torch.no_grad():
@@ -249,13 +236,8 @@ def test_gauge_without_signs_fixes_scales_and_keeps_signs(zoo):
     flipped_back = with_signs(st, flipped.edge_value, flipped.node_value, flipped.node_mask)[0]
     assert (flipped_back - with_signs(st, batch.edge_value, batch.node_value,
                                       batch.node_mask)[0]).abs().max() <= 1e-10 * edge.abs().max()
-    net = batch.with_values(edge, node).to_data_list()
-    gen = torch.Generator().manual_seed(5)
-    for name, module, g in zip(names, modules, net):
-        x = random_input(name, 8, gen)
-        with torch.no_grad():
-            clone = paramgraph.load_into(copy.deepcopy(module), g)
-            assert torch.allclose(clone(x), module(x), rtol=1e-8, atol=1e-10), name
+    assert_same_functions(names, modules, batch.with_values(edge, node).to_data_list(), 5,
+                          rtol=1e-8, atol=1e-10)
 
 
 # -- building blocks -------------------------------------------------------------------------------

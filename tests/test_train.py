@@ -307,12 +307,9 @@ def test_augmentation_moves_the_training_networks_within_their_orbits(zoo, tmp_p
     which compute exactly what they computed (every network of the metanet test catalogue); a
     perm run trains differently with it, a quasi run (invariant) the same to float rounding;
     R <= 1 is refused with one line."""
-    import copy
-
     from torch_geometric.data import Batch
 
-    import paramgraph
-    from metanet_nets import graphs, random_input
+    from metanet_nets import assert_same_functions, graphs
     from paramgraph.models import prepare
     from paramgraph.tasks.augment import moved_values
     from paramgraph.tasks.cli import main
@@ -324,12 +321,8 @@ def test_augmentation_moves_the_training_networks_within_their_orbits(zoo, tmp_p
     ratio = (edge / batch.edge_value)[batch.edge_value.abs() > 1e-6].abs()
     assert ratio.min() >= 1 / 16 - 1e-9 and ratio.max() <= 16 + 1e-9 and ratio.std() > 0.1
     assert (edge * batch.edge_value < 0).any()  # some signs flipped
-    gen = torch.Generator().manual_seed(4)
-    for name, module, g in zip(names, modules, batch.with_values(edge, node).to_data_list()):
-        x = random_input(name, 8, gen)
-        with torch.no_grad():
-            clone = paramgraph.load_into(copy.deepcopy(module), g)
-            assert torch.allclose(clone(x), module(x), rtol=1e-8, atol=1e-10), name
+    assert_same_functions(names, modules, batch.with_values(edge, node).to_data_list(), 4,
+                          rtol=1e-8, atol=1e-10)
 
     def run(name: str, mode: str, *flags: str) -> list[float]:
         assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--mode", mode,
