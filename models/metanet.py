@@ -81,9 +81,7 @@ class MetaNet(nn.Module):
             them canonicalised whatever this says).
         soft_signs: ``quasi`` invariant head: fade out the gauged values of neurons near the
             jump of the sign canonicaliser (:func:`~paramgraph.models.gauge.sign_confidence`),
-            which makes the invariant features continuous in the weights. Off by default: hard
-            signs ranked better on both held-out halves of the cnn zoo (README, "Where the gauge
-            loses to perm").
+            which makes the invariant features continuous in the weights.
         statistics: add the per-layer statistics pathway (:mod:`paramgraph.models.statistics`)
             to the invariant head, computed on the gauged values (``quasi``), the exact section
             (``strict``) or the raw values (``perm``). Off by default: it did not help ``quasi``
@@ -116,7 +114,7 @@ class MetaNet(nn.Module):
                  channels: int | None = None, gauge_hidden: int = 16, gauge_bound: float = 2.0,
                  learn_gauge: bool = True, gauge_signs: str = "bias", section: str = "balanced",
                  sweeps: int = BALANCE_SWEEPS, compress: bool = True,
-                 statistics: bool = False, soft_signs: bool = False, frame: str = "gauged",
+                 statistics: bool = False, soft_signs: bool = True, frame: str = "gauged",
                  checkpoint: bool = False, copies: int = 1, compile: bool = False,
                  probes: int = 0, output_readout: bool = False):
         super().__init__()
