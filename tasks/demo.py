@@ -11,8 +11,10 @@
    explain: 1 is perfect, 0 is no better than predicting the mean); and draw predicted against
    true accuracy for every method into one PNG.
 
-Sized to finish in about 6 minutes on 2 CPU cores, zoo included (measured: 6 min 14 s with two
-other training runs on the same cores). One seed on a small zoo: the
+Sized to finish within 8 minutes on 2 CPU cores, zoo included (measured: 6 min 14 s on an
+earlier machine with two other training runs on the same cores; 1 min 16 s on an idle 2-core
+machine of this release, with the generalization task's new training defaults). One seed on a
+small zoo: the
 numbers show the pipeline working and vary by a few hundredths between seeds; the README's
 results table (``scripts/make_report.py``) has the 3-seed comparison on full-size zoos.
 """
