@@ -3,14 +3,13 @@ the networks from one that does not, and gives identical methods a difference of
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_runs.py"
+from script_loader import load_script
 
 
 class _FakeZoo:
@@ -35,10 +34,7 @@ def compare(monkeypatch):
     import paramgraph.tasks.zoo
 
     monkeypatch.setattr(paramgraph.tasks.zoo, "Zoo", _FakeZoo)
-    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_runs")
 
 
 def _fake_run(runs: Path, name: str, ids: list[int], pred) -> None:

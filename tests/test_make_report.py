@@ -3,24 +3,17 @@ today's task defaults are, so the README's commands reproduce its tables."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from paramgraph.models.defaults import TRAINING
 from paramgraph.tasks.objectives import get_objective
 from paramgraph.tasks.train import TrainConfig, with_task_defaults
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_report.py"
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("make_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_report")
 
 
 def _config(report, method: str, task: str):

@@ -3,23 +3,17 @@ file but the splits is the source's, and the result trains and evaluates like an
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from paramgraph.tasks.zoo import Zoo, make_zoo
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "subset_zoo.py"
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("subset_zoo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("subset_zoo")
 
 
 def test_subset_keeps_the_matching_networks_of_every_split(script, tmp_path):
