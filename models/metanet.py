@@ -81,7 +81,9 @@ class MetaNet(nn.Module):
             them canonicalised whatever this says).
         soft_signs: ``quasi`` invariant head: fade out the gauged values of neurons near the
             jump of the sign canonicaliser (:func:`~paramgraph.models.gauge.sign_confidence`),
-            which makes the invariant features continuous in the weights.
+            which makes the invariant features continuous in the weights. On by default;
+            ``False`` (hard signs) ranked better on the cnn zoo and worse on the hetero zoo
+            (README, "The four levers as the default").
         statistics: add the per-layer statistics pathway (:mod:`paramgraph.models.statistics`)
             to the invariant head, computed on the gauged values (``quasi``), the exact section
             (``strict``) or the raw values (``perm``). Off by default: it did not help ``quasi``
