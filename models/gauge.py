@@ -34,10 +34,10 @@ neuron) is applied to the values before any message passing:
    outgoing norms, the minimum-norm point of the scaling orbit. The sweeps start from an
    invariant network, so their result is exactly invariant however many are run.
 
-   **Soft signs** (:func:`sign_confidence`, :func:`soften_signs`; invariant head only): the sign
-   choice jumps when a bias crosses zero; the gauged values of each sign-symmetric neuron are
-   faded by ``tanh(r / 0.1)`` of its relative bias, which makes the invariant features
-   continuous there.
+   **Soft signs** (:func:`sign_confidence`, :func:`soften_signs`; invariant head only, an
+   option, off by default: hard signs ranked better): the sign choice jumps when a bias crosses
+   zero; the gauged values of each sign-symmetric neuron are faded by ``tanh(r / 0.1)`` of its
+   relative bias, which makes the invariant features continuous there.
 
    The section is computed in float64 (cheap, per-neuron work), so that the rounding of a
    float32 input is not amplified by the canonicaliser's divisions.

@@ -300,9 +300,10 @@ def test_inr_class_defaults_to_probes_and_the_output_readout(views_zoo, tmp_path
         assert main(["train", *common, *extra, "--out", str(tmp_path / name)]) == 0
         kwargs[name] = json.loads((tmp_path / name / "config.json").read_text())["config"][
             "model_kwargs"]
-    assert kwargs == {"quasi": {"probes": 64, "output_readout": True},
-                      "off": {"probes": 0, "output_readout": True}, "strict": {},
-                      "bare": {"probes": 0, "output_readout": False}}
+    soft = {"soft_signs": True}  # inr-class was measured with soft signs and keeps them
+    assert kwargs == {"quasi": {"probes": 64, "output_readout": True, **soft},
+                      "off": {"probes": 0, "output_readout": True, **soft}, "strict": {},
+                      "bare": {"probes": 0, "output_readout": False, **soft}}
 
 
 def test_the_rendered_baseline_reads_what_each_siren_draws(views_zoo, capsys):
