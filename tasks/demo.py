@@ -12,7 +12,7 @@
    true accuracy for every method into one PNG.
 
 Sized to finish within 8 minutes on 2 CPU cores, zoo included (measured: 6 min 14 s on an
-earlier machine with two other training runs on the same cores; 1 min 16 s on an idle 2-core
+earlier machine with two other training runs on the same cores; 1 min 20 s on an idle 2-core
 machine of this release, with the generalization task's new training defaults). One seed on a
 small zoo: the
 numbers show the pipeline working and vary by a few hundredths between seeds; the README's
