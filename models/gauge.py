@@ -244,7 +244,7 @@ class GaugeMap(nn.Module):
         if st.heads is None:
             f, sums = section_factors(st, edge_value, node_value, self.section, self.sweeps,
                                       self._statistic)
-            return (f if self.signs != "none" else f.abs()), sums
+            return self._signs_kept(f), sums
         f, b = self._head_section(st, edge_value, node_value)[:2]
         return f * b, _edge_sums(st, edge_value)
 
@@ -252,6 +252,10 @@ class GaugeMap(nn.Module):
     def _statistic(self) -> str:
         """The canonicaliser's sign statistic (any, where signs are not kept)."""
         return "bias" if self.signs == "none" else self.signs
+
+    def _signs_kept(self, f: Tensor) -> Tensor:
+        """The section's factors ``f``, without their sign flips where ``signs="none"``."""
+        return f.abs() if self.signs == "none" else f
 
     def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
                 node_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -278,8 +282,7 @@ class GaugeMap(nn.Module):
     def _head_section(self, st: GraphStructure, ev: Tensor, nv: Tensor):
         """Unit factors ``f``, then the head section, then balancing factors ``b`` from there:
         ``(f, b, sections, ev, nv)`` with ``(ev, nv)`` the unit-scaled, head-canonical values."""
-        f = canonical_factors(st, ev, nv, signs=self._statistic)
-        f = f if self.signs != "none" else f.abs()
+        f = self._signs_kept(canonical_factors(st, ev, nv, signs=self._statistic))
         ev, nv = apply_factors(st, f, ev, nv)
         sections = head_sections(st.heads, ev, nv)
         ev, nv = write_heads(st.heads, sections, ev, nv)

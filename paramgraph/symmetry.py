@@ -377,8 +377,8 @@ def random_factors(scale: torch.Tensor | None, sign: torch.Tensor | None, genera
     the bool mask ``scale`` is set, times a fair random sign where ``sign`` is set, 1 elsewhere
     (``None``: that kind is not drawn). Both draws are made whatever the masks hold, so the
     random stream does not depend on them."""
-    n = (scale if scale is not None else sign).numel()
-    device = (scale if scale is not None else sign).device
+    mask = scale if scale is not None else sign
+    n, device = mask.numel(), mask.device
     factor = torch.ones(n, dtype=torch.float64, device=device)
     if scale is not None:
         lo, hi = math.log(scale_range[0]), math.log(scale_range[1])

@@ -171,16 +171,14 @@ def throughput_child(args) -> None:
     kwargs = {"compile": True} if args.compile else {}
     if args.channels is not None:
         kwargs["channels"] = args.channels
-    recipe = {}
-    if args.recipe == "generalization":  # that task's training recipe on the bench's networks
-        task = get_objective("generalization")
-        recipe = task.train_defaults(args.mode)
-        kwargs = {**task.model_defaults(args.mode), **kwargs}
     cfg = TrainConfig(task="regression", target="acc", zoo=str(args.zoo_dir), mode=args.mode,
                       hidden=args.hidden, layers=args.layers, batch_size=args.batch_size,
-                      model_kwargs=kwargs, **recipe)
-    cfg = with_task_defaults(cfg, get_objective(cfg.task, cfg.target))
-    data = RunData(cfg, get_objective(cfg.task, cfg.target), False)
+                      model_kwargs=kwargs)
+    task = get_objective(cfg.task, cfg.target)
+    # --recipe generalization: that task's training defaults on the bench's regression task
+    recipe = get_objective("generalization") if args.recipe == "generalization" else task
+    cfg = with_task_defaults(cfg, recipe)
+    data = RunData(cfg, task, False)
     objective = data.objective.with_rank_loss(cfg.rank_loss)
     torch.manual_seed(0)
     net = build_metanet(cfg, objective)

@@ -44,15 +44,15 @@ COLUMNS = {
 BEFORE_WD = {"weight_decay": 0.01}  # the default weight decay until weight decay 0.1
 # The generalization task's defaults until the combination became its default (issue 10): every
 # row below was defined and measured against them, so a row trains with them on a
-# generalization column unless it sets its own (the combo rows set all four, which makes them
-# today's defaults). Other tasks' defaults did not change.
+# generalization column unless it sets its own (the combo rows set all four). Other tasks'
+# defaults did not change.
+COMBO_TRAIN = {"rank_loss": 1.0, "weight_decay": 0.3, "ema": 0.99}
+BEFORE_COMBO = {"train": {"weight_decay": 0.1, "ema": 0.0, "rank_loss": 0.0},
+                "model": {"output_readout": False}}
 # quasi's soft signs were on by default until hard signs measured better (issue 10): every row
 # is pinned to them unless it sets soft_signs itself (they act on quasi's invariant head only).
 # Today's defaults are the rows quasi-combo-hard, perm-combo and strict-combo.
 BEFORE_HARD_SIGNS = {"soft_signs": True}
-COMBO_TRAIN = {"rank_loss": 1.0, "weight_decay": 0.3, "ema": 0.99}
-BEFORE_COMBO = {"train": {"weight_decay": 0.1, "ema": 0.0, "rank_loss": 0.0},
-                "model": {"output_readout": False}}
 
 
 def _probe(mode: str, **model) -> dict:

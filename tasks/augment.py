@@ -13,7 +13,7 @@ orbit* a network sits (per-layer weight scales left by its initialisation and op
 the function does not determine and an exactly invariant metanet (``quasi``, ``strict``) cannot
 see. Trained on moved networks, ``perm`` is pushed towards what the function determines: the
 comparison that separates "the gauge loses information" from "the gauge is a worse learner"
-(README, "What perm reads that the gauge cannot"). For ``quasi`` and ``strict`` it changes
+(README, "Where the gauge loses to perm"). For ``quasi`` and ``strict`` it changes
 nothing but float rounding.
 
 The moves are drawn from the global RNG, which training re-seeds every epoch, so a resumed run

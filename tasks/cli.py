@@ -90,7 +90,7 @@ def add_task_commands(subparsers) -> None:
 
     from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_SIDE, INR_STEPS, KINDS
 
-    GENERALIZATION = {**TRAINING, **OBJECTIVES["generalization"].train_defaults("quasi")}
+    GENERALIZATION = OBJECTIVES["generalization"].training_settings("quasi")
 
     pos = positive_int
     debug = argparse.ArgumentParser(add_help=False)

@@ -50,12 +50,10 @@ def _train_job(job: tuple[str, str, str, int, int]) -> dict:
 
 def _recipe() -> str:
     """The generalization task's training defaults, as the demo's runs use them."""
-    from paramgraph.models.defaults import TRAINING
-
     from .objectives import get_objective
 
     task = get_objective("generalization")
-    settings = {**TRAINING, **task.train_defaults("quasi"), **task.model_defaults("quasi")}
+    settings = {**task.training_settings("quasi"), **task.model_defaults("quasi")}
     return ", ".join(f"{RECIPE_WORDS.get(name, name)} {value:g}" if not isinstance(value, bool)
                      else RECIPE_WORDS.get(name, name) + ("" if value else " off")
                      for name, value in settings.items())

@@ -86,6 +86,13 @@ class Objective:
         for metanets of ``mode``; none by default (the values of ``TRAINING``)."""
         return {}
 
+    def training_settings(self, mode: str) -> dict:
+        """Every setting of ``TRAINING`` as this task trains metanets of ``mode`` by default:
+        its :meth:`train_defaults` over the global values."""
+        from paramgraph.models.defaults import TRAINING
+
+        return {**TRAINING, **self.train_defaults(mode)}
+
     def check_zoo(self, zoo) -> None:
         """Raise :class:`TaskError` if ``zoo`` cannot serve this task."""
         if zoo.kind not in self.zoo_kinds:
@@ -231,7 +238,7 @@ class Generalization(Objective):
     ranked = True
 
     # The four levers measured together on both held-out halves of the cnn and hetero zoos, 3
-    # seeds each (README, "The combination as the default"): every mode gains (perm +0.028 and
+    # seeds each (README, "The four levers and hard signs as the default"): every mode gains (perm +0.028 and
     # +0.014 Kendall tau, quasi +0.003 and +0.018), and none of the four alone moved a metanet
     # by more than its seed noise.
     def model_defaults(self, mode: str) -> dict:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from paramgraph.atomic import atomic_path
-from paramgraph.models.defaults import HIDDEN, LAYERS, TRAINING
+from paramgraph.models.defaults import HIDDEN, LAYERS
 
 from . import distributed
 from .augment import augment
@@ -111,7 +111,7 @@ def with_task_defaults(cfg: TrainConfig, objective: Objective) -> TrainConfig:
     """``cfg`` with the task's defaults filled in: every training setting of
     ``models.defaults.TRAINING`` it leaves at ``None``, and every metanet option it does not set
     (a run's config.json then names every value it trained with)."""
-    train = {**TRAINING, **objective.train_defaults(cfg.mode)}
+    train = objective.training_settings(cfg.mode)
     unset = {name: value for name, value in train.items() if getattr(cfg, name) is None}
     return replace(cfg, **unset, model_kwargs={**objective.model_defaults(cfg.mode),
                                                **cfg.model_kwargs})
