@@ -209,8 +209,11 @@ class ValueLayer(nn.Module):
         e = self.hidden.edge_update(h, e, st, reader.edges(ev))
         ev = ev + self.we(ev) * torch.tanh(self.ge(e)) + masked(reader.edge_trivial, self.te(e))
         msg = self.wa(ev) * self.wb(x).index_select(0, st.src)
-        m = torch.zeros_like(x).index_add(0, st.dst, msg)
-        m = m / st.in_degree.clamp_min(1).to(x.dtype).unsqueeze(1)
+        # summed in float32 at least: under bfloat16 autocast msg is bfloat16, whose sums over
+        # thousands of inputs would keep three significant digits
+        acc = torch.promote_types(torch.promote_types(msg.dtype, x.dtype), torch.float32)
+        m = x.new_zeros(x.shape, dtype=acc).index_add_(0, st.dst, msg.to(acc))
+        m = m / st.in_degree.clamp_min(1).to(acc).unsqueeze(1)
         h = self.hidden.node_update(h, e, st, reader.nodes(x, m))
         x = (x + self.wc(x) * torch.tanh(self.gx(h))
              + masked(reader.same, self.wd(m) * torch.tanh(self.gm(h)))

@@ -173,7 +173,7 @@ def throughput_child(args) -> None:
         kwargs["channels"] = args.channels
     cfg = TrainConfig(task="regression", target="acc", zoo=str(args.zoo_dir), mode=args.mode,
                       hidden=args.hidden, layers=args.layers, batch_size=args.batch_size,
-                      model_kwargs=kwargs)
+                      precision=args.precision, model_kwargs=kwargs)
     task = get_objective(cfg.task, cfg.target)
     # --recipe generalization: that task's training defaults on the bench's regression task
     recipe = get_objective("generalization") if args.recipe == "generalization" else task
@@ -196,7 +196,8 @@ def throughput_child(args) -> None:
     batches = timer.timed_iter(iter(loader))
     average = WeightAverage(net, cfg.ema) if cfg.ema else None
     step = dict(hidden=data.hidden, clip=cfg.clip,
-                after_step=(lambda: average.update(net)) if average else None)
+                after_step=(lambda: average.update(net)) if average else None,
+                precision=cfg.precision)
     distributed.run_epoch(ctx, net, objective, opt, sched, _take(batches, 1), plan[:1], **step)
     timer.reset()
     wall, cpu = time.perf_counter(), time.process_time()
@@ -288,6 +289,7 @@ def throughput(args) -> None:
               "zoos": {n: {"arch": ZOOS[n][0], "networks": ZOOS[n][1],
                            "batch_size": ZOOS[n][3]} for n in args.zoos},
               "compile": args.compile, "channels": args.channels, "recipe": args.recipe,
+              "precision": args.precision,
               "cpu_count": os.cpu_count(),
               "rows": rows}
     args.out.write_text(json.dumps(result, indent=2))
@@ -305,6 +307,8 @@ def _throughput_run(args, zoo: Path, name: str, mode: str, threads: int, code) -
         cmd += ["--channels", str(args.channels)]
     if args.recipe != "plain":
         cmd += ["--recipe", args.recipe]
+    if args.precision != "fp32":
+        cmd += ["--precision", args.precision]
     code = code if code is not None else str(ROOT)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=code, BENCH_TRAIN_CODE=code)
     out = subprocess.run(cmd, check=True, env=env, cwd="/", capture_output=True, text=True)
@@ -331,7 +335,10 @@ def _print_breakdown(rows: list[dict]) -> None:
               f"{med('cpu_graphs_per_s'):7.1f} | {parts}")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (scripts/bench_peers.py reads its defaults for the runs it starts)."""
+    from paramgraph.tasks.precision import PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=96, help="hetero zoo size (default 96)")
     parser.add_argument("--procs", type=int, default=2, help="processes to compare with 1")
@@ -365,12 +372,19 @@ def main() -> None:
                         help="--throughput: train with no extras (plain) or with the "
                         "generalization task's recipe (rank term, weight decay, moving average, "
                         "output readout)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                        help="--throughput: of the training forward passes (paramgraph train "
+                        "--precision)")
     parser.add_argument("--throughput-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--zoo-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("--summary-file", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.child:
         child(args)
         return

@@ -61,6 +61,13 @@ def _probe(mode: str, **model) -> dict:
     return {"mode": mode, "model": model, "train": BEFORE_WD}
 
 
+# today's defaults on generalization columns, one row per mode
+METHODS_TODAY = {
+    "quasi-combo-hard": {"mode": "quasi", "model": {"output_readout": True, "soft_signs": False},
+                         "train": COMBO_TRAIN},
+    **{f"{mode}-combo": {"mode": mode, "model": {"output_readout": True}, "train": COMBO_TRAIN}
+       for mode in ("perm", "strict")},
+}
 METHODS = {
     "quasi": {"mode": "quasi"},
     "strict": {"mode": "strict"},
@@ -109,13 +116,12 @@ METHODS = {
     "strict-rank": {"mode": "strict", "train": {"rank_loss": 1.0}},
     # the four levers that each lifted a metanet by less than its noise, together: the rank
     # term, weight decay 0.3, the moving average of the weights and the output readout
-    **{f"{mode}-combo": {"mode": mode, "model": {"output_readout": True}, "train": COMBO_TRAIN}
-       for mode in ("quasi", "perm", "strict")},
+    "quasi-combo": {"mode": "quasi", "model": {"output_readout": True}, "train": COMBO_TRAIN},
     # what the sign canonicaliser costs on the combination (quasi trails perm on tanh
-    # networks, where the gauge fixes signs only): hard signs (no fading near the jump), and
-    # no sign flips at all (a diagnostic: the metanet is then not invariant to sign flips)
-    "quasi-combo-hard": {"mode": "quasi", "model": {"output_readout": True, "soft_signs": False},
-                         "train": COMBO_TRAIN},
+    # networks, where the gauge fixes signs only): hard signs (no fading near the jump; the
+    # row quasi-combo-hard of METHODS_TODAY), and no sign flips at all (a diagnostic: the
+    # metanet is then not invariant to sign flips)
+    **METHODS_TODAY,
     "quasi-combo-nosigns": {"mode": "quasi", "train": COMBO_TRAIN,
                             "model": {"output_readout": True, "soft_signs": False,
                                       "gauge_signs": "none"}},
@@ -128,6 +134,17 @@ METHODS = {
     # still read what the function does not determine (where a network sits in its orbit)?
     "perm-combo-aug": {"mode": "perm", "model": {"output_readout": True},
                        "train": {**COMBO_TRAIN, "augment": 4.0}},
+    # today's defaults trained with bfloat16 matrix products (--precision bf16; ~1.5x the
+    # steps per CPU-second at width 64 on a CPU with AVX512-BF16): does the precision cost
+    # accuracy?
+    **{f"{name}-bf16": {**METHODS_TODAY[name],
+                        "train": {**METHODS_TODAY[name]["train"], "precision": "bf16"}}
+       for name in METHODS_TODAY},
+    # today's defaults with 16 value channels (at --hidden 64, where the default is 32: what
+    # the channels' half of the step buys)
+    **{f"{name}-c16": {**METHODS_TODAY[name],
+                       "model": {**METHODS_TODAY[name]["model"], "channels": 16}}
+       for name in METHODS_TODAY},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},

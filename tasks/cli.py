@@ -44,6 +44,7 @@ from paramgraph import cli as pg_cli
 from paramgraph.cli import nonneg_float, nonneg_int, positive_int, unit_interval
 from paramgraph.errors import ParamGraphError
 
+from .precision import PRECISIONS
 from .zoo_kinds import SPLIT_SETS
 
 PROG = pg_cli.PROG
@@ -210,6 +211,10 @@ def add_task_commands(subparsers) -> None:
                    help="move every training network by a random function-preserving element "
                    "each step: scales log-uniform in [1/R, R] and random signs (R > 1; default "
                    "0: off). For perm, which is not invariant to them")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="the training forward passes': fp32, or bf16 (matrix products in "
+                   "bfloat16 under autocast; ~1.5x faster steps on CPUs with AVX512-BF16 or AMX "
+                   "and on GPUs; evaluation stays fp32; default fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", choices=tuple(SPLIT_SETS), default="id",
                    help="id: train/val/test; ood: hold out the ViTs of a hetero zoo as test; "
@@ -246,6 +251,10 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--target", metavar="COLUMN", default=None,
                    help="the zoo column to predict (regression, classification)")
     p.add_argument("--zoo", metavar="DIR", required=True)
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="the training forward passes': fp32, or bf16 (matrix products in "
+                   "bfloat16 under autocast; ~1.5x faster steps on CPUs with AVX512-BF16 or AMX "
+                   "and on GPUs; evaluation stays fp32; default fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", choices=tuple(SPLIT_SETS), default="id",
                    help="id: train/val/test; ood: hold out a hetero zoo's ViTs; swap: score "
@@ -509,7 +518,7 @@ def cmd_train(args) -> int:
                           layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
                           clip=args.clip, ema=args.ema, rank_loss=args.rank_loss,
-                          augment=args.augment,
+                          augment=args.augment, precision=args.precision,
                           seed=args.seed, splits=args.splits,
                           max_train=args.max_train,
                           model_kwargs=_model_kwargs(args))

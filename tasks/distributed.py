@@ -49,6 +49,7 @@ from torch.utils.data import Sampler
 from paramgraph.models import prepare
 
 from .errors import TaskError
+from .precision import training_autocast
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -452,7 +453,8 @@ def global_batch(ctx: Context, pred: Tensor, y: Tensor, step: StepPlan) -> tuple
 
 
 def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=None,
-              clip: float = 0.0, bar=None, after_step=None, transform=None) -> dict:
+              clip: float = 0.0, bar=None, after_step=None, transform=None,
+              precision: str = "fp32") -> dict:
     """One training epoch over ``loader`` (this rank's batches) following ``plan``.
 
     No host synchronisation per step: the loss, skipped steps and non-finite losses are summed on
@@ -461,6 +463,7 @@ def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=N
     finite and were not applied; identical on every rank because gradients are all-reduced).
     ``after_step()`` is called after every optimiser step (the weights' moving average);
     ``transform(batch, structure)`` returns the batch the model reads (training augmentation).
+    ``precision``: the forward passes' (:mod:`paramgraph.tasks.precision`; the loss is float32).
     """
     dev = ctx.device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -474,7 +477,10 @@ def run_epoch(ctx: Context, model, objective, opt, sched, loader, plan, hidden=N
         batch, st = prepare(batch, dev, non_blocking=True)
         if transform is not None:
             batch = transform(batch, st)
-        pred = objective.predict(model, batch, hidden, st)
+        with training_autocast(precision, dev):
+            pred = objective.predict(model, batch, hidden, st)
+        # the loss in float32 at least (an autocast forward's output is bfloat16)
+        pred = pred.to(torch.promote_types(pred.dtype, torch.float32))
         loss = objective.loss(pred, batch.y)
         weight = local_n / step.graphs * ctx.world_size  # 1.0 in one process
         total = loss * weight if weight != 1.0 else loss

@@ -32,6 +32,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -51,6 +52,7 @@ from .errors import RunError, TaskError
 from .io import (atomic_save_safetensors, atomic_torch_save, atomic_write_json, atomic_write_text,
                  load_safetensors, read_json)
 from .objectives import Objective, get_objective
+from .precision import check_precision, emulated
 from .threads import threads as thread_count
 from .zoo import Zoo
 from .zoo_kinds import SPLIT_SETS
@@ -85,6 +87,7 @@ class TrainConfig:
     ema: float | None = None  # decay of the weights' moving average that is evaluated and kept; 0: off
     rank_loss: float | None = None  # weight of the pairwise rank term (tasks.losses); 0: off
     augment: float = 0.0  # R > 1: move training networks by random scales in [1/R, R] and signs
+    precision: str = "fp32"  # of the training forward passes (tasks.precision); evaluation: fp32
     model_kwargs: dict = field(default_factory=dict)
 
     def split(self, which: str) -> str:
@@ -97,8 +100,9 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise RunError(f"run config has unknown fields: {', '.join(sorted(unknown))}")
-        # a run from before the moving average and the rank term existed trained without them
-        return cls(**{"ema": 0.0, "rank_loss": 0.0, **d})
+        # a run from before the moving average, the rank term and the precision existed trained
+        # without the first two, in float32
+        return cls(**{"ema": 0.0, "rank_loss": 0.0, "precision": "fp32", **d})
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -229,6 +233,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         raise TaskError(f"unknown split set '{cfg.splits}' (known: {', '.join(SPLIT_SETS)})")
     if workers < 0:
         raise TaskError(f"--workers must be at least 0, got {workers}")
+    check_precision(cfg.precision)
     if cfg.augment and cfg.augment <= 1:
         raise TaskError(f"--augment R moves scales within [1/R, R] and needs R > 1 (or 0 for "
                         f"none), got {cfg.augment:g}")
@@ -275,6 +280,9 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
     last = cfg.epochs if stop_after is None else min(cfg.epochs,
                                                      state.start_epoch - 1 + stop_after)
     model = distributed.wrap_model(ctx, state.net)
+    if emulated(cfg.precision, ctx.device) and ctx.is_main:
+        warnings.warn(f"--precision bf16 on {ctx.device}, which has no native bfloat16 matrix "
+                      "products: they are emulated, slower than fp32", RuntimeWarning)
     train_edges, val_edges = data.sets["train"].edge_counts(), data.sets["val"].edge_counts()
     trained, train_seconds = 0, 0.0
     bar = tqdm(total=(last - state.start_epoch + 1) * state.steps_per_epoch, unit="step",
@@ -374,7 +382,8 @@ def _train_epoch(cfg: TrainConfig, objective: Objective, data: RunData, state: _
     after_step = (lambda: state.average.update(state.net)) if state.average is not None else None
     transform = partial(augment, scale_range=cfg.augment) if cfg.augment else None
     sums = distributed.run_epoch(ctx, model, objective, state.opt, state.sched, loader, plan,
-                                 data.hidden, cfg.clip, bar, after_step, transform)
+                                 data.hidden, cfg.clip, bar, after_step, transform,
+                                 cfg.precision)
     seconds = time.time() - t1
     if sums["bad_loss"]:
         raise TaskError(f"training diverged at epoch {epoch} (non-finite loss in "

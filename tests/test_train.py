@@ -341,3 +341,49 @@ def test_augmentation_moves_the_training_networks_within_their_orbits(zoo, tmp_p
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--augment R moves scales within [1/R, R] and needs R > 1" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_bf16_precision_lowers_the_matrix_products_of_training_only(zoo, tmp_path, capsys):
+    """--precision bf16: the training forward's matrix products run in bfloat16 (the losses
+    differ from an fp32 run's, though not by much), the loss and the weights stay float32,
+    the run's config names the precision, and the kept metanet evaluates in float32; an
+    unknown precision is refused with one line."""
+    from torch_geometric.data import Batch
+
+    from paramgraph.tasks.cli import main
+    from paramgraph.tasks.data import ZooDataset
+    from paramgraph.tasks.objectives import get_objective
+    from paramgraph.tasks.precision import training_autocast
+
+    def run(name: str, *flags: str) -> list[float]:
+        assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--mode",
+                     "quasi", "--epochs", "2", "--hidden", "16", "--layers", "2",
+                     "--batch-size", "4", "--threads", "1", "--no-progress", "--out",
+                     str(tmp_path / name), *flags]) == 0
+        return [r["train_loss"] for r in json.loads((tmp_path / name / "metrics.json")
+                                                    .read_text())]
+
+    fp32, bf16 = run("fp32"), run("bf16", "--precision", "bf16")
+    assert fp32 != bf16 and bf16 == pytest.approx(fp32, rel=0.1)
+    cfg = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert cfg["config"]["precision"] == "bf16"
+    kept = load_file(tmp_path / "bf16" / "best.safetensors")
+    assert {t.dtype for t in kept.values() if t.is_floating_point()} == {torch.float32}
+    # the metanet's output is bfloat16 inside the autocast and float32 outside it
+    objective = get_objective("generalization")
+    net = build_metanet(with_task_defaults(TrainConfig(task="generalization", zoo=str(zoo.root),
+                                                       **TINY), objective), objective)
+    batch = Batch.from_data_list([ZooDataset(zoo, "train", "test_acc", progress=False)[i]
+                                  for i in range(3)])
+    with training_autocast("bf16", "cpu"):
+        assert objective.predict(net, batch).dtype == torch.bfloat16
+    assert objective.predict(net, batch).dtype == torch.float32
+    with training_autocast("fp32", "cpu"):
+        assert objective.predict(net, batch).dtype == torch.float32
+    capsys.readouterr()
+    assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--precision",
+                 "fp16", "--out", str(tmp_path / "bad")]) != 0
+    with pytest.raises(TaskError, match="unknown precision 'fp16'"):
+        train(TrainConfig(task="generalization", zoo=str(zoo.root), precision="fp16", **TINY),
+              tmp_path / "bad2", progress=False)
+    assert not (tmp_path / "bad2").exists()
