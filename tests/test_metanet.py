@@ -321,6 +321,27 @@ def test_perm_weight_head_is_not_scale_equivariant(zoo):
 
 # -- the gauge is learned, not a no-op -------------------------------------------------------------
 
+def test_the_gauge_runs_in_full_precision_under_autocast(zoo):
+    """Under bfloat16 autocast (``--precision bf16``) the gauged values and factors are exactly
+    the float32 ones; the control: without the gauge's own guard the learned factors differ."""
+    _, _, gs = zoo
+    batch = Batch.from_data_list([g.with_values(g.edge_value.float(), g.node_value.float())
+                                  for g in gs])
+    torch.manual_seed(0)
+    net = models.MetaNet(mode="quasi", **SMALL)
+    _randomize_(net, std=0.3)
+    batch, st = models.prepare(batch)
+    args = (st, batch.edge_value, batch.node_value, batch.node_mask)
+    exact = net.gauge.gauge(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = net.gauge.gauge(*args)
+        unguarded = net.gauge._gauge(*args)
+    assert not torch.equal(unguarded.alpha, exact.alpha)  # the control
+    for a, b in [(exact.edge_value, low.edge_value), (exact.node_value, low.node_value),
+                 (exact.alpha, low.alpha)]:
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+
+
 def test_gauge_parameters_get_gradients_and_matter(zoo):
     _, _, gs = zoo
     batch = Batch.from_data_list(gs)
