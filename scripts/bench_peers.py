@@ -49,7 +49,8 @@ installed; the child's JSON lists them): ``rff``, ``rff.layers``, ``einops``, ``
 ``src/scalegmn/inr.py`` for its INR models; the GMN uses only its ``Sine``) and ``pandas``
 (imported at the top of ``src/data/cifar10_dataset.py`` to read the NFN zoo's CSV files). The
 package ``src.data`` is registered without running its ``__init__``, which imports every INR
-dataset (``nfn``, ``torchvision``, ...). Reading the config needs PyYAML (pure Python).
+dataset (``nfn``, ``torchvision``, ...). Reading the config needs PyYAML (``pip install -e
+'.[peers]'``).
 """
 
 from __future__ import annotations
@@ -366,8 +367,10 @@ def _scalegmn_run(args, precision: str) -> dict:
            str(args.scalegmn), "--src", str(args.dir / "src-small"), "--steps", str(args.steps),
            "--precisions", precision]
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
-    out = subprocess.run(cmd, check=True, env=env, cwd=args.scalegmn, capture_output=True,
-                         text=True)
+    out = subprocess.run(cmd, env=env, cwd=args.scalegmn, capture_output=True, text=True)
+    if out.returncode:  # the child's last line says why (a missing PyYAML, a wrong checkout)
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench_peers.py: the ScaleGMN run failed: {last}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["load"] = os.getloadavg()[0]
     return result
@@ -408,6 +411,10 @@ def _commit(path: Path) -> str:
 
 def run(args) -> None:
     """Every run interleaved, each in a fresh process; prints the table, writes the JSON."""
+    if not (args.scalegmn / "src" / "scalegmn" / "models.py").is_file():
+        raise SystemExit(f"bench_peers.py: {args.scalegmn} is not a checkout of ScaleGMN "
+                         "(no src/scalegmn/models.py); git clone "
+                         "https://github.com/jkalogero/scalegmn and pass its path")
     bench = _bench_train()
     zoo = bench.make_cnn_zoo(args.dir, "small")
     commit = _commit(args.scalegmn)
