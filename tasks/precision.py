@@ -3,9 +3,10 @@
 ``"bf16"`` runs each training step's forward pass under :func:`torch.autocast`: matrix products
 in bfloat16 (2.3x faster than float32 on one core of a CPU with AVX512-BF16, as on tensor-core
 GPUs), layer norms and everything that is not a matrix product in its input's dtype, and
-everything in float64 (the gauge's section, ``strict``'s canonicalised reads) untouched, since
-autocast only lowers float32. The loss, the gradients' accumulation into the float32 weights and
-the optimizer stay float32.
+everything in float64 (``strict``'s canonicalised reads) untouched, since autocast only lowers
+float32. ``quasi``'s gauge runs outside the autocast altogether (its learned factor multiplies
+every value), and the value channels' message sums are float32. The loss, the gradients'
+accumulation into the float32 weights and the optimizer stay float32.
 
 Evaluation, prediction and every saved metanet run in float32 whatever the training precision:
 the invariance a metanet promises (``quasi`` and ``strict`` predictions unchanged to 1e-5 under
