@@ -251,10 +251,6 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--target", metavar="COLUMN", default=None,
                    help="the zoo column to predict (regression, classification)")
     p.add_argument("--zoo", metavar="DIR", required=True)
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                   help="the training forward passes': fp32, or bf16 (matrix products in "
-                   "bfloat16 under autocast; ~1.5x faster steps on CPUs with AVX512-BF16 or AMX "
-                   "and on GPUs; evaluation stays fp32; default fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--splits", choices=tuple(SPLIT_SETS), default="id",
                    help="id: train/val/test; ood: hold out a hetero zoo's ViTs; swap: score "
