@@ -271,7 +271,7 @@ class GaugeMap(nn.Module):
         autocast (bfloat16 training): the learned factor multiplies every value of the network,
         and in bfloat16 it would move the gauged network by ~0.4% between training and the
         float32 evaluation."""
-        with _without_autocast(edge_value.device.type):
+        with without_autocast(edge_value.device.type):
             return self._gauge(st, edge_value, node_value, node_mask)
 
     def _gauge(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
@@ -364,7 +364,7 @@ class GaugeMap(nn.Module):
 _NUM_FEATURES = 12
 
 
-def _without_autocast(device_type: str):
+def without_autocast(device_type: str):
     """A context in which autocast is off on ``device_type`` (nothing to turn off on a device
     without autocast, such as ``meta``)."""
     try:

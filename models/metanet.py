@@ -44,6 +44,7 @@ from paramgraph.layout import FIELDS
 from .backbone import Backbone
 from .defaults import HIDDEN, LAYERS, MODES
 from .gauge import BALANCE_SWEEPS, GaugeMap, sign_confidence, soften_signs
+from .prior import TreePrior
 from .statistics import LayerStatistics
 from .structure import GraphStructure
 
@@ -106,9 +107,16 @@ class MetaNet(nn.Module):
         probes: read ``probes`` probe features per neuron (``forward``'s ``probes``).
         output_readout: the invariant head also reads the mean of the output neurons' features
             (:class:`~paramgraph.models.heads.InvariantHead`).
+        prior: the invariant head (``out_dim=1``) adds its output to a tree prior
+            (:class:`~paramgraph.models.prior.TreePrior`: cross-fitted gradient-boosted trees
+            on per-layer statistics of the exact ``section`` in ``quasi``/``strict`` mode, of
+            the raw values in ``perm`` mode), which :func:`paramgraph.tasks.prior.fit_prior`
+            fits; unfitted, it adds nothing. ``prior_link``: the map from the task's target to
+            the head's output (:data:`~paramgraph.models.prior.PRIOR_LINKS`).
 
-    Raises ``ValueError`` for an unknown mode, task, frame or aggregator, and for
-    ``channels=0`` in ``strict`` mode.
+    Raises ``ValueError`` for an unknown mode, task, frame, aggregator or prior link, for
+    ``channels=0`` in ``strict`` mode and for a prior on anything but a one-output invariant
+    head.
     """
 
     def __init__(self, mode: str = "quasi", task: str = "invariant", out_dim: int = 1,
@@ -119,7 +127,8 @@ class MetaNet(nn.Module):
                  sweeps: int = BALANCE_SWEEPS, compress: bool = True,
                  statistics: bool = False, soft_signs: bool = False, frame: str = "gauged",
                  checkpoint: bool = False, copies: int = 1, compile: bool = False,
-                 probes: int = 0, output_readout: bool = False):
+                 probes: int = 0, output_readout: bool = False, prior: bool = False,
+                 prior_link: str = "identity"):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
@@ -134,6 +143,9 @@ class MetaNet(nn.Module):
             raise ValueError("probe features need mode perm or quasi: strict's hidden features "
                              "are invariant, and a neuron's probe values move with its scale "
                              "and sign")
+        if prior and (task != "invariant" or out_dim != 1):
+            raise ValueError("a tree prior needs the invariant head with out_dim=1 (one "
+                             "predicted number per network)")
         self.mode, self.task, self.frame = mode, task, frame
         self.out_dim = out_dim
         self.probes = int(probes)
@@ -145,6 +157,10 @@ class MetaNet(nn.Module):
                         if mode == "strict" and statistics and task == "invariant" else None)
         self.statistics = (LayerStatistics(hidden) if statistics and task == "invariant"
                            else None)
+        # perm reads raw statistics (permutation invariant, like the statistics baseline)
+        self.prior = (TreePrior(None if mode == "perm" else GaugeMap(
+            learned=False, section=section, sweeps=sweeps, signs=gauge_signs), prior_link)
+            if prior else None)
         # only the invariant head: the weight head must start from the gauged network itself
         self.soft_signs = (soft_signs and mode == "quasi" and task == "invariant"
                            and gauge_signs != "none")  # no sign choice, no jump to fade
@@ -169,6 +185,10 @@ class MetaNet(nn.Module):
         ``probes``; ``quasi`` moves them into the gauged frame (times each neuron's factor, so
         they are invariant as the gauged values are).
 
+        A batch with ``prior_offset`` ``[num_graphs]`` gives a metanet with a prior
+        those out-of-fold predictions instead of its trees' (training, see
+        :mod:`paramgraph.models.prior`).
+
         Returns ``[num_graphs, out_dim]`` (``task="invariant"``) or a graph batch of the same
         type and layout with new ``edge_value``/``node_value`` in the metanet's dtype
         (``task="weights"``). Raises ``TypeError`` for something that is not a parameter graph
@@ -181,6 +201,9 @@ class MetaNet(nn.Module):
         edge_value = batch.edge_value.to(dtype)
         node_value = batch.node_value.to(dtype)
         node_mask = batch.node_mask
+        prior = (self.prior(st, batch.edge_value, batch.node_value, node_mask,
+                            getattr(batch, "prior_offset", None))
+                 if self.prior is not None else None)
         value_scale = st.value_scale().to(dtype)
         probes = self._probes(probes, dtype)
         gauged = None
@@ -205,7 +228,7 @@ class MetaNet(nn.Module):
         out = self.backbone(st, edge_value, node_value, node_mask, value_scale, graph_feats,
                             probes)
         if self.task == "invariant":
-            return out
+            return out if prior is None else out + prior.to(out.dtype).unsqueeze(1)
         if isinstance(out, list):  # output channel expansion: one batch per copy
             return [self._edited(batch, st, gauged, *pair) for pair in out]
         return self._edited(batch, st, gauged, *out)

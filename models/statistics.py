@@ -117,13 +117,45 @@ def grouped_slot_stats(slots: Tensor, mask: Tensor, group: Tensor, num_groups: i
     return torch.cat([mean, std], 1)
 
 
+def num_layer_features(ends: int) -> int:
+    """The length of :func:`layer_features`' vector for ``ends`` layers at each end."""
+    return 2 * ends * (PER_LAYER + 1) + PER_LAYER + 1
+
+
+def layer_features(st: GraphStructure, edge_value: Tensor, node_value: Tensor, node_mask: Tensor,
+                   ends: int = 4) -> Tensor:
+    """The raw (uncompressed) per-layer statistics ``[num_graphs, num_layer_features(ends)]`` of
+    the module docstring, in the dtype of ``edge_value``."""
+    lay: WeightLayers = st.layers
+    per_layer = torch.cat([
+        grouped_value_stats(edge_value, lay.value_layer, lay.count),
+        grouped_slot_stats(node_slot_inputs(node_value, node_mask), node_mask,
+                           lay.node_layer_id, lay.num_layers)], 1)
+    b, k = st.num_graphs, ends
+    flagged = torch.cat([torch.ones_like(per_layer[:, :1]), per_layer], 1)
+    # the first k and the last k layers of each graph to their slots; every other layer to
+    # a spare slot 2k that is dropped (no boolean indexing: no size is read back)
+    first = torch.where(lay.rank < k, lay.rank, torch.full_like(lay.rank, 2 * k))
+    last = torch.where(lay.rank_from_end < k, 2 * k - 1 - lay.rank_from_end,
+                       torch.full_like(lay.rank, 2 * k))
+    slots = per_layer.new_zeros(b, 2 * k + 1, PER_LAYER + 1)
+    slots = slots.index_put((lay.graph, first), flagged)
+    slots = slots.index_put((lay.graph, last), flagged)[:, : 2 * k]
+    whole = torch.cat([
+        pooled_value_stats(per_layer[:, :_VALUE_STATS], lay.count, lay.graph, b),
+        grouped_slot_stats(node_slot_inputs(node_value, node_mask), node_mask, st.node_graph,
+                           b),
+        torch.log1p(lay.layers_per_graph.to(edge_value.dtype)).unsqueeze(1)], 1)
+    return torch.cat([slots.flatten(1), whole], 1)
+
+
 class LayerStatistics(nn.Module):
     """Per-layer statistics of each graph to ``[num_graphs, hidden]``; see the module doc."""
 
     def __init__(self, hidden: int, ends: int = 4):
         super().__init__()
         self.ends = ends
-        self.num_features = 2 * ends * (PER_LAYER + 1) + PER_LAYER + 1
+        self.num_features = num_layer_features(ends)
         # per-graph (not batch) normalisation: predictions must not depend on the batch, and
         # data-parallel ranks must agree with one process
         self.norm = nn.LayerNorm(self.num_features)
@@ -133,27 +165,7 @@ class LayerStatistics(nn.Module):
     def features(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
                  node_mask: Tensor) -> Tensor:
         """The raw (uncompressed) feature matrix ``[num_graphs, num_features]``."""
-        lay: WeightLayers = st.layers
-        per_layer = torch.cat([
-            grouped_value_stats(edge_value, lay.value_layer, lay.count),
-            grouped_slot_stats(node_slot_inputs(node_value, node_mask), node_mask,
-                               lay.node_layer_id, lay.num_layers)], 1)
-        b, k = st.num_graphs, self.ends
-        flagged = torch.cat([torch.ones_like(per_layer[:, :1]), per_layer], 1)
-        # the first k and the last k layers of each graph to their slots; every other layer to
-        # a spare slot 2k that is dropped (no boolean indexing: no size is read back)
-        first = torch.where(lay.rank < k, lay.rank, torch.full_like(lay.rank, 2 * k))
-        last = torch.where(lay.rank_from_end < k, 2 * k - 1 - lay.rank_from_end,
-                           torch.full_like(lay.rank, 2 * k))
-        slots = per_layer.new_zeros(b, 2 * k + 1, PER_LAYER + 1)
-        slots = slots.index_put((lay.graph, first), flagged)
-        slots = slots.index_put((lay.graph, last), flagged)[:, : 2 * k]
-        whole = torch.cat([
-            pooled_value_stats(per_layer[:, :_VALUE_STATS], lay.count, lay.graph, b),
-            grouped_slot_stats(node_slot_inputs(node_value, node_mask), node_mask, st.node_graph,
-                               b),
-            torch.log1p(lay.layers_per_graph.to(edge_value.dtype)).unsqueeze(1)], 1)
-        return torch.cat([slots.flatten(1), whole], 1)
+        return layer_features(st, edge_value, node_value, node_mask, self.ends)
 
     def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
                 node_mask: Tensor) -> Tensor:

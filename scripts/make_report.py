@@ -145,6 +145,10 @@ METHODS = {
     **{f"{name}-c16": {**METHODS_TODAY[name],
                        "model": {**METHODS_TODAY[name]["model"], "channels": 16}}
        for name in METHODS_TODAY},
+    # today's defaults correcting the cross-fitted tree prior (models/prior.py)
+    **{f"{name}-prior": {**METHODS_TODAY[name],
+                         "model": {**METHODS_TODAY[name]["model"], "prior": True}}
+       for name in METHODS_TODAY},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},

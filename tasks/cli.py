@@ -186,6 +186,10 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--output-readout", action=argparse.BooleanOptionalAction, default=None,
                    help="the invariant head also reads the mean of the output neurons' features "
                    "(default: the task's; on for generalization and inr-class)")
+    p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
+                   help="generalization: the invariant head corrects gradient-boosted trees on "
+                   "per-layer statistics of the exact section, cross-fitted on the training "
+                   "runs (exactly invariant in quasi and strict mode; default: the task's)")
     p.add_argument("--compile", action="store_true",
                    help="run the message-passing rounds through torch.compile (~1.2x per step "
                    "on CPU once compiled; the first batches pay minutes of compilation; eager "
@@ -496,6 +500,8 @@ def _model_kwargs(args) -> dict:
         kwargs["probes"] = args.probes
     if args.output_readout is not None:
         kwargs["output_readout"] = args.output_readout
+    if args.prior is not None:
+        kwargs["prior"] = args.prior
     return kwargs
 
 

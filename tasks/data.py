@@ -246,6 +246,9 @@ class ZooDataset(Dataset):
         if len(self.graphs) != len(self.zoo):
             raise TaskError(f"{len(self.graphs)} graphs given for a zoo of {len(self.zoo)}")
         self._y = targets(self.zoo, target) if target is not None else None
+        # net id -> the metanet's tree prior's out-of-fold prediction (training networks of a
+        # run with a prior, paramgraph.tasks.prior); each graph then carries it as prior_offset
+        self.prior_offsets: dict[int, float] | None = None
         super().__init__(None)
 
     def len(self) -> int:
@@ -261,6 +264,8 @@ class ZooDataset(Dataset):
         out.net_id = torch.tensor([i])
         if self._y is not None:
             out.y = self._y[i : i + 1]
+        if self.prior_offsets is not None:
+            out.prior_offset = torch.tensor([self.prior_offsets[i]], dtype=torch.float64)
         return out
 
     @property

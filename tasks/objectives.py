@@ -60,7 +60,9 @@ class Objective:
     (``"invariant"`` with ``out_dim`` outputs, or ``"weights"``); ``select``: the validation
     metric that picks the best checkpoint, ``higher`` says which way is better;
     ``references``: the scores of :meth:`reference_scores`; ``scatter_label``: the axis label of a
-    predicted-against-true plot of a prediction in [0, 1] (``None``: no such plot).
+    predicted-against-true plot of a prediction in [0, 1] (``None``: no such plot);
+    ``prior_link``: how the metanet's tree prior maps this task's target into the head's output
+    (a key of :data:`paramgraph.models.prior.PRIOR_LINKS`; ``None``: the task takes no prior).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Objective:
     scatter_label: str | None = None
     ranked: bool = False  # scored by Kendall tau on one prediction: a rank term may be added
     rank_weight: float = 0.0  # weight of that term (:meth:`with_rank_loss`)
+    prior_link: str | None = None
 
     def model_defaults(self, mode: str) -> dict:
         """The metanet options this task trains with unless a run sets them (``MetaNet``
@@ -236,6 +239,7 @@ class Generalization(Objective):
     higher = True
     scatter_label = "true test accuracy"
     ranked = True
+    prior_link = "logit"  # the tree prior predicts accuracies; the head's output is a logit
 
     # The four levers measured together on both held-out halves of the cnn and hetero zoos, 3
     # seeds each (README, "The four levers and hard signs as the default"): every mode gains (perm +0.028 and

@@ -129,6 +129,11 @@ def build_metanet(cfg: TrainConfig, objective: Objective):
                   **cfg.model_kwargs)
     if objective.head == "invariant":
         kwargs["out_dim"] = objective.out_dim
+    if kwargs.get("prior"):
+        if objective.prior_link is None:
+            raise TaskError(f"--prior is made for tasks that predict one number per network "
+                            f"(generalization); task '{objective.name}' has none")
+        kwargs["prior_link"] = objective.prior_link
     try:
         return models.MetaNet(**kwargs)
     except (ValueError, TypeError) as err:
@@ -170,6 +175,7 @@ class RunData:
             ds = self.sets["train"]
             ds.ids = ds.ids[: cfg.max_train]
         self.hidden = objective.hidden(self.zoo)
+        self.prior_fit: dict | None = None  # the tree prior's cross-fit summary, if any
 
 
 def _write_metrics(run: Path, history: list[dict]) -> None:
@@ -307,6 +313,8 @@ def _fresh_state(cfg: TrainConfig, objective: Objective, data: RunData, ctx) -> 
     """A newly initialised metanet (from ``cfg.seed``) with its optimiser and schedule."""
     torch.manual_seed(cfg.seed)
     net = build_metanet(cfg, objective).to(ctx.device)
+    if net.prior is not None:  # before the moving average copies the net
+        _fit_prior(cfg, data, net, ctx)
     # fused: skips a step with a non-finite gradient on the device (found_inf), no host sync
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=True)
@@ -316,6 +324,22 @@ def _fresh_state(cfg: TrainConfig, objective: Objective, data: RunData, ctx) -> 
         opt, lambda s: lr_factor(s, total, cfg.warmup, cfg.min_lr))
     average = WeightAverage(net, cfg.ema) if cfg.ema else None
     return _State(net, opt, sched, steps_per_epoch, average=average)
+
+
+def _fit_prior(cfg: TrainConfig, data: RunData, net, ctx) -> None:
+    """Cross-fit the metanet's tree prior on the training split and give every training graph
+    its out-of-fold prediction (:mod:`paramgraph.tasks.prior`; deterministic in ``cfg.seed``,
+    so a resumed run refits the same trees its checkpoint holds)."""
+    from .prior import fit_prior
+
+    train_set = data.sets["train"]
+    ids = train_set.ids
+    y = data.objective.targets(data.zoo).numpy()[ids]
+    fit = fit_prior(net, train_set, y, [data.zoo.rows[i]["run"] for i in ids],
+                    _seed(cfg.seed, 3), ctx.device, cfg.eval_batch_size)
+    train_set.prior_offsets = dict(zip(ids, fit.offsets.tolist(), strict=True))
+    data.prior_fit = {"out_of_fold": data.objective.metrics(fit.offsets, y),
+                      "seconds": round(fit.seconds, 2)}
 
 
 def _load_resume_state(run: Path, cfg: TrainConfig, data: RunData, state: _State, ctx) -> None:
@@ -351,6 +375,7 @@ def _write_config(run: Path, cfg: TrainConfig, objective: Objective, data: RunDa
         "metanet_parameters": sum(p.numel() for p in net.parameters()),
         "train_size": len(data.sets["train"]), "val_size": len(data.sets["val"]),
         "test_size": len(data.sets["test"]), "threads": threads,
+        **({"prior_fit": data.prior_fit} if data.prior_fit is not None else {}),
     })
 
 

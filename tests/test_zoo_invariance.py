@@ -5,12 +5,14 @@ For every network of the test split of a hetero and a cnn zoo, plus *collapsed* 
 networks whose weight decay killed a channel), the predicted accuracy of a ``quasi`` and a
 ``strict`` metanet moves by at most 1e-5 under random function-preserving permutations, scales
 in [1e-2, 1e2] and sign flips, and for ``quasi`` also the attention head maps of the hetero zoo's
-ViTs (issue 15; ``strict`` is equivariant to scales and signs only). Control: a ``perm``
-metanet's predictions move by far more.
+ViTs (issue 15; ``strict`` is equivariant to scales and signs only). The same with a fitted tree
+prior (:mod:`paramgraph.models.prior`; deep trees, many thresholds), which is piecewise constant:
+it must not jump. Control: a ``perm`` metanet's predictions move by far more.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Batch
@@ -36,6 +38,7 @@ def splits(tmp_path_factory):
         if kind == "hetero":  # every ViT of the zoo too (ood_test holds the family out)
             ids = sorted(set(ids) | set(zoo.split("ood_test")))
         out[kind] = [graphs[i] for i in ids]
+        out.setdefault("train", []).extend(graphs[i] for i in zoo.split("train"))
     return out
 
 
@@ -68,19 +71,40 @@ def _networks(splits):
     return nets + [c for c in collapsed if c is not None]
 
 
-def _net(mode: str):
+def _net(mode: str, prior_on=None):
+    """A metanet moved away from initialisation; ``prior_on``: networks to fit a tree prior on
+    (the zoos' training networks, as a run fits it; targets: a random function of the
+    statistics; small leaves, so many thresholds)."""
     torch.manual_seed(0)
-    net = models.MetaNet(mode=mode, hidden=16, layers=2)
+    net = models.MetaNet(mode=mode, hidden=16, layers=2, prior=prior_on is not None,
+                         prior_link="logit")
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # away from initialisation: every part of the network matters
         for p in net.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+    if prior_on is not None:
+        _fit_deep_prior(net.prior, prior_on)
     return net.eval()
 
 
-def _largest_change(mode: str, nets) -> float:
+def _fit_deep_prior(prior, nets) -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from paramgraph.tasks.prior import export_trees
+
+    batch, st = models.prepare(Batch.from_data_list(nets))
+    x = prior.features(st, batch.edge_value, batch.node_value, batch.node_mask).numpy()
+    rng = np.random.default_rng(0)
+    y = 1 / (1 + np.exp(-np.tanh(x) @ rng.normal(size=x.shape[1])))
+    for k in range(prior.folds):
+        model = HistGradientBoostingRegressor(min_samples_leaf=2, random_state=k).fit(x, y)
+        trees, base = export_trees(model)
+        prior.load_fold(k, [{n: torch.as_tensor(v) for n, v in t.items()} for t in trees], base)
+
+
+def _largest_change(mode: str, nets, prior_on=None) -> float:
     objective = get_objective("generalization")
-    net = _net(mode)
+    net = _net(mode, prior_on)
     gen = torch.Generator().manual_seed(2)
     worst = 0.0
     with torch.no_grad():
@@ -104,10 +128,13 @@ def test_splits_hold_collapsed_and_float32_networks(splits):
     assert len(nets) - plain >= plain - vits
 
 
+@pytest.mark.parametrize("prior", [False, True], ids=["gnn", "with-prior"])
 @pytest.mark.parametrize("mode", ["quasi", "strict"])
-def test_every_test_network_predicts_the_same_after_a_symmetry(splits, mode):
-    assert _largest_change(mode, _networks(splits)) <= TOLERANCE
+def test_every_test_network_predicts_the_same_after_a_symmetry(splits, mode, prior):
+    prior_on = splits["train"] if prior else None
+    assert _largest_change(mode, _networks(splits), prior_on) <= TOLERANCE
 
 
-def test_control_perm_metanet_moves(splits):
-    assert _largest_change("perm", _networks(splits)) > 1e-3
+@pytest.mark.parametrize("prior", [False, True], ids=["gnn", "with-prior"])
+def test_control_perm_metanet_moves(splits, prior):
+    assert _largest_change("perm", _networks(splits), splits["train"] if prior else None) > 1e-3
