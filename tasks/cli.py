@@ -549,6 +549,9 @@ def cmd_eval(args) -> int:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
         print(f"{args.run} {result['split']} ({result['zoo_split']}, {result['n']} networks): "
               f"{metrics}")
+        if "prior_only" in result:
+            alone = ", ".join(f"{k} {v:.4f}" for k, v in result["prior_only"].items())
+            print(f"  its tree prior alone: {alone}")
     return 0
 
 

@@ -65,6 +65,14 @@ def prior_features(prior, dataset, batch_size: int = 256, device="cpu") -> np.nd
     return np.concatenate(out)
 
 
+def prior_predictions(prior, dataset, batch_size: int = 256, device="cpu") -> np.ndarray:
+    """``[n]``: the fitted prior's own prediction (target space, the mean of its ensembles) for
+    every graph of ``dataset``: what the trees alone score, without the GNN."""
+    x = torch.as_tensor(prior_features(prior, dataset, batch_size, device),
+                        device=prior.feature.device)
+    return prior.ensembles(x).mean(0).cpu().numpy()
+
+
 def export_trees(estimator) -> tuple[list[dict[str, np.ndarray]], float]:
     """A fitted ``HistGradientBoostingRegressor``'s trees as :data:`TREE_FIELDS
     <paramgraph.models.prior.TREE_FIELDS>` arrays, and its base score."""

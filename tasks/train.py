@@ -511,7 +511,8 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
     """Score a run's best metanet on ``split`` (train/val/test of the run's split set).
 
     Writes ``RUN/eval-<split>.json`` (scores, predictions, targets, network ids) and returns
-    ``{"split", "zoo_split", "metrics", "n", "seconds"}``. The scores include the objective's
+    ``{"split", "zoo_split", "metrics", "n", "seconds"}``, plus ``prior_only`` (the scores of
+    its tree prior alone) for a metanet with a prior. The scores include the objective's
     reference scores (inr-edit: ``identity_mse``, the error of leaving the SIREN unedited).
     Raises :class:`RunError`/:class:`TaskError` for a bad run or split.
     """
@@ -527,6 +528,11 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
         seconds = time.time() - t0
     result = {"split": split, "zoo_split": cfg.split(split), "metrics": metrics,
               "n": int(len(y)), "seconds": seconds}
+    if getattr(net, "prior", None) is not None:  # what the trees alone score, for comparison
+        from .prior import prior_predictions
+
+        alone = prior_predictions(net.prior, data.sets[split], cfg.eval_batch_size)
+        result["prior_only"] = objective.metrics(alone, y.numpy())
     store = dict(result, net_id=ids.tolist(), pred=pred.tolist(), true=y.tolist())
     atomic_write_json(Path(run) / f"eval-{split}.json", store, indent=None)
     return result

@@ -176,7 +176,9 @@ def test_a_run_with_a_prior_trains_saves_and_evaluates(zoo, tmp_path, capsys):
     assert set(info["prior_fit"]["out_of_fold"]) == {"kendall_tau", "r2", "mse"}
     _, objective, net, _ = load_run(tmp_path / "run")
     assert bool(net.prior.fitted.all())  # the trees are in the saved metanet
-    evaluate_run(tmp_path / "run", "test", threads=1)
+    result = evaluate_run(tmp_path / "run", "test", threads=1)
+    assert set(result["prior_only"]) == {"kendall_tau", "r2", "mse"}
+    assert result["prior_only"] != result["metrics"]
     ev = json.loads((tmp_path / "run" / "eval-test.json").read_text())
     ds = ZooDataset(zoo, "test", "test_acc", progress=False)
     with torch.no_grad():
