@@ -23,7 +23,7 @@ training run and fits :math:`T_k` on the networks outside fold ``k``. While trai
 fold ``k`` is given :math:`T_k`'s prediction (made without it) as ``offset``: the GNN then learns
 the trees' errors on networks they have not seen, not the tiny residuals of trees that have
 memorised their training set. Every other network (validation, test, a user's checkpoint) gets the
-mean of the ``K`` ensembles.
+mean of the ``K`` ensembles (of as many as there are training runs, where those are fewer).
 
 **Symmetry.** :math:`\\sigma(g\\theta) = \\sigma(\\theta)` to float64 rounding for every group
 element ``g``, and the statistics are functions of multisets, so the prior is exactly invariant in
@@ -153,15 +153,21 @@ class TreePrior(nn.Module):
         leaves = flat["value"].view(torch.float64).gather(1, idx).view(k, t, -1).sum(1)
         return leaves + self.base.view(torch.float64).unsqueeze(1)
 
+    def mean_prediction(self, x: Tensor) -> Tensor:
+        """``[B]``: the mean of the fitted ensembles' predictions (a training split of fewer
+        runs than ``K`` fits fewer folds)."""
+        used = self.fitted.to(torch.float64).unsqueeze(1)
+        return (self.ensembles(x) * used).sum(0) / used.sum().clamp_min(1)
+
     def forward(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
                 node_mask: Tensor, offset: Tensor | None = None) -> Tensor:
         """``[num_graphs]`` float64: the prior in the head's output space. ``offset``: the
         graphs' out-of-fold predictions in target space (training networks, see the module
-        docstring); without it, the mean of the ensembles. Zeros while unfitted."""
-        if not bool(self.fitted.all()):
+        docstring); without it, the mean of the fitted ensembles. Zeros while unfitted."""
+        if not bool(self.fitted.any()):
             return torch.zeros(st.num_graphs, dtype=torch.float64, device=edge_value.device)
         if offset is None:
             x = self.features(st, edge_value, node_value, node_mask)
-            offset = self.ensembles(x).mean(0)
+            offset = self.mean_prediction(x)
         return PRIOR_LINKS[self.link](offset.to(torch.float64).reshape(-1))
 

@@ -51,8 +51,11 @@ BEFORE_COMBO = {"train": {"weight_decay": 0.1, "ema": 0.0, "rank_loss": 0.0},
                 "model": {"output_readout": False}}
 # quasi's soft signs were on by default until hard signs measured better (issue 10): every row
 # is pinned to them unless it sets soft_signs itself (they act on quasi's invariant head only).
-# Today's defaults are the rows quasi-combo-hard, perm-combo and strict-combo.
 BEFORE_HARD_SIGNS = {"soft_signs": True}
+# The tree prior became the generalization default in the release that measured it (issue 10):
+# every earlier row is pinned to no prior on generalization columns. Today's defaults are the
+# rows quasi-combo-hard-prior, perm-combo-prior and strict-combo-prior.
+BEFORE_PRIOR = {"prior": False}
 
 
 def _probe(mode: str, **model) -> dict:
@@ -61,7 +64,8 @@ def _probe(mode: str, **model) -> dict:
     return {"mode": mode, "model": model, "train": BEFORE_WD}
 
 
-# today's defaults on generalization columns, one row per mode
+# the defaults on generalization columns before the tree prior, one row per mode (today's:
+# their -prior rows)
 METHODS_TODAY = {
     "quasi-combo-hard": {"mode": "quasi", "model": {"output_readout": True, "soft_signs": False},
                          "train": COMBO_TRAIN},
@@ -149,6 +153,10 @@ METHODS = {
     **{f"{name}-prior": {**METHODS_TODAY[name],
                          "model": {**METHODS_TODAY[name]["model"], "prior": True}}
        for name in METHODS_TODAY},
+    # ... perm trained on networks moved by random scales and signs every step: what it gains
+    # over the invariant modes from where a network sits in its orbit
+    "perm-combo-aug-prior": {"mode": "perm", "model": {"output_readout": True, "prior": True},
+                             "train": {**COMBO_TRAIN, "augment": 4.0}},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},
@@ -222,11 +230,13 @@ def make_zoos(args) -> dict[str, Path]:
 
 def job_config(job: dict):
     """The ``TrainConfig`` of one run: its method's settings over the defaults the method was
-    measured against (``BEFORE_HARD_SIGNS``; ``BEFORE_COMBO`` on generalization columns)."""
+    measured against (``BEFORE_HARD_SIGNS``; ``BEFORE_COMBO`` and ``BEFORE_PRIOR`` on
+    generalization columns)."""
     from paramgraph.tasks.train import TrainConfig
 
     method = METHODS[job["mode"]]
-    base = BEFORE_COMBO if job["task"] == "generalization" else {}
+    base = ({"train": BEFORE_COMBO["train"], "model": {**BEFORE_COMBO["model"], **BEFORE_PRIOR}}
+            if job["task"] == "generalization" else {})
     return TrainConfig(task=job["task"], zoo=job["zoo"], mode=method["mode"],
                        hidden=job["hidden"], layers=job["layers"], epochs=job["epochs"],
                        seed=job["seed"],

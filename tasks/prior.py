@@ -38,14 +38,15 @@ class PriorFit:
 
 
 def run_folds(runs: list, folds: int, seed: int) -> np.ndarray:
-    """``[n]``: a fold in ``[0, folds)`` for each network, whole runs to one fold, runs dealt
-    round-robin in an order shuffled by ``seed``. Raises :class:`TaskError` for fewer runs than
-    folds."""
+    """``[n]``: a fold in ``[0, min(folds, number of runs))`` for each network, whole runs to
+    one fold, runs dealt round-robin in an order shuffled by ``seed``. Raises
+    :class:`TaskError` for fewer than two runs (nothing to cross-fit on)."""
     unique = sorted(set(runs), key=str)
-    if len(unique) < folds:
-        raise TaskError(f"the tree prior cross-fits on {folds} folds of training runs; the "
-                        f"training split has {len(unique)} runs: make a larger zoo or train "
-                        "without --prior")
+    if len(unique) < 2:
+        raise TaskError(f"the tree prior cross-fits on folds of training runs; the training "
+                        f"split has {len(unique)} run: make a larger zoo or train with "
+                        "--no-prior")
+    folds = min(folds, len(unique))
     order = np.random.default_rng(seed).permutation(len(unique))
     fold_of = {unique[i]: rank % folds for rank, i in enumerate(order)}
     return np.array([fold_of[r] for r in runs])
@@ -103,7 +104,8 @@ def fit_prior(net, dataset, y: np.ndarray, runs: list, seed: int, device="cpu",
     x = prior_features(prior, dataset, batch_size, device)
     folds = run_folds(runs, prior.folds, seed)
     offsets = np.zeros(len(y))
-    for k in range(prior.folds):
+    prior.fitted.zero_()
+    for k in range(int(folds.max()) + 1):
         inside = folds == k
         model = HistGradientBoostingRegressor(random_state=seed).fit(x[~inside], y[~inside])
         offsets[inside] = model.predict(x[inside])

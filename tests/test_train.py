@@ -257,7 +257,7 @@ def test_a_run_with_a_weight_average_keeps_the_average(zoo, tmp_path, capsys):
 
 def test_each_task_trains_with_its_defaults_unless_the_run_sets_them(zoo, tmp_path):
     """generalization trains with the combination measured best (weight decay 0.3, moving
-    average 0.99, rank term 1, output readout), other tasks with models.defaults.TRAINING; a
+    average 0.99, rank term 1, output readout, tree prior), other tasks with models.defaults.TRAINING; a
     setting given on the command line wins, and the run's config names every value used."""
     from paramgraph.models.defaults import TRAINING
     from paramgraph.tasks.cli import main
@@ -271,11 +271,11 @@ def test_each_task_trains_with_its_defaults_unless_the_run_sets_them(zoo, tmp_pa
 
     task = config("task")
     assert (task["weight_decay"], task["ema"], task["rank_loss"]) == (0.3, 0.99, 1.0)
-    assert task["model_kwargs"] == {"output_readout": True}
+    assert task["model_kwargs"] == {"output_readout": True, "prior": True}
     own = config("own", "--weight-decay", "0.1", "--ema", "0", "--rank-loss", "0",
-                 "--no-output-readout")
+                 "--no-output-readout", "--no-prior")
     assert (own["weight_decay"], own["ema"], own["rank_loss"]) == (0.1, 0.0, 0.0)
-    assert own["model_kwargs"] == {"output_readout": False}
+    assert own["model_kwargs"] == {"output_readout": False, "prior": False}
     regression = with_task_defaults(TrainConfig(task="regression", target="test_acc",
                                                 zoo=str(zoo.root)),
                                     get_objective("regression", "test_acc"))
