@@ -121,6 +121,7 @@ from paramgraph.canonical import (  # the exact section: one home, shared with p
 from paramgraph.canonical import edge_multipliers as _edge_multipliers
 from paramgraph.canonical import edge_value_sums as _edge_sums
 from paramgraph.canonical_heads import HeadFrame, head_sections, write_heads
+from paramgraph.symmetry import random_factors
 from .encoders import CODE_SLOTS
 from .structure import GraphStructure, symlog
 
@@ -147,6 +148,18 @@ def apply_factors(st: GraphStructure, factor: Tensor, edge_value: Tensor,
         node_value[:, 3], node_value[:, 4],
     ], dim=1)
     return edge_value, node_value
+
+
+def random_move(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
+                scale_range: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch's values moved by a random scale/sign element of its group (``scale_range``
+    R > 1: every scalable neuron by a factor log-uniform in ``[1/R, R]``, every sign-symmetric
+    one by a fair random sign; drawn from the global RNG), computed in float64: ``(edge_value,
+    node_value, factor)``, the values in their input dtypes. Training augmentation
+    (``paramgraph train --augment``) and the gauge jitter of ``MetaNet(gauge_jitter=R)``."""
+    factor = random_factors(st.scale, st.sign, scale_range=(1.0 / scale_range, scale_range))
+    edge, node = apply_factors(st, factor, edge_value.double(), node_value.double())
+    return edge.to(edge_value.dtype), node.to(node_value.dtype), factor
 
 
 def sign_confidence(st: GraphStructure, edge_value: Tensor, node_value: Tensor,

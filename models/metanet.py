@@ -43,7 +43,7 @@ from paramgraph.layout import FIELDS
 
 from .backbone import Backbone
 from .defaults import HIDDEN, LAYERS, MODES
-from .gauge import BALANCE_SWEEPS, GaugeMap, sign_confidence, soften_signs
+from .gauge import BALANCE_SWEEPS, GaugeMap, random_move, sign_confidence, soften_signs
 from .prior import TreePrior
 from .statistics import LayerStatistics
 from .structure import GraphStructure
@@ -107,6 +107,13 @@ class MetaNet(nn.Module):
         probes: read ``probes`` probe features per neuron (``forward``'s ``probes``).
         output_readout: the invariant head also reads the mean of the output neurons' features
             (:class:`~paramgraph.models.heads.InvariantHead`).
+        gauge_jitter: ``quasi``, while training only: the gauged network is moved by a random
+            element of its scale/sign group (scales log-uniform in ``[1/R, R]`` for
+            ``gauge_jitter=R`` > 1, fair random signs; :func:`~paramgraph.models.gauge.random_move`)
+            before the backbone reads it, so the backbone learns around the canonical frame
+            instead of at one point of it (the regularisation ``--augment`` gives ``perm``). In
+            evaluation the gauged network is read as it is, so the metanet stays exactly
+            invariant. 0 (default): off.
         prior: the invariant head (``out_dim=1``) adds its output to a tree prior
             (:class:`~paramgraph.models.prior.TreePrior`: cross-fitted gradient-boosted trees
             on per-layer statistics of the exact ``section`` in ``quasi``/``strict`` mode, of
@@ -128,7 +135,7 @@ class MetaNet(nn.Module):
                  statistics: bool = False, soft_signs: bool = False, frame: str = "gauged",
                  checkpoint: bool = False, copies: int = 1, compile: bool = False,
                  probes: int = 0, output_readout: bool = False, prior: bool = False,
-                 prior_link: str = "identity"):
+                 prior_link: str = "identity", gauge_jitter: float = 0.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
@@ -146,6 +153,10 @@ class MetaNet(nn.Module):
         if prior and (task != "invariant" or out_dim != 1):
             raise ValueError("a tree prior needs the invariant head with out_dim=1 (one "
                              "predicted number per network)")
+        if gauge_jitter and (mode != "quasi" or gauge_jitter <= 1):
+            raise ValueError(f"gauge_jitter={gauge_jitter}: a scale range R > 1, in quasi mode "
+                             "(perm: train with --augment R; strict reads values equivariantly)")
+        self.gauge_jitter = float(gauge_jitter)
         self.mode, self.task, self.frame = mode, task, frame
         self.out_dim = out_dim
         self.probes = int(probes)
@@ -212,6 +223,11 @@ class MetaNet(nn.Module):
             edge_value, node_value = gauged.edge_value, gauged.node_value
             if probes is not None:  # a neuron's values scale and flip with it
                 probes = probes * gauged.alpha.to(dtype).unsqueeze(1)
+            if self.gauge_jitter and self.training:
+                edge_value, node_value, moved = random_move(st, edge_value, node_value,
+                                                            self.gauge_jitter)
+                if probes is not None:
+                    probes = probes * moved.to(dtype).unsqueeze(1)
             if self.soft_signs:
                 # a weighting, not a path for gradients (its sqrt has none at zero weights)
                 conf = sign_confidence(st, edge_value.detach(), node_value.detach(),

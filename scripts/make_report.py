@@ -157,6 +157,13 @@ METHODS = {
     # over the invariant modes from where a network sits in its orbit
     "perm-combo-aug-prior": {"mode": "perm", "model": {"output_readout": True, "prior": True},
                              "train": {**COMBO_TRAIN, "augment": 4.0}},
+    # ... quasi with the gauged network moved by random scales in [1/4, 4] and signs while
+    # training (MetaNet(gauge_jitter=4)): perm-combo-aug-prior's regularisation, kept exactly
+    # invariant
+    "quasi-combo-hard-prior-jitter": {
+        "mode": "quasi", "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True,
+                                   "gauge_jitter": 4.0},
+        "train": COMBO_TRAIN},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},

@@ -26,17 +26,14 @@ from __future__ import annotations
 from torch import Tensor
 
 from paramgraph.models import GraphStructure
-from paramgraph.models.gauge import apply_factors
-from paramgraph.symmetry import random_factors
+from paramgraph.models.gauge import random_move
 
 
 def moved_values(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
                  scale_range: float) -> tuple[Tensor, Tensor]:
     """The batch's values moved by a random scale/sign element (``scale_range`` R > 1:
     scales log-uniform in ``[1/R, R]``); same dtypes as the inputs."""
-    factor = random_factors(st.scale, st.sign, scale_range=(1.0 / scale_range, scale_range))
-    edge, node = apply_factors(st, factor, edge_value.double(), node_value.double())
-    return edge.to(edge_value.dtype), node.to(node_value.dtype)
+    return random_move(st, edge_value, node_value, scale_range)[:2]
 
 
 def augment(batch, st: GraphStructure, scale_range: float):

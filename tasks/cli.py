@@ -186,6 +186,10 @@ def add_task_commands(subparsers) -> None:
     p.add_argument("--output-readout", action=argparse.BooleanOptionalAction, default=None,
                    help="the invariant head also reads the mean of the output neurons' features "
                    "(default: the task's; on for generalization and inr-class)")
+    p.add_argument("--gauge-jitter", type=nonneg_float, default=None, metavar="R",
+                   help="quasi: while training, move each gauged network by a random scale in "
+                   "[1/R, R] and random signs before the backbone reads it (evaluation reads "
+                   "the gauged network itself, exactly invariant; default off)")
     p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
                    help="generalization: the invariant head corrects gradient-boosted trees on "
                    "per-layer statistics of the exact section, cross-fitted on the training "
@@ -502,6 +506,8 @@ def _model_kwargs(args) -> dict:
         kwargs["output_readout"] = args.output_readout
     if args.prior is not None:
         kwargs["prior"] = args.prior
+    if args.gauge_jitter:
+        kwargs["gauge_jitter"] = args.gauge_jitter
     return kwargs
 
 

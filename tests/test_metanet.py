@@ -81,6 +81,28 @@ def test_full_symmetry_invariance(zoo):
     assert rel.min() > 1e-4, dict(zip(names, rel.tolist()))
 
 
+def test_gauge_jitter_moves_training_reads_only(zoo):
+    """quasi with gauge_jitter: in evaluation exactly the metanet without it (so exactly
+    invariant); in training every forward reads another random move of the gauged networks;
+    control: those training outputs do differ."""
+    _, _, gs = zoo
+    batch = Batch.from_data_list(gs)
+    plain = _net("quasi")
+    jitter = _net("quasi", gauge_jitter=4.0)
+    jitter.load_state_dict(plain.state_dict())
+    plain.eval(), jitter.eval()
+    with torch.no_grad():
+        assert torch.equal(plain(batch), jitter(batch))
+        jitter.train()
+        torch.manual_seed(1)
+        a = jitter(batch)
+        b = jitter(batch)
+    assert torch.isfinite(a).all() and _rel(a, b).max() > 1e-4
+    for bad in (dict(mode="perm", gauge_jitter=4.0), dict(mode="quasi", gauge_jitter=0.5)):
+        with pytest.raises(ValueError, match="gauge_jitter"):
+            models.MetaNet(**bad)
+
+
 def test_float32_and_float64_every_mode_and_task(zoo):
     _, _, gs = zoo
     for dtype in (torch.float32, torch.float64):
