@@ -67,9 +67,10 @@ def test_a_run_trains_with_the_rank_term(tmp_path, capsys):
     from paramgraph.tasks.zoo import make_zoo
 
     zoo = make_zoo(tmp_path / "cnn", "cnn", 12, seed=3, progress=False)
+    # one training run: nothing to cross-fit a tree prior on
     args = ["train", "--task", "generalization", "--zoo", str(zoo.root), "--mode", "perm",
             "--epochs", "1", "--hidden", "16", "--layers", "2", "--batch-size", "4",
-            "--threads", "1", "--no-progress"]
+            "--threads", "1", "--no-progress", "--no-prior"]
     assert main(args + ["--rank-loss", "2", "--out", str(tmp_path / "ranked")]) == 0
     assert main(args + ["--rank-loss", "0", "--out", str(tmp_path / "plain")]) == 0
     config = json.loads((tmp_path / "ranked" / "config.json").read_text())["config"]
