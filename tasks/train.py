@@ -510,7 +510,8 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
                  progress: bool = False) -> dict:
     """Score a run's best metanet on ``split`` (train/val/test of the run's split set).
 
-    Writes ``RUN/eval-<split>.json`` (scores, predictions, targets, network ids) and returns
+    Writes ``RUN/eval-<split>.json`` (scores, predictions, targets, network ids, and the tree
+    prior's own predictions ``prior_pred`` where the metanet has one) and returns
     ``{"split", "zoo_split", "metrics", "n", "seconds"}``, plus ``prior_only`` (the scores of
     its tree prior alone) for a metanet with a prior. The scores include the objective's
     reference scores (inr-edit: ``identity_mse``, the error of leaving the SIREN unedited).
@@ -534,6 +535,8 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
         alone = prior_predictions(net.prior, data.sets[split], cfg.eval_batch_size)
         result["prior_only"] = objective.metrics(alone, y.numpy())
     store = dict(result, net_id=ids.tolist(), pred=pred.tolist(), true=y.tolist())
+    if "prior_only" in result:  # per network, to see what the GNN changed (scripts/probe_prior.py)
+        store["prior_pred"] = alone.tolist()
     atomic_write_json(Path(run) / f"eval-{split}.json", store, indent=None)
     return result
 

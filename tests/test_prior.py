@@ -20,6 +20,7 @@ from paramgraph.tasks.errors import TaskError
 from paramgraph.tasks.prior import export_trees, fit_prior, run_folds
 from paramgraph.tasks.train import TrainConfig, evaluate_run, load_run, train
 from paramgraph.tasks.zoo import make_zoo
+from script_loader import load_script
 
 TINY = dict(hidden=16, layers=2, batch_size=8, lr=3e-3)
 
@@ -185,6 +186,16 @@ def test_a_run_with_a_prior_trains_saves_and_evaluates(zoo, tmp_path, capsys):
     with torch.no_grad():
         pred = objective.predict(net, *models.prepare(Batch.from_data_list(list(ds))))
     np.testing.assert_allclose(ev["pred"], pred.numpy(), atol=1e-6)
+    from paramgraph.tasks.prior import prior_predictions
+
+    np.testing.assert_allclose(ev["prior_pred"], prior_predictions(net.prior, ds), atol=1e-12)
+    # scripts/probe_prior.py reads the same file: the run's scores, per seed
+    probe = load_script("probe_prior")
+    effect = probe.method_effects(tmp_path, "run", "test")
+    assert effect == {}  # not a METHOD-sSEED directory with a summary: not a finished run
+    effect = probe.gnn_effect(**probe.run_predictions(tmp_path / "run", "test"))
+    assert effect["tau"] == pytest.approx(result["metrics"]["kendall_tau"], abs=1e-9, nan_ok=True)
+    assert effect["trees"] == pytest.approx(result["prior_only"]["kendall_tau"], abs=1e-9, nan_ok=True)
     # the command line takes it; a task without one number per network refuses it in one line
     assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--prior",
                  "--epochs", "1", "--hidden", "16", "--layers", "2", "--threads", "1",
@@ -230,3 +241,20 @@ def test_a_training_split_of_few_runs_fits_as_many_folds(zoo):
     x = torch.as_tensor(prior_features(net.prior, ds))
     np.testing.assert_allclose(net.prior.mean_prediction(x).numpy(),
                                net.prior.ensembles(x)[:3].mean(0).numpy(), atol=1e-12)
+
+
+def test_probe_prior_measures_what_the_gnn_adds_to_the_trees():
+    """scripts/probe_prior.py: a GNN that adds nothing shifts nothing; one that moves every
+    prediction onto the truth correlates 1 with the trees' residual and removes all of its
+    error; one that moves at random removes none (the control)."""
+    probe = load_script("probe_prior")
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0.1, 0.9, 200)
+    prior = true + rng.normal(0, 0.1, 200)
+    nothing = probe.gnn_effect(prior.copy(), prior, true)
+    assert nothing["shift"] == 0.0 and nothing["corr"] == 0.0 and nothing["mse_gain"] == 0.0
+    assert nothing["tau"] == nothing["trees"]
+    perfect = probe.gnn_effect(true.copy(), prior, true)
+    assert perfect["corr"] == pytest.approx(1.0) and perfect["mse_gain"] == pytest.approx(1.0)
+    noise = probe.gnn_effect(prior + rng.normal(0, 0.1, 200), prior, true)
+    assert abs(noise["corr"]) < 0.2 and noise["mse_gain"] < 0
