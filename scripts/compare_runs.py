@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def method_predictions(runs: Path, method: str, split: str) -> dict[int, dict[int, float]]:
-    """``{seed: {network id: prediction}}`` of every ``METHOD-sSEED`` run under ``runs`` on the
-    run's ``split`` (which zoo split that is depends on the run's split set)."""
+def finished_evaluations(runs: Path, method: str, split: str,
+                         field: str = "pred") -> dict[int, dict]:
+    """``{seed: the run's eval-SPLIT.json}`` of every finished ``METHOD-sSEED`` run under
+    ``runs``; a run whose file is missing or lacks ``field`` is evaluated first (with this code)."""
     from paramgraph.tasks.train import evaluate_run
 
     out = {}
@@ -43,10 +44,19 @@ def method_predictions(runs: Path, method: str, split: str) -> dict[int, dict[in
         # finished: evaluated, or trained to the end (make_report writes summary.json then)
         if not seed.isdigit() or not (file.is_file() or (run / "summary.json").is_file()):
             continue
-        if not file.is_file():
+        ev = json.loads(file.read_text()) if file.is_file() else {}
+        if field not in ev:
             evaluate_run(run, split, threads=1)  # writes the file
-        ev = json.loads(file.read_text())
-        out[int(seed)] = dict(zip(ev["net_id"], ev["pred"], strict=True))
+            ev = json.loads(file.read_text())
+        out[int(seed)] = ev
+    return out
+
+
+def method_predictions(runs: Path, method: str, split: str) -> dict[int, dict[int, float]]:
+    """``{seed: {network id: prediction}}`` of every ``METHOD-sSEED`` run under ``runs`` on the
+    run's ``split`` (which zoo split that is depends on the run's split set)."""
+    out = {seed: dict(zip(ev["net_id"], ev["pred"], strict=True))
+           for seed, ev in finished_evaluations(runs, method, split).items()}
     if not out:
         raise SystemExit(f"no finished runs '{method}-sSEED' under {runs}")
     return out

@@ -2,7 +2,8 @@
 
 A metanet with a tree prior (``MetaNet(prior=True)``) predicts the trees' prediction plus the
 GNN's correction. This script reads each run's ``eval-SPLIT.json`` (which holds both: ``pred``
-and the trees' own ``prior_pred``; evaluated here where missing or older) and reports, mean ±
+and the trees' own ``prior_pred``; evaluated here where missing or older, as
+``scripts/compare_runs.py`` does) and reports, mean ±
 standard deviation over the seeds:
 
 - ``tau`` / ``trees``: Kendall tau of the metanet and of its trees alone;
@@ -32,20 +33,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # compare_runs.py: which runs are finished
 
 
-def run_predictions(run: Path, split: str) -> dict:
-    """``{"pred", "prior", "true"}`` arrays of one run on ``split``; evaluates the run first if
-    its evaluation file is missing or predates per-network prior predictions."""
-    from paramgraph.tasks.train import evaluate_run
-
-    file = run / f"eval-{split}.json"
-    ev = json.loads(file.read_text()) if file.is_file() else {}
-    if "prior_pred" not in ev:
-        evaluate_run(run, split, threads=1)
-        ev = json.loads(file.read_text())
-        if "prior_pred" not in ev:
-            raise SystemExit(f"error: run '{run}' has no tree prior (trained with --no-prior?)")
+def predictions(ev: dict) -> dict:
+    """``{"pred", "prior", "true"}`` arrays of one run's evaluation file."""
     return {k: np.asarray(ev[f], dtype=float)
             for k, f in (("pred", "pred"), ("prior", "prior_pred"), ("true", "true"))}
 
@@ -65,11 +57,14 @@ def gnn_effect(pred: np.ndarray, prior: np.ndarray, true: np.ndarray) -> dict[st
 
 def method_effects(runs: Path, method: str, split: str) -> dict[int, dict[str, float]]:
     """``{seed: gnn_effect}`` of every finished ``METHOD-sSEED`` run under ``runs``."""
+    from compare_runs import finished_evaluations  # the runs compare_runs.py scores
+
     out = {}
-    for run in sorted(runs.glob(f"{method}-s*")):
-        seed = run.name[len(method) + 2:]
-        if seed.isdigit() and (run / "summary.json").is_file():
-            out[int(seed)] = gnn_effect(**run_predictions(run, split))
+    for seed, ev in finished_evaluations(runs, method, split, field="prior_pred").items():
+        if "prior_pred" not in ev:
+            raise SystemExit(f"error: run '{method}-s{seed}' has no tree prior "
+                             "(trained with --no-prior?)")
+        out[seed] = gnn_effect(**predictions(ev))
     return out
 
 

@@ -193,9 +193,10 @@ def test_a_run_with_a_prior_trains_saves_and_evaluates(zoo, tmp_path, capsys):
     probe = load_script("probe_prior")
     effect = probe.method_effects(tmp_path, "run", "test")
     assert effect == {}  # not a METHOD-sSEED directory with a summary: not a finished run
-    effect = probe.gnn_effect(**probe.run_predictions(tmp_path / "run", "test"))
-    assert effect["tau"] == pytest.approx(result["metrics"]["kendall_tau"], abs=1e-9, nan_ok=True)
-    assert effect["trees"] == pytest.approx(result["prior_only"]["kendall_tau"], abs=1e-9, nan_ok=True)
+    effect = probe.gnn_effect(**probe.predictions(ev))
+    tau, trees = result["metrics"]["kendall_tau"], result["prior_only"]["kendall_tau"]
+    assert effect["tau"] == pytest.approx(tau, abs=1e-9, nan_ok=True)
+    assert effect["trees"] == pytest.approx(trees, abs=1e-9, nan_ok=True)
     # the command line takes it; a task without one number per network refuses it in one line
     assert main(["train", "--task", "generalization", "--zoo", str(zoo.root), "--prior",
                  "--epochs", "1", "--hidden", "16", "--layers", "2", "--threads", "1",
