@@ -91,6 +91,29 @@ class _ScatterMax(torch.autograd.Function):
         return hit.mul_((grad / ties.clamp_min(1)).index_select(0, index)), None, None
 
 
+def gate_tanh(x: Tensor) -> Tensor:
+    """``tanh(x)`` as ``2 sigmoid(2x) - 1`` (within 2e-7 of ``torch.tanh`` in float32, the same
+    gradient ``1 - y**2``). Why: ATen's vectorised ``tanh`` is several times slower than its
+    ``sigmoid`` (on this project's AVX-512 machine, one thread, a [13824, 32] float32 tensor:
+    forward and backward 2.4 ms against 1.1 ms), and the value channels' gates take it on
+    edge-sized tensors in every round. Not exactly odd (``gate_tanh(-x)`` may differ from ``-gate_tanh(x)``
+    in the last bit), which no gate needs: their inputs are hidden features."""
+    return _GateTanh.apply(x)
+
+
+class _GateTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = torch.sigmoid(x * 2).mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
 class EdgeAggregation(nn.Module):
     """Aggregate edge features onto nodes, along (``reverse=False``) or against the edges.
 
@@ -207,7 +230,7 @@ class ValueLayer(nn.Module):
             h, e = self.hidden(h, e, st)
             return x, ev, h, e, None
         e = self.hidden.edge_update(h, e, st, reader.edges(ev))
-        ev = ev + self.we(ev) * torch.tanh(self.ge(e)) + masked(reader.edge_trivial, self.te(e))
+        ev = ev + self.we(ev) * gate_tanh(self.ge(e)) + masked(reader.edge_trivial, self.te(e))
         msg = self.wa(ev) * self.wb(x).index_select(0, st.src)
         # summed in float32 at least: under bfloat16 autocast msg is bfloat16, whose sums over
         # thousands of inputs would keep three significant digits
@@ -215,7 +238,7 @@ class ValueLayer(nn.Module):
         m = x.new_zeros(x.shape, dtype=acc).index_add_(0, st.dst, msg.to(acc))
         m = m / st.in_degree.clamp_min(1).to(acc).unsqueeze(1)
         h = self.hidden.node_update(h, e, st, reader.nodes(x, m))
-        x = (x + self.wc(x) * torch.tanh(self.gx(h))
-             + masked(reader.same, self.wd(m) * torch.tanh(self.gm(h)))
+        x = (x + self.wc(x) * gate_tanh(self.gx(h))
+             + masked(reader.same, self.wd(m) * gate_tanh(self.gm(h)))
              + masked(reader.node_trivial, self.tx(h)))
         return x, ev, h, e, m

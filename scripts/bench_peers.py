@@ -14,7 +14,10 @@ interleaved (ScaleGMN, quasi, perm, strict, ScaleGMN, ...) so that a busy machin
 
     python scripts/bench_peers.py --scalegmn /path/to/scalegmn --repeats 3 --steps 8
 
-prints the table and writes ``bench_results/bench_peers.json`` (``--out``).
+prints the table and writes ``bench_results/bench_peers.json`` (``--out``). ``--peer-heap`` adds
+runs of ScaleGMN with the allocator setting our training applies to its own process
+(:func:`paramgraph.memory.retain_freed_heap`), as the model ``ScaleGMN+heap``; the ratios stay
+relative to ScaleGMN as it ships.
 
 Ours: ``bench_train.py --throughput-child``, started by bench_train's own ``_throughput_run`` (the
 command of ``bench_train.py --throughput``) for each of ``--modes`` with ``--hidden`` (64),
@@ -307,6 +310,10 @@ def scalegmn_child(args) -> None:
     import torch
 
     torch.set_num_threads(THREADS)
+    if args.retain_heap:  # the allocator setting our training applies (--peer-heap)
+        from paramgraph.memory import retain_freed_heap
+
+        retain_freed_heap()
     stubbed = _import_scalegmn(args.scalegmn)
     import torch_geometric
     from src.scalegmn.models import ScaleGMN
@@ -361,11 +368,12 @@ def _bench_train():
     return module
 
 
-def _scalegmn_run(args, precision: str) -> dict:
-    """One ScaleGMN measurement in a fresh process (this script's --scalegmn-child)."""
+def _scalegmn_run(args, precision: str, retain_heap: bool = False) -> dict:
+    """One ScaleGMN measurement in a fresh process (this script's --scalegmn-child), with
+    glibc's allocator as it comes or (``retain_heap``) as our training sets it."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--scalegmn-child", "--scalegmn",
            str(args.scalegmn), "--src", str(args.dir / "src-small"), "--steps", str(args.steps),
-           "--precisions", precision]
+           "--precisions", precision] + (["--retain-heap"] if retain_heap else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
     out = subprocess.run(cmd, env=env, cwd=args.scalegmn, capture_output=True, text=True)
     if out.returncode:  # the child's last line says why (a missing PyYAML, a wrong checkout)
@@ -422,9 +430,11 @@ def run(args) -> None:
     for rep in range(args.repeats):
         for precision in args.precisions:
             ours = _ours_args(args, bench, precision)
-            for model in ["ScaleGMN", *args.modes]:
+            peers = ["ScaleGMN"] + (["ScaleGMN+heap"] if args.peer_heap else [])
+            for model in [*peers, *args.modes]:
                 # ours: bench_train's own throughput command, on this checkout's code (None)
-                r = (_scalegmn_run(args, precision) if model == "ScaleGMN"
+                r = (_scalegmn_run(args, precision, model.endswith("+heap"))
+                     if model in peers
                      else bench._throughput_run(ours, zoo, "small", model, THREADS, None))
                 name = model if precision == "fp32" else f"{model} {precision}"
                 rows.append({"model": name, "precision": precision, "repeat": rep, **r})
@@ -469,7 +479,11 @@ def main(argv=None) -> None:
     parser.add_argument("--dir", type=Path, default=ROOT / ".cache" / "bench_train",
                         help="where bench_train keeps its zoos (made there if missing)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "bench_peers.json")
+    parser.add_argument("--peer-heap", action="store_true",
+                        help="also run ScaleGMN with the allocator setting our training "
+                        "applies (paramgraph.memory.retain_freed_heap), as 'ScaleGMN+heap'")
     parser.add_argument("--scalegmn-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--retain-heap", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.scalegmn, args.dir = args.scalegmn.resolve(), args.dir.resolve()

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from paramgraph.atomic import atomic_path
+from paramgraph.memory import retain_freed_heap
 from paramgraph.models.defaults import HIDDEN, LAYERS
 
 from . import distributed
@@ -243,6 +244,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     if cfg.augment and cfg.augment <= 1:
         raise TaskError(f"--augment R moves scales within [1/R, R] and needs R > 1 (or 0 for "
                         f"none), got {cfg.augment:g}")
+    retain_freed_heap()  # every step frees and reallocates the same edge-sized tensors
     with thread_count(threads), distributed.session(device) as ctx, \
             distributed.failures_shared(ctx):  # a failing rank ends the run on every rank
         return _train(cfg, objective, run, resume, progress and ctx.is_main, stop_after,
@@ -520,6 +522,7 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
     if split not in ("train", "val", "test"):
         raise TaskError(f"unknown split '{split}' (use train, val or test)")
     cfg, objective, net, _ = load_run(run)
+    retain_freed_heap()
     with thread_count(threads):
         data = RunData(cfg, objective, progress)
         t0 = time.time()

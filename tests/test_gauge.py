@@ -17,7 +17,7 @@ from catalogue import random_inputs
 from metanet_nets import assert_same_functions, build, graphs
 from paramgraph.models.encoders import KernelBins
 from paramgraph.models.gauge import apply_factors, canonical_factors
-from paramgraph.models.layers import EdgeAggregation, scatter_max
+from paramgraph.models.layers import EdgeAggregation, gate_tanh, scatter_max
 from paramgraph.models.backbone import Backbone
 from paramgraph.models.readers import canon
 from paramgraph.models.structure import GraphStructure
@@ -284,6 +284,25 @@ def test_scatter_max_matches_scatter_reduce_ties_included():
     want.backward(grad)
     assert torch.allclose(mine.grad, ref.grad, rtol=0, atol=1e-15)
     assert mine.grad[1, 0] == mine.grad[5, 0] == grad[0, 0] / 2  # a tie shares the gradient
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 3e-7), (torch.float64, 1e-15),
+                                         (torch.bfloat16, 8e-3)])
+def test_gate_tanh_is_tanh_with_its_gradient(dtype, tol):
+    # values around zero (where 2 sigmoid(2x) - 1 cancels), in the bulk and saturated
+    x = torch.cat([torch.linspace(-1e-3, 1e-3, 101), torch.linspace(-6, 6, 1001),
+                   torch.tensor([-80.0, -20.0, 20.0, 80.0])]).to(dtype)
+    mine, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, want = gate_tanh(mine), torch.tanh(ref)
+    assert got.dtype == dtype
+    assert (got.double() - want.double()).abs().max() <= tol
+    assert got[-4:].tolist() == [-1.0, -1.0, 1.0, 1.0]  # saturates exactly
+    grad = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    got.backward(grad)
+    want.backward(grad)
+    assert (mine.grad.double() - ref.grad.double()).abs().max() <= 4 * tol
+    # control: the comparison tells tanh from a function ten tolerances off
+    assert (torch.tanh(x.double()) * (1 + 10 * tol) - want.double()).abs().max() > 3 * tol
 
 
 def test_kernel_bins_round_trip_and_long_kernels(zoo):
