@@ -279,8 +279,14 @@ class _SectionTimer:
             net.gauge.gauge = self.wrap("gauge", net.gauge.gauge)
         bb = net.backbone
         bb.encode = self.wrap("encode", bb.encode)
-        for layer in bb.layers:
-            layer.forward = self.wrap("rounds", layer.forward)
+        # around Backbone._round, outside what compile=True compiles (a timer wrapped around
+        # the layers' forward was traced by torch.compile: recompiled on the timer's own dicts
+        # until dynamo's limit, and the rounds ran eagerly); older code has no _round
+        if hasattr(bb, "_round"):
+            bb._round = self.wrap("rounds", bb._round)
+        else:
+            for layer in bb.layers:
+                layer.forward = self.wrap("rounds", layer.forward)
         bb.head.forward = self.wrap("head", bb.head.forward)
         torch.Tensor.backward = self.wrap("backward", torch.Tensor.backward)
         opt.step = self.wrap("optimizer", opt.step)
