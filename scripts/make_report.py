@@ -164,6 +164,12 @@ METHODS = {
         "mode": "quasi", "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True,
                                    "gauge_jitter": 4.0},
         "train": COMBO_TRAIN},
+    # ... quasi with the prior and without the learned factor kappa (the bare balanced section):
+    # does kappa still pay once the trees carry the statistics?
+    "quasi-combo-hard-prior-fixed": {
+        "mode": "quasi", "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True,
+                                   "learn_gauge": False},
+        "train": COMBO_TRAIN},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},
