@@ -170,6 +170,16 @@ METHODS = {
         "mode": "quasi", "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True,
                                    "learn_gauge": False},
         "train": COMBO_TRAIN},
+    # ... and with a richer kappa (the factor is what lets quasi's GNN correct its trees):
+    # twice its log-scale bound, or twice its network's width
+    "quasi-combo-hard-prior-bound4": {
+        "mode": "quasi", "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True,
+                                   "gauge_bound": 4.0},
+        "train": COMBO_TRAIN},
+    "quasi-combo-hard-prior-gh32": {
+        "mode": "quasi", "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True,
+                                   "gauge_hidden": 32},
+        "train": COMBO_TRAIN},
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},
