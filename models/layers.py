@@ -96,8 +96,8 @@ def gate_tanh(x: Tensor) -> Tensor:
     gradient ``1 - y**2``). Why: ATen's vectorised ``tanh`` is several times slower than its
     ``sigmoid`` (on this project's AVX-512 machine, one thread, a [13824, 32] float32 tensor:
     forward and backward 2.4 ms against 1.1 ms), and the value channels' gates take it on
-    edge-sized tensors in every round. Not exactly odd (``gate_tanh(-x)`` may differ from ``-gate_tanh(x)``
-    in the last bit), which no gate needs: their inputs are hidden features."""
+    edge-sized tensors in every round. Not exactly odd (``gate_tanh(-x)`` may differ from
+    ``-gate_tanh(x)`` in the last bit), which no gate needs: their inputs are hidden features."""
     return _GateTanh.apply(x)
 
 

@@ -72,6 +72,14 @@ METHODS_TODAY = {
     **{f"{mode}-combo": {"mode": mode, "model": {"output_readout": True}, "train": COMBO_TRAIN}
        for mode in ("perm", "strict")},
 }
+
+
+def _quasi_prior(**model) -> dict:
+    """Today's quasi default (quasi-combo-hard with the tree prior), one model option changed."""
+    return {"mode": "quasi", "train": COMBO_TRAIN,
+            "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True, **model}}
+
+
 METHODS = {
     "quasi": {"mode": "quasi"},
     "strict": {"mode": "strict"},
@@ -160,26 +168,14 @@ METHODS = {
     # ... quasi with the gauged network moved by random scales in [1/4, 4] and signs while
     # training (MetaNet(gauge_jitter=4)): perm-combo-aug-prior's regularisation, kept exactly
     # invariant
-    "quasi-combo-hard-prior-jitter": {
-        "mode": "quasi", "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True,
-                                   "gauge_jitter": 4.0},
-        "train": COMBO_TRAIN},
+    "quasi-combo-hard-prior-jitter": _quasi_prior(gauge_jitter=4.0),
     # ... quasi with the prior and without the learned factor kappa (the bare balanced section):
     # does kappa still pay once the trees carry the statistics?
-    "quasi-combo-hard-prior-fixed": {
-        "mode": "quasi", "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True,
-                                   "learn_gauge": False},
-        "train": COMBO_TRAIN},
+    "quasi-combo-hard-prior-fixed": _quasi_prior(learn_gauge=False),
     # ... and with a richer kappa (the factor is what lets quasi's GNN correct its trees):
     # twice its log-scale bound, or twice its network's width
-    "quasi-combo-hard-prior-bound4": {
-        "mode": "quasi", "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True,
-                                   "gauge_bound": 4.0},
-        "train": COMBO_TRAIN},
-    "quasi-combo-hard-prior-gh32": {
-        "mode": "quasi", "model": {**METHODS_TODAY["quasi-combo-hard"]["model"], "prior": True,
-                                   "gauge_hidden": 32},
-        "train": COMBO_TRAIN},
+    "quasi-combo-hard-prior-bound4": _quasi_prior(gauge_bound=4.0),
+    "quasi-combo-hard-prior-gh32": _quasi_prior(gauge_hidden=32),
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},
