@@ -103,6 +103,7 @@ path as before the head section (bit-identical outputs).
 from __future__ import annotations
 
 import contextlib
+import zlib
 
 from dataclasses import dataclass
 
@@ -121,6 +122,7 @@ from paramgraph.canonical import (  # the exact section: one home, shared with p
 from paramgraph.canonical import edge_multipliers as _edge_multipliers
 from paramgraph.canonical import edge_value_sums as _edge_sums
 from paramgraph.canonical_heads import HeadFrame, head_sections, write_heads
+from paramgraph.layout import CACHED_VALUE_FIELDS
 from paramgraph.symmetry import random_factors
 from .encoders import CODE_SLOTS
 from .structure import GraphStructure, symlog
@@ -243,7 +245,7 @@ class GaugeMap(nn.Module):
         self.type_emb = nn.Embedding(CODE_SLOTS, hidden)
         self.act_emb = nn.Embedding(CODE_SLOTS, hidden)
         self.norm_emb = nn.Embedding(CODE_SLOTS, hidden)
-        self.inp = nn.Linear(_NUM_FEATURES, hidden)
+        self.inp = nn.Linear(KAPPA_FEATURES, hidden)
         self.mix = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.out = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         with torch.no_grad():  # start near the canonical gauge, with gradients everywhere
@@ -278,26 +280,56 @@ class GaugeMap(nn.Module):
         return g.edge_value, g.node_value, g.alpha
 
     def gauge(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
-              node_mask: Tensor) -> "Gauged":
+              node_mask: Tensor, inputs: "GaugeInputs | None" = None) -> "Gauged":
         """The gauged values and what was applied (:class:`Gauged`, whose ``undo`` goes back to
         the input's frame); ``forward`` returns its first three fields. Computed outside any
         autocast (bfloat16 training): the learned factor multiplies every value of the network,
         and in bfloat16 it would move the gauged network by ~0.4% between training and the
-        float32 evaluation."""
+        float32 evaluation. ``inputs``: this batch's :meth:`invariant_inputs`, computed once
+        per graph beforehand (networks without attention; ignored where the batch has some)."""
         with without_autocast(edge_value.device.type):
-            return self._gauge(st, edge_value, node_value, node_mask)
+            return self._gauge(st, edge_value, node_value, node_mask, inputs)
+
+    def _wide(self, t: Tensor) -> torch.dtype:
+        """The dtype the section is computed in (float64 where ``precise`` and available)."""
+        return torch.float64 if self.precise and t.device.type != "mps" else t.dtype
+
+    def invariant_inputs(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
+                         node_mask: Tensor) -> "GaugeInputs":
+        """What the gauge reads of a batch without attention that its learned parameters do
+        not change: the section's factor and kappa's features (:class:`GaugeInputs`, in the
+        wide dtype). They depend on each network alone, so a data set can compute them once per
+        graph and hand them to :meth:`gauge` with every batch (``paramgraph.tasks.data``: about
+        a twentieth of a quasi training step on small graphs, the float64 section with its
+        balancing sweeps)."""
+        if st.heads is not None:
+            raise ValueError("the gauge's inputs of a batch with attention heads are not "
+                             "cached: the head section depends on the learned directions")
+        with without_autocast(edge_value.device.type):
+            wide = self._wide(edge_value)
+            f, sums = self.section_factors(st, edge_value.to(wide), node_value.to(wide))
+            return GaugeInputs(f, self.kappa_features(st, f, sums, node_value, node_mask))
+
+    def input_key(self, dtype: torch.dtype) -> int:
+        """A number that names everything :meth:`invariant_inputs` depends on besides the
+        network (section, sweeps, sign statistic, precision, the metanet's dtype): a batch's
+        cached inputs are read only where their key is this one."""
+        tag = f"gauge-inputs/1/{self.section}/{self.sweeps}/{self.signs}/{self.precise}/{dtype}"
+        return zlib.crc32(tag.encode())
 
     def _gauge(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
-               node_mask: Tensor) -> "Gauged":
+               node_mask: Tensor, inputs: "GaugeInputs | None" = None) -> "Gauged":
         dtype = edge_value.dtype
-        wide = torch.float64 if self.precise and edge_value.device.type != "mps" else dtype
+        wide = self._wide(edge_value)
         ev, nv = edge_value.to(wide), node_value.to(wide)
         if st.heads is not None:
             return self._gauge_heads(st, ev, nv, node_mask, dtype)
-        f, sums = self.section_factors(st, ev, nv)
+        if inputs is None:
+            inputs = self.invariant_inputs(st, edge_value, node_value, node_mask)
+        f = inputs.factor.to(wide)
         alpha = f
         if self.learned and st.has_scale:
-            s = self.log_scale(st, f, sums, node_value, node_mask).to(wide)
+            s = self.kappa(st, inputs.features).to(wide)
             alpha = f * torch.where(st.scale, s.exp(), torch.ones_like(s))
         ev, nv = apply_factors(st, alpha, ev, nv)
         return Gauged(ev.to(dtype), nv.to(dtype), alpha.to(dtype), None)
@@ -334,10 +366,17 @@ class GaugeMap(nn.Module):
 
     def log_scale(self, st: GraphStructure, f: Tensor, sums: tuple[Tensor, Tensor],
                   node_value: Tensor, node_mask: Tensor) -> Tensor:
-        """kappa: ``[N]`` log-factors in ``[-bound, bound]``, from canonical quantities only.
+        """kappa: ``[N]`` log-factors in ``[-bound, bound]``, from canonical quantities only
+        (:meth:`kappa` of :meth:`kappa_features`)."""
+        return self.kappa(st, self.kappa_features(st, f, sums, node_value, node_mask))
 
-        The features are computed in the dtype of ``f`` (the gauge's wide one) and only then cast
-        to the layers' dtype: a dead neuron's unit factor can pass 1e38, its canonical sums float32's
+    def kappa_features(self, st: GraphStructure, f: Tensor, sums: tuple[Tensor, Tensor],
+                       node_value: Tensor, node_mask: Tensor) -> Tensor:
+        """``[N, 12]`` per-neuron quantities of the canonical network (the section ``f`` applied
+        to values whose edge sums are ``sums``), in the dtype of ``f``: what kappa reads.
+
+        Computed in the dtype of ``f`` (the gauge's wide one) and cast to the layers' dtype only
+        in :meth:`kappa`: a dead neuron's unit factor can pass 1e38, its canonical sums float32's
         range, and in float32 ``inf * 0`` made NaN features for every graph batched with one.
         """
         ss, sv = sums
@@ -363,18 +402,38 @@ class GaugeMap(nn.Module):
             node_value[:, 2] * norm_f * mask[:, 2], symlog(node_value[:, 3]) * mask[:, 3],
             torch.log(node_value[:, 4].clamp_min(1e-12)) * mask[:, 4],
             torch.log(fan_in) / 4, torch.log(fan_out) / 4, st.rel_depth.to(dtype),
-        ], dim=1).to(self.inp.weight.dtype)
-        h = (self.inp(feats) + self.type_emb(st.node_type) + self.act_emb(st.node_act)
+        ], dim=1)
+        return feats
+
+    def kappa(self, st: GraphStructure, features: Tensor) -> Tensor:
+        """The learned factor's network: ``[N]`` log-factors in ``[-bound, bound]`` from
+        :meth:`kappa_features`."""
+        h = (self.inp(features.to(self.inp.weight.dtype)) + self.type_emb(st.node_type) + self.act_emb(st.node_act)
              + self.norm_emb(st.node_norm))
         h = self.mix(h)
         src, dst = st.src[st.weight_ids], st.dst[st.weight_ids]
+        n = st.num_nodes
         m_in = scatter(h.index_select(0, src), dst, 0, dim_size=n, reduce="mean")
         m_out = scatter(h.index_select(0, dst), src, 0, dim_size=n, reduce="mean")
         s = self.out(torch.cat([h, m_in, m_out], dim=1)).squeeze(1)
         return self.bound * torch.tanh(s)
 
 
-_NUM_FEATURES = 12
+KAPPA_FEATURES = 12  # kappa_features per neuron
+
+
+@dataclass(frozen=True)
+class GaugeInputs:
+    """:meth:`GaugeMap.invariant_inputs`: the section's per-neuron ``factor`` [N] and kappa's
+    ``features`` [N, 12], both in the gauge's wide dtype. A batch carries them as the fields
+    :data:`GAUGE_INPUT_FIELDS` (and ``gauge_key``, :meth:`GaugeMap.input_key`, per graph)."""
+
+    factor: Tensor
+    features: Tensor
+
+
+# the batch fields of cached gauge inputs: factor [N], features [N, 12], key [num_graphs]
+GAUGE_INPUT_FIELDS = CACHED_VALUE_FIELDS
 
 
 def without_autocast(device_type: str):

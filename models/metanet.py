@@ -43,7 +43,8 @@ from paramgraph.layout import FIELDS
 
 from .backbone import Backbone
 from .defaults import HIDDEN, LAYERS, MODES
-from .gauge import BALANCE_SWEEPS, GaugeMap, random_move, sign_confidence, soften_signs
+from .gauge import (BALANCE_SWEEPS, GAUGE_INPUT_FIELDS, GaugeInputs, GaugeMap, random_move, sign_confidence,
+                    soften_signs)
 from .prior import TreePrior
 from .statistics import LayerStatistics
 from .structure import GraphStructure
@@ -219,7 +220,8 @@ class MetaNet(nn.Module):
         probes = self._probes(probes, dtype)
         gauged = None
         if self.gauge is not None:
-            gauged = self.gauge.gauge(st, edge_value, node_value, node_mask)
+            gauged = self.gauge.gauge(st, edge_value, node_value, node_mask,
+                                      self._cached_gauge_inputs(batch, st))
             edge_value, node_value = gauged.edge_value, gauged.node_value
             if probes is not None:  # a neuron's values scale and flip with it
                 probes = probes * gauged.alpha.to(dtype).unsqueeze(1)
@@ -248,6 +250,33 @@ class MetaNet(nn.Module):
         if isinstance(out, list):  # output channel expansion: one batch per copy
             return [self._edited(batch, st, gauged, *pair) for pair in out]
         return self._edited(batch, st, gauged, *out)
+
+    def gauge_inputs(self, batch, structure: GraphStructure | None = None) -> GaugeInputs:
+        """What this metanet's gauge reads of ``batch`` that training does not change
+        (:meth:`GaugeMap.invariant_inputs`, from the values as :meth:`forward` converts them);
+        a data set that attaches them per graph (fields :data:`GAUGE_INPUT_FIELDS`, with the
+        key :meth:`gauge_input_key`) spares every step the section. ``quasi`` only, batches
+        without attention."""
+        if self.gauge is None:
+            raise ValueError(f"a {self.mode} metanet has no gauge")
+        if structure is None:
+            batch, structure = prepare(batch)
+        dtype = self.dtype
+        return self.gauge.invariant_inputs(structure, batch.edge_value.to(dtype),
+                                           batch.node_value.to(dtype), batch.node_mask)
+
+    def gauge_input_key(self) -> int | None:
+        """The key of :meth:`gauge_inputs` (``None`` without a gauge)."""
+        return self.gauge.input_key(self.dtype) if self.gauge is not None else None
+
+    def _cached_gauge_inputs(self, batch, st: GraphStructure) -> GaugeInputs | None:
+        """The batch's precomputed gauge inputs where they were made for this metanet (and
+        are still there: a change of values removes them, ``drop_cached_values``)."""
+        factor, features, _ = GAUGE_INPUT_FIELDS
+        if (st.gauge_key is None or st.gauge_key != self.gauge_input_key()
+                or factor not in batch or features not in batch):
+            return None
+        return GaugeInputs(batch[factor], batch[features])
 
     def _probes(self, probes: Tensor | None, dtype: torch.dtype) -> Tensor | None:
         """The probe features checked against what the metanet was built for."""

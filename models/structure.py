@@ -51,6 +51,9 @@ class GraphStructure:
     * ``heads``: the attention heads grouped by shape
       (:class:`~paramgraph.canonical_heads.HeadStructure`, for the gauge's head section), or
       ``None`` where the batch has no attention.
+    * ``gauge_key``: the key every graph's cached gauge inputs were computed under
+      (:meth:`~paramgraph.models.gauge.GaugeMap.input_key`), or ``None`` where the batch carries
+      none or graphs disagree.
 
     Every count, bound and flag is a Python value computed once in :meth:`of`, where the batch
     usually still lives on the CPU. Build the structure there and move it with :meth:`to`: the
@@ -91,6 +94,7 @@ class GraphStructure:
     has_scale: bool
     layers: "WeightLayers"
     heads: HeadStructure | None = None
+    gauge_key: int | None = None
 
     @classmethod
     def of(cls, batch) -> "GraphStructure":
@@ -140,6 +144,7 @@ class GraphStructure:
             layers=WeightLayers.of(weight, dst, edge_size, layer, node_graph, num_graphs),
             heads=HeadStructure.of(src, dst, edge_type, edge_size, batch.node_type, layer,
                                    weight),
+            gauge_key=_common_key(getattr(batch, "gauge_key", None)),
         )
 
     def to(self, device, non_blocking: bool = False) -> "GraphStructure":
@@ -219,6 +224,14 @@ class WeightLayers:
     def to(self, device, non_blocking: bool = False) -> "WeightLayers":
         """A copy with every tensor on ``device``."""
         return _moved(self, device, non_blocking)
+
+
+def _common_key(keys: Tensor | None) -> int | None:
+    """The one value of a batch's per-graph ``keys``, ``None`` where there are none or several."""
+    if keys is None or not keys.numel():
+        return None
+    first = int(keys.reshape(-1)[0])
+    return first if bool((keys == first).all()) else None
 
 
 def _moved(obj, device, non_blocking: bool):

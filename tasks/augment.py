@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from paramgraph.layout import drop_cached_values
 from paramgraph.models import GraphStructure
 from paramgraph.models.gauge import random_move
 
@@ -40,4 +41,4 @@ def augment(batch, st: GraphStructure, scale_range: float):
     """``batch`` (a prepared graph batch) with its values moved in place (see the module)."""
     batch.edge_value, batch.node_value = moved_values(st, batch.edge_value, batch.node_value,
                                                       scale_range)
-    return batch
+    return drop_cached_values(batch)  # the gauge inputs cached for the unmoved values

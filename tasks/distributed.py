@@ -322,9 +322,27 @@ def epoch_loader(ctx: Context, dataset, order: Sequence[int], batch_size: int,
     from torch_geometric.loader import DataLoader
 
     sampler = EdgeBalancedBatchSampler(order, batch_size, edge_counts, ctx.rank, ctx.world_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                        pin_memory=ctx.device.type == "cuda")
+    pin = ctx.device.type == "cuda"
+    if hasattr(dataset, "collate"):  # batches made whole by the data set (ZooDataset.collate)
+        return torch.utils.data.DataLoader(_Batches(dataset), sampler=sampler, batch_size=None,
+                                           collate_fn=_as_is, num_workers=workers,
+                                           pin_memory=pin), sampler.plan
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin)
     return loader, sampler.plan
+
+
+class _Batches(torch.utils.data.Dataset):
+    """A data set whose items are whole batches: ``[idx]`` is ``dataset.collate(idx)``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, idx):
+        return self.dataset.collate(idx)
+
+
+def _as_is(batch):  # a module-level function: DataLoader workers pickle it
+    return batch
 
 
 def rank_slice(edge_counts: Sequence[int], rank: int, world: int) -> range:

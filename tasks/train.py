@@ -287,6 +287,8 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
     reference = _reference_scores(objective, state.history, data)
     last = cfg.epochs if stop_after is None else min(cfg.epochs,
                                                      state.start_epoch - 1 + stop_after)
+    for dataset in data.sets.values():  # the gauge's section once per graph, not per step
+        dataset.attach_gauge_inputs(state.net)
     model = distributed.wrap_model(ctx, state.net)
     if emulated(cfg.precision, ctx.device) and ctx.is_main:
         warnings.warn(f"--precision bf16 on {ctx.device}, which has no native bfloat16 matrix "
@@ -526,6 +528,7 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
     with thread_count(threads):
         data = RunData(cfg, objective, progress)
         t0 = time.time()
+        data.sets[split].attach_gauge_inputs(net)
         pred, y, ids = predict(net, objective, data.sets[split], cfg.eval_batch_size, data.hidden)
         metrics = objective.metrics(pred, y)
         metrics.update(objective.reference_scores(data.sets[split], data.hidden))
