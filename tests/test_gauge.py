@@ -677,3 +677,48 @@ def test_a_dead_rotary_pair_stays_finite_exact_and_differentiable(attention):
     dead = torch.cat([grp.q_vals[0][[0, 2]].reshape(-1), grp.k_vals[0][[0, 2]].reshape(-1)])
     assert edge[dead].abs().max() == 0 and edge2[dead].abs().max() == 0
     assert (edge.detach() - edge2).abs().max() <= 1e-10 * edge.abs().max()
+
+
+def _composed_canon(x, scaled, signed):
+    """``readers.canon`` as the plain composition of float64 operations it was before it became
+    one autograd node (issue 18): the reference for its values and gradients."""
+    dtype = x.dtype
+    x = x.double()
+    n2 = x.square().sum(1, keepdim=True)
+    safe = torch.where(n2 > torch.finfo(n2.dtype).tiny ** 0.5, n2, torch.ones_like(n2)).sqrt()
+    pivot = x.gather(1, x.abs().argmax(1, keepdim=True))
+    flip = signed.unsqueeze(1) & (pivot < 0)
+    divisor = torch.where(scaled.unsqueeze(1), safe, torch.ones_like(safe))
+    return (x / torch.where(flip, -divisor, divisor)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_canon_has_the_values_and_gradients_of_its_composition(dtype):
+    from paramgraph.models.readers import canon
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 12, generator=gen, dtype=dtype)
+    x[:4] *= 1e-30  # collapsed channels, still normalised in float64
+    x[4:8] = 0.0  # dead ones: left as they are
+    x[8:12] *= 1e-160 if dtype == torch.float64 else 0.0
+    x[12, :3] = torch.tensor([2.0, -2.0, 1.0], dtype=dtype)  # a tie for the pivot
+    scaled = torch.rand(400, generator=gen) < 0.7
+    signed = torch.rand(400, generator=gen) < 0.5
+    w = torch.randn(400, 12, generator=gen, dtype=dtype)
+    out = {}
+    for name, fn in (("node", canon), ("composed", _composed_canon)):
+        leaf = x.clone().requires_grad_()
+        y = fn(leaf, scaled, signed)
+        (y * w).sum().backward()
+        out[name] = (y.detach(), leaf.grad)
+    if dtype == torch.float32:  # rounded to float32 from float64: identical
+        assert torch.equal(out["node"][0], out["composed"][0])
+    else:  # the norm summed in another order
+        assert torch.allclose(out["node"][0], out["composed"][0], rtol=4e-16, atol=0.0)
+    g, ref = out["node"][1], out["composed"][1]
+    assert torch.isfinite(g).all()
+    assert torch.allclose(g, ref, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0.0)
+    # control: the gradient of a plain division (no projection) is not that of canon
+    leaf = x.clone().requires_grad_()
+    (leaf / leaf.detach().norm(dim=1, keepdim=True).clamp_min(1e-300) * w).sum().backward()
+    assert not torch.allclose(leaf.grad[scaled], ref[scaled], rtol=1e-3)
