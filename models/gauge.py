@@ -408,8 +408,8 @@ class GaugeMap(nn.Module):
     def kappa(self, st: GraphStructure, features: Tensor) -> Tensor:
         """The learned factor's network: ``[N]`` log-factors in ``[-bound, bound]`` from
         :meth:`kappa_features`."""
-        h = (self.inp(features.to(self.inp.weight.dtype)) + self.type_emb(st.node_type) + self.act_emb(st.node_act)
-             + self.norm_emb(st.node_norm))
+        h = (self.inp(features.to(self.inp.weight.dtype)) + self.type_emb(st.node_type)
+             + self.act_emb(st.node_act) + self.norm_emb(st.node_norm))
         h = self.mix(h)
         src, dst = st.src[st.weight_ids], st.dst[st.weight_ids]
         n = st.num_nodes

@@ -43,8 +43,8 @@ from paramgraph.layout import FIELDS
 
 from .backbone import Backbone
 from .defaults import HIDDEN, LAYERS, MODES
-from .gauge import (BALANCE_SWEEPS, GAUGE_INPUT_FIELDS, GaugeInputs, GaugeMap, random_move, sign_confidence,
-                    soften_signs)
+from .gauge import (BALANCE_SWEEPS, GAUGE_INPUT_FIELDS, GaugeInputs, GaugeMap, random_move,
+                    sign_confidence, soften_signs)
 from .prior import TreePrior
 from .statistics import LayerStatistics
 from .structure import GraphStructure
