@@ -271,7 +271,7 @@ class MetaNet(nn.Module):
 
     def _cached_gauge_inputs(self, batch, st: GraphStructure) -> GaugeInputs | None:
         """The batch's precomputed gauge inputs where they were made for this metanet (and
-        are still there: a change of values removes them, ``drop_cached_values``)."""
+        are still there: new values, ``with_values``, remove them)."""
         factor, features, _ = GAUGE_INPUT_FIELDS
         if (st.gauge_key is None or st.gauge_key != self.gauge_input_key()
                 or factor not in batch or features not in batch):

@@ -49,21 +49,11 @@ FIELDS: dict[str, tuple[torch.dtype | None, str]] = {
 }
 # Fields a data set may hang on a graph that are computed from its values (the quasi gauge's
 # section and kappa's features, cached once per graph: paramgraph.models.gauge). New values make
-# them stale, so with_values and drop_cached_values remove them; a metanet reads them only where
-# present.
+# them stale, so with_values removes them; a metanet reads them only where present.
 CACHED_VALUE_FIELDS = ("gauge_factor", "gauge_features", "gauge_key")
 # The per-node fields with one entry per node ([N]); node_value and node_mask are [N, slots].
 NODE_VECTOR_FIELDS = tuple(k for k, (_, per) in FIELDS.items()
                            if per == "nodes" and k not in ("node_value", "node_mask"))
-
-
-def drop_cached_values(graph):
-    """``graph`` (a graph or a batch) without its :data:`CACHED_VALUE_FIELDS`, removed in place:
-    call it wherever its values change."""
-    for key in CACHED_VALUE_FIELDS:
-        if key in graph:
-            del graph[key]
-    return graph
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -191,7 +181,10 @@ class GraphFields:
         out = copy.copy(self)  # shallow: the structure tensors are shared, not duplicated
         out.edge_value = edge_value
         out.node_value = node_value
-        return drop_cached_values(out)
+        for key in CACHED_VALUE_FIELDS:  # computed from the old values: stale now
+            if key in out:
+                del out[key]
+        return out
 
     def validate(self) -> None:
         """Check internal consistency; raises :class:`GraphFormatError` naming the bad field."""

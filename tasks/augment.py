@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from paramgraph.layout import drop_cached_values
 from paramgraph.models import GraphStructure
 from paramgraph.models.gauge import random_move
 
@@ -38,7 +37,7 @@ def moved_values(st: GraphStructure, edge_value: Tensor, node_value: Tensor,
 
 
 def augment(batch, st: GraphStructure, scale_range: float):
-    """``batch`` (a prepared graph batch) with its values moved in place (see the module)."""
-    batch.edge_value, batch.node_value = moved_values(st, batch.edge_value, batch.node_value,
-                                                      scale_range)
-    return drop_cached_values(batch)  # the gauge inputs cached for the unmoved values
+    """``batch`` (a prepared graph batch) with its values moved (see the module): a copy by
+    ``with_values``, which also drops what was cached of the unmoved values (the gauge's
+    inputs)."""
+    return batch.with_values(*moved_values(st, batch.edge_value, batch.node_value, scale_range))

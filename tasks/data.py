@@ -303,8 +303,8 @@ class ZooDataset(Dataset):
         :meth:`_extra_fields` are set on the batch, one concatenation each."""
         nets = [self.ids[k] for k in idx]
         batch = Batch.from_data_list([self._stored(i) for i in nets])
-        counts = (batch.ptr[1:] - batch.ptr[:-1]).tolist()
-        extra = [self._extra_fields(i, n) for i, n in zip(nets, counts, strict=True)]
+        extra = [self._extra_fields(i, n) for i, n in zip(nets, _nodes_per_graph(batch),
+                                                          strict=True)]
         for key in extra[0]:
             _set_batch_field(batch, key, [fields[key] for fields in extra])
         return batch
@@ -349,9 +349,13 @@ class ZooDataset(Dataset):
         return [int(self.graphs[i].edge_index.shape[1]) for i in self.ids]
 
 
+def _nodes_per_graph(batch: Batch) -> list[int]:
+    return (batch.ptr[1:] - batch.ptr[:-1]).tolist()
+
+
 def _split_inputs(inputs, batch) -> list:
     """A batch's gauge inputs cut into those of its graphs."""
-    counts = (batch.ptr[1:] - batch.ptr[:-1]).tolist()
+    counts = _nodes_per_graph(batch)
     return [GaugeInputs(f, x) for f, x in zip(inputs.factor.split(counts),
                                              inputs.features.split(counts), strict=True)]
 

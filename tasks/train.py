@@ -287,8 +287,8 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
     reference = _reference_scores(objective, state.history, data)
     last = cfg.epochs if stop_after is None else min(cfg.epochs,
                                                      state.start_epoch - 1 + stop_after)
-    for dataset in data.sets.values():  # the gauge's section once per graph, not per step
-        dataset.attach_gauge_inputs(state.net)
+    for which in ("train", "val"):  # the gauge's section once per graph, not per step
+        data.sets[which].attach_gauge_inputs(state.net)  # (test: evaluate_run's own)
     model = distributed.wrap_model(ctx, state.net)
     if emulated(cfg.precision, ctx.device) and ctx.is_main:
         warnings.warn(f"--precision bf16 on {ctx.device}, which has no native bfloat16 matrix "
