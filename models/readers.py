@@ -63,10 +63,9 @@ class _Canon(torch.autograd.Function):
         # always-zero input pixels).
         normed = scaled.unsqueeze(1) & (norm > torch.finfo(wide).tiny ** 0.25)
         # the largest-magnitude entry is the same before and after dividing by a positive norm
-        pivot = x.gather(1, x.abs().argmax(1, keepdim=True))
         d = torch.where(normed, norm, torch.ones_like(norm))
         # x / -d is exactly -(x / d): dividing then flipping, in one pass over x
-        d = torch.where(signed.unsqueeze(1) & (pivot < 0), -d, d)
+        d = torch.where(signed.unsqueeze(1) & _pivot_negative(x), -d, d)
         y = x / d  # in the wide dtype: the gradient's projection needs y unrounded
         ctx.save_for_backward(y, d, normed)
         return y.to(x.dtype)
@@ -78,6 +77,28 @@ class _Canon(torch.autograd.Function):
         along = (y * grad).sum(1, keepdim=True)
         along = torch.where(normed, along, torch.zeros_like(along))
         return ((grad - y * along) / d).to(grad.dtype), None, None
+
+
+def _pivot_negative(x: Tensor) -> Tensor:
+    """``[R, 1]``: whether the first largest-magnitude entry of each row is negative.
+
+    On the CPU from the row's max and min: ``max + min < 0`` exactly when ``|min| > max`` (the
+    sign of a rounded sum of two opposite-signed floats is exact). ATen's CPU ``argmax`` along a
+    row of 32 is ~7x slower than ``amax`` and ``amin`` together (1.4 against 0.2 ms for a [13824,
+    32] edge read; ``strict`` reads 18 such per step). Rows whose max and min are equal and
+    opposite (``+a`` and ``-a``) fall back to the first occurrence, as ``argmax`` picks it,
+    which keeps ``x`` and ``-x`` on one canonical row. Elsewhere ``argmax`` does it in one pass
+    without a host sync."""
+    if x.device.type != "cpu" or x.shape[1] == 0:
+        return x.gather(1, x.abs().argmax(1, keepdim=True)) < 0
+    top, low = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
+    total = top + low
+    negative = total < 0
+    tie = ((total == 0) & (top > 0)).squeeze(1)
+    if tie.any():
+        rows = x[tie]
+        negative[tie] = rows.gather(1, rows.abs().argmax(1, keepdim=True)) < 0
+    return negative
 
 
 def masked(mask: Tensor | float, t: Tensor) -> Tensor:

@@ -722,3 +722,24 @@ def test_canon_has_the_values_and_gradients_of_its_composition(dtype):
     leaf = x.clone().requires_grad_()
     (leaf / leaf.detach().norm(dim=1, keepdim=True).clamp_min(1e-300) * w).sum().backward()
     assert not torch.allclose(leaf.grad[scaled], ref[scaled], rtol=1e-3)
+
+
+def test_canon_pivot_from_max_and_min_matches_the_first_largest_entry():
+    """The CPU pivot (whether a row's first largest-magnitude entry is negative, from its max and
+    min) equals argmax's on rows with exact ties of +a and -a in either order, zeros and
+    integers; those tie rows stay one canonical row under a sign flip. Control: max + min < 0
+    alone gets the ties whose first extreme is negative wrong."""
+    from paramgraph.models.readers import _pivot_negative, canon
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (2000, 5), generator=gen).float()  # many exact ties
+    x[:50] = 0.0
+    x[50:60, :2] = torch.tensor([-2.0, 2.0])
+    x[50:60, 2:] = 1.0
+    ref = x.gather(1, x.abs().argmax(1, keepdim=True)) < 0
+    assert torch.equal(_pivot_negative(x), ref)
+    assert not _pivot_negative(torch.zeros(3, 1)).any()
+    top, low = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
+    assert not torch.equal((top + low) < 0, ref)  # control
+    signed, scaled = torch.ones(2000, dtype=torch.bool), torch.rand(2000, generator=gen) < 0.5
+    assert torch.equal(canon(x, scaled, signed), canon(-x, scaled, signed))
