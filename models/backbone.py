@@ -47,6 +47,8 @@ class Backbone(nn.Module):
     ``graph_dim``: width of the per-graph features the invariant head also reads.
     ``copies``: networks the weight head writes (output channel expansion).
     ``output_readout``: the invariant head also reads the mean over output neurons.
+    ``edge_width``: width of the hidden edge features (default ``hidden``; the node features
+    are always ``hidden`` wide).
     ``checkpoint`` recomputes each round in the backward pass instead of storing its
     activations (about a third more time, a fraction of the memory on large graphs).
     ``compile``: run the rounds through ``torch.compile`` (dynamic shapes; fused element-wise
@@ -60,8 +62,9 @@ class Backbone(nn.Module):
                  aggrs: Sequence[str], kernel_cap: int, constrained: bool,
                  compress: bool = True, checkpoint: bool = False, graph_dim: int = 0,
                  copies: int = 1, compile: bool = False, probes: int = 0,
-                 output_readout: bool = False):
+                 output_readout: bool = False, edge_width: int | None = None):
         super().__init__()
+        w = hidden if edge_width is None else edge_width
         if constrained and channels < 1:
             raise ValueError("strict mode needs at least one value channel (channels >= 1)")
         self.task, self.kernel_cap, self.constrained = task, kernel_cap, constrained
@@ -70,7 +73,7 @@ class Backbone(nn.Module):
         self.compile_rounds = compile  # (nn.Module.compile is a method: not that name)
         self._compiled = None  # the compiled rounds (a plain list: not submodules)
         self.channels = c = channels
-        self.edge_enc = EdgeEncoder(hidden, kernel_cap)
+        self.edge_enc = EdgeEncoder(w, kernel_cap)
         self.node_enc = NodeEncoder(hidden)
         # probe features (symlog of each neuron's values at fixed inputs) into the hidden ones
         self.probe_enc = nn.Linear(probes, hidden, bias=False) if probes else None
@@ -79,13 +82,13 @@ class Backbone(nn.Module):
             nn.init.normal_(self.kernel, std=1.0 / 3.0)
             self.slot_lin = nn.Linear(2, c, bias=False)
             self.node_triv = nn.Linear(hidden, c, bias=False)
-            self.edge_triv = nn.Linear(hidden, c, bias=False)
-        self.layers = nn.ModuleList([ValueLayer(hidden, c, aggrs) for _ in range(layers)])
+            self.edge_triv = nn.Linear(w, c, bias=False)
+        self.layers = nn.ModuleList([ValueLayer(hidden, c, aggrs, w) for _ in range(layers)])
         if task == "invariant":
-            self.head = InvariantHead(hidden + 2 * c, hidden + c, hidden, out_dim, graph_dim,
+            self.head = InvariantHead(hidden + 2 * c, w + c, hidden, out_dim, graph_dim,
                                       output_readout)
         else:
-            self.head = WeightHead(hidden, c, kernel_cap, constrained, copies)
+            self.head = WeightHead(hidden, c, kernel_cap, constrained, copies, w)
 
     def encode(self, st: GraphStructure, edge_value: Tensor, node_value: Tensor,
                node_mask: Tensor, value_scale: Tensor, probes: Tensor | None = None):

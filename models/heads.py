@@ -96,12 +96,13 @@ class WeightHead(nn.Module):
     """
 
     def __init__(self, hidden: int, channels: int, kernel_cap: int, constrained: bool,
-                 copies: int = 1):
+                 copies: int = 1, edge_width: int | None = None):
         super().__init__()
+        w = hidden if edge_width is None else edge_width
         self.constrained, self.copies, self.kernel_cap = constrained, copies, kernel_cap
         last = functools.partial(_zero_last, copies=copies)
         self.edge_mlp = None if constrained else last(nn.Sequential(
-            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, kernel_cap * copies)))
+            nn.Linear(w, w), nn.SiLU(), nn.Linear(w, kernel_cap * copies)))
         self.edge_out = (last(nn.Linear(channels, kernel_cap * copies, bias=False)) if channels
                          else None)
         self.slots = n = 3 if constrained else 5

@@ -163,17 +163,18 @@ class EdgeNodeLayer(nn.Module):
     """Edge update then bidirectional node update of the hidden features; see module doc."""
 
     def __init__(self, hidden: int, aggrs: Sequence[str] = ("sum", "mean", "max"),
-                 edge_extra: int = 0, node_extra: int = 0):
+                 edge_extra: int = 0, node_extra: int = 0, edge_width: int | None = None):
         super().__init__()
-        self.edge_lin = nn.Linear(hidden, hidden)
-        self.src_lin = nn.Linear(hidden, hidden, bias=False)
-        self.dst_lin = nn.Linear(hidden, hidden, bias=False)
-        self.extra_lin = nn.Linear(edge_extra, hidden, bias=False) if edge_extra else None
-        self.edge_out = nn.Linear(hidden, hidden)
-        self.edge_norm = nn.LayerNorm(hidden)
+        w = hidden if edge_width is None else edge_width
+        self.edge_lin = nn.Linear(w, w)
+        self.src_lin = nn.Linear(hidden, w, bias=False)
+        self.dst_lin = nn.Linear(hidden, w, bias=False)
+        self.extra_lin = nn.Linear(edge_extra, w, bias=False) if edge_extra else None
+        self.edge_out = nn.Linear(w, w)
+        self.edge_norm = nn.LayerNorm(w)
         self.aggregate = EdgeAggregation(aggrs)
         k = len(self.aggregate.aggrs)
-        self.node_mlp = nn.Sequential(nn.Linear((1 + 2 * k) * hidden + node_extra, hidden),
+        self.node_mlp = nn.Sequential(nn.Linear(hidden + 2 * k * w + node_extra, hidden),
                                       nn.SiLU(), nn.Linear(hidden, hidden))
         self.node_norm = nn.LayerNorm(hidden)
         self.act = nn.SiLU()
@@ -209,14 +210,16 @@ class ValueLayer(nn.Module):
     ``channels == 0`` gives a plain :class:`EdgeNodeLayer` round (no value channels).
     """
 
-    def __init__(self, hidden: int, channels: int, aggrs: Sequence[str] = ("sum", "mean", "max")):
+    def __init__(self, hidden: int, channels: int, aggrs: Sequence[str] = ("sum", "mean", "max"),
+                 edge_width: int | None = None):
         super().__init__()
         h, c = hidden, channels
+        w = hidden if edge_width is None else edge_width
         self.channels = c
-        self.hidden = EdgeNodeLayer(h, aggrs, edge_extra=c, node_extra=2 * c)
+        self.hidden = EdgeNodeLayer(h, aggrs, edge_extra=c, node_extra=2 * c, edge_width=w)
         if not c:
             return
-        self.we, self.ge, self.te = _lin(c, c), nn.Linear(h, c), _lin(h, c)
+        self.we, self.ge, self.te = _lin(c, c), nn.Linear(w, c), _lin(w, c)
         self.wa, self.wb = _lin(c, c), _lin(c, c)
         self.wc, self.gx = _lin(c, c), nn.Linear(h, c)
         self.wd, self.gm = _lin(c, c), nn.Linear(h, c)

@@ -65,6 +65,8 @@ class MetaNet(nn.Module):
         hidden: feature width; ``layers``: message-passing rounds.
         aggrs: aggregators for the messages (any of sum, mean, max, min, std).
         kernel_cap: kernels longer than this are averaged into this many bins for the encoder.
+        edge_width: width of the hidden edge features (default ``hidden``). Edges outnumber
+            neurons 6-150x in a parameter graph, so this width sets most of a round's cost.
         channels: value channels per node and edge (default ``hidden // 2``); 0 gives a plain
             edge/node GNN in ``perm``/``quasi`` mode (``strict`` needs at least 1).
         gauge_hidden, gauge_bound: width of the learned gauge factor's network, and the bound
@@ -136,7 +138,8 @@ class MetaNet(nn.Module):
                  statistics: bool = False, soft_signs: bool = False, frame: str = "gauged",
                  checkpoint: bool = False, copies: int = 1, compile: bool = False,
                  probes: int = 0, output_readout: bool = False, prior: bool = False,
-                 prior_link: str = "identity", gauge_jitter: float = 0.0):
+                 prior_link: str = "identity", gauge_jitter: float = 0.0,
+                 edge_width: int | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
@@ -181,7 +184,7 @@ class MetaNet(nn.Module):
                                  checkpoint=checkpoint,
                                  graph_dim=hidden if self.statistics is not None else 0,
                                  copies=copies, compile=compile, probes=probes,
-                                 output_readout=output_readout)
+                                 output_readout=output_readout, edge_width=edge_width)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -180,6 +180,8 @@ def throughput_child(args) -> None:
     kwargs = {"compile": True} if args.compile else {}
     if args.channels is not None:
         kwargs["channels"] = args.channels
+    if args.edge_width is not None:
+        kwargs["edge_width"] = args.edge_width
     # --recipe generalization: that task (on the zoo's test_acc, a copy of acc) with its
     # training defaults (tree prior included); plain: a regression on acc with no extras
     task, target = ("generalization", None) if args.recipe == "generalization" else \
@@ -322,7 +324,8 @@ def throughput(args) -> None:
     result = {"hidden": args.hidden, "layers": args.layers, "steps": args.steps,
               "zoos": {n: {"arch": ZOOS[n][0], "networks": ZOOS[n][1],
                            "batch_size": ZOOS[n][3]} for n in args.zoos},
-              "compile": args.compile, "channels": args.channels, "recipe": args.recipe,
+              "compile": args.compile, "channels": args.channels,
+              "edge_width": args.edge_width, "recipe": args.recipe,
               "precision": args.precision,
               "cpu_count": os.cpu_count(),
               "rows": rows}
@@ -339,6 +342,8 @@ def _throughput_run(args, zoo: Path, name: str, mode: str, threads: int, code) -
         cmd.append("--compile")
     if args.channels is not None:
         cmd += ["--channels", str(args.channels)]
+    if args.edge_width is not None:
+        cmd += ["--edge-width", str(args.edge_width)]
     if args.recipe != "plain":
         cmd += ["--recipe", args.recipe]
     if args.precision != "fp32":
@@ -402,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--throughput: MetaNet(compile=True) (torch.compile'd rounds)")
     parser.add_argument("--channels", type=int, default=None,
                         help="--throughput: value channels of the metanet (default hidden // 2)")
+    parser.add_argument("--edge-width", type=int, default=None,
+                        help="--throughput: width of the metanet's hidden edge features "
+                        "(default: the metanet's)")
     parser.add_argument("--recipe", choices=("plain", "generalization"), default="plain",
                         help="--throughput: train with no extras (plain) or with the "
                         "generalization task's recipe (rank term, weight decay, moving average, "

@@ -179,6 +179,9 @@ def add_task_commands(subparsers) -> None:
                    help="value channels per neuron and edge (default hidden // 2); 0: a plain "
                    "edge/node GNN, about twice as fast per step (perm and quasi; strict needs "
                    "at least 1)")
+    p.add_argument("--edge-width", type=pos, default=None, metavar="W",
+                   help="width of the hidden edge features (default: the metanet's, "
+                   "EDGE_WIDTH_HELP); edges outnumber neurons, so this sets most of a step's cost")
     p.add_argument("--probes", type=nonneg_int, default=None, metavar="P",
                    help="inr tasks: give the metanet probe features, each neuron's values at P "
                    "fixed coordinates (a square grid: 16, 64, ...; inr-class: 64 by default, "
@@ -500,6 +503,8 @@ def _model_kwargs(args) -> dict:
         kwargs["compile"] = True
     if args.channels is not None:
         kwargs["channels"] = args.channels
+    if args.edge_width is not None:
+        kwargs["edge_width"] = args.edge_width
     if args.probes is not None:  # 0 switches off a task's default probes
         kwargs["probes"] = args.probes
     if args.output_readout is not None:

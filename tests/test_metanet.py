@@ -280,6 +280,38 @@ def test_weight_head_starts_at_the_input_network(zoo, mode):
             assert torch.allclose(o.edge_value, g.edge_value, rtol=1e-14, atol=0)
 
 
+def test_edge_width_narrows_the_edge_features_only(zoo):
+    """edge_width: hidden edge features of that width, node features of ``hidden``; every mode
+    and head still works, quasi and strict stay invariant to the whole group on every catalogue
+    network (control: perm does not), and ``edge_width=hidden`` is the default model itself."""
+    names, modules, gs = zoo
+    batch = Batch.from_data_list(gs)
+    wide, default = _net("quasi", edge_width=SMALL["hidden"]), _net("quasi")
+    assert {k: v.shape for k, v in wide.state_dict().items()} == \
+        {k: v.shape for k, v in default.state_dict().items()}
+    assert torch.equal(wide(batch), default(batch))
+    for mode in MODES:
+        net = _net(mode, out_dim=2, edge_width=6)
+        assert net.backbone.edge_enc.norm.normalized_shape == (6,)
+        assert net.backbone.node_enc.norm.normalized_shape == (SMALL["hidden"],)
+        assert all(r.hidden.edge_norm.normalized_shape == (6,) for r in net.backbone.layers)
+        _randomize_(net)
+        gen = torch.Generator().manual_seed(6)
+        moved = Batch.from_data_list([paramgraph.random_symmetry(
+            g, generator=gen, heads=mode == "quasi", scale_range=(1e-2, 1e2)) for g in gs])
+        rel = _rel(net(batch), net(moved))
+        if mode == "perm":
+            assert rel.min() > 1e-4, dict(zip(names, rel.tolist()))
+        else:
+            assert rel.max() < 1e-6, (mode, dict(zip(names, rel.tolist())))
+        out = _net(mode, task="weights", edge_width=6)(batch).to_data_list()
+        gen = torch.Generator().manual_seed(5)
+        for name, module, o in zip(names, modules, out):
+            x = random_input(name, 8, gen)
+            assert _rel(module(x).detach().flatten(1), _run(module, o, x).flatten(1)).max() \
+                < 1e-10, (mode, name)
+
+
 @pytest.mark.parametrize("mode,frame", [("quasi", "gauged"), ("quasi", "input"),
                                         ("strict", "gauged")])
 def test_weight_head_decoded_networks_match_under_symmetry(zoo, mode, frame):

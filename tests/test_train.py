@@ -283,7 +283,7 @@ def test_each_task_trains_with_its_defaults_unless_the_run_sets_them(zoo, tmp_pa
     assert regression.model_kwargs == {}
 
 
-def test_compile_and_copies_reach_the_run_config(zoo, tmp_path, monkeypatch):
+def test_model_options_reach_the_run_config(zoo, tmp_path, monkeypatch):
     """--compile, --copies and --channels become the metanet's options in the run's config
     (compiling itself would take minutes here; its eager fallback is tested in test_metanet)."""
     import paramgraph.tasks.train as train_module
@@ -298,8 +298,10 @@ def test_compile_and_copies_reach_the_run_config(zoo, tmp_path, monkeypatch):
     assert main(args + ["--compile"]) == 0 and main(args) == 0
     assert main(args + ["--compile", "--copies", "3"]) == 0
     assert main(args + ["--channels", "0"]) == 0
+    assert main(args + ["--edge-width", "16"]) == 0
     assert [c.model_kwargs for c in seen] == [{"compile": True}, {},
-                                              {"copies": 3, "compile": True}, {"channels": 0}]
+                                              {"copies": 3, "compile": True}, {"channels": 0},
+                                              {"edge_width": 16}]
 
 
 def test_augmentation_moves_the_training_networks_within_their_orbits(zoo, tmp_path, capsys):
