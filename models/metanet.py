@@ -42,7 +42,7 @@ from torch import nn
 from paramgraph.layout import FIELDS
 
 from .backbone import Backbone
-from .defaults import HIDDEN, LAYERS, MODES
+from .defaults import EDGE_WIDTH, HIDDEN, LAYERS, MODES
 from .gauge import (BALANCE_SWEEPS, GAUGE_INPUT_FIELDS, GaugeInputs, GaugeMap, random_move,
                     sign_confidence, soften_signs)
 from .prior import TreePrior
@@ -65,8 +65,9 @@ class MetaNet(nn.Module):
         hidden: feature width; ``layers``: message-passing rounds.
         aggrs: aggregators for the messages (any of sum, mean, max, min, std).
         kernel_cap: kernels longer than this are averaged into this many bins for the encoder.
-        edge_width: width of the hidden edge features (default ``hidden``). Edges outnumber
-            neurons 6-150x in a parameter graph, so this width sets most of a round's cost.
+        edge_width: width of the hidden edge features (default ``min(hidden, 32)``,
+            :data:`~paramgraph.models.defaults.EDGE_WIDTH`). Edges outnumber neurons 6-150x in a
+            parameter graph, so this width sets most of a round's cost.
         channels: value channels per node and edge (default ``hidden // 2``); 0 gives a plain
             edge/node GNN in ``perm``/``quasi`` mode (``strict`` needs at least 1).
         gauge_hidden, gauge_bound: width of the learned gauge factor's network, and the bound
@@ -165,6 +166,7 @@ class MetaNet(nn.Module):
         self.out_dim = out_dim
         self.probes = int(probes)
         channels = max(hidden // 2, 1) if channels is None else channels
+        edge_width = min(hidden, EDGE_WIDTH) if edge_width is None else edge_width
         self.gauge = (GaugeMap(gauge_hidden, gauge_bound, learn_gauge, section, sweeps,
                                signs=gauge_signs) if mode == "quasi" else None)
         # strict reads its values equivariantly; its statistics read the exact section

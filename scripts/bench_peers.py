@@ -389,7 +389,7 @@ def _ours_args(args, bench, precision: str) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(bench.build_parser().parse_args([])),
                                  "hidden": args.hidden, "layers": args.layers,
                                  "steps": args.steps, "channels": args.channels,
-                                 "precision": precision})
+                                 "edge_width": args.edge_width, "precision": precision})
 
 
 def _summary(rows: list[dict]) -> list[dict]:
@@ -450,7 +450,7 @@ def run(args) -> None:
               "precisions": args.precisions,
               "ours": {"modes": args.modes, **{  # bench_train's options its command carries
                   k: v for k, v in vars(ours).items()
-                  if k in ("hidden", "layers", "channels", "compile", "recipe")}},
+                  if k in ("hidden", "layers", "channels", "edge_width", "compile", "recipe")}},
               "scalegmn": {"commit": commit, "params": peer["params"], "config": CONFIG,
                            "overrides": OVERRIDES, "layer_layout": LAYOUT,
                            "stubbed": peer["stubbed"]},
@@ -471,6 +471,8 @@ def main(argv=None) -> None:
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--channels", type=int, default=None,
                         help="value channels of our metanet (default: bench_train's)")
+    parser.add_argument("--edge-width", type=int, default=None,
+                        help="hidden edge width of our metanet (default: the metanet's)")
     parser.add_argument("--steps", type=int, default=8, help="timed batches per run")
     parser.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=["fp32"],
                         help="train each model at each of these (bf16: the forward under "

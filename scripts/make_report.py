@@ -161,12 +161,13 @@ METHODS = {
     **{f"{name}-prior": {**METHODS_TODAY[name],
                          "model": {**METHODS_TODAY[name]["model"], "prior": True}}
        for name in METHODS_TODAY},
-    # ... with narrower hidden edge features (MetaNet(edge_width=W); edges outnumber neurons
-    # 6x in a small CNN's graph, so their width sets most of a step's cost)
+    # ... with hidden edge features W wide (MetaNet(edge_width=W); the default is min(hidden,
+    # 32); edges outnumber neurons 6x in a small CNN's graph, so their width sets most of a
+    # step's cost)
     **{f"{name}-prior-e{w}": {**METHODS_TODAY[name],
                               "model": {**METHODS_TODAY[name]["model"], "prior": True,
                                         "edge_width": w}}
-       for name in METHODS_TODAY for w in (16, 32)},
+       for name in METHODS_TODAY for w in (16, 32, 64)},
     # ... perm trained on networks moved by random scales and signs every step: what it gains
     # over the invariant modes from where a network sits in its orbit
     "perm-combo-aug-prior": {"mode": "perm", "model": {"output_readout": True, "prior": True},

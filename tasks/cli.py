@@ -87,7 +87,7 @@ def add_task_commands(subparsers) -> None:
     them with :func:`paramgraph.cli.run_command`.
     """
     from .objectives import OBJECTIVES
-    from paramgraph.models.defaults import HIDDEN, LAYERS, MODES, TRAINING
+    from paramgraph.models.defaults import EDGE_WIDTH, HIDDEN, LAYERS, MODES, TRAINING
 
     from .zoo_kinds import DEFAULT_CKPTS, INR_INITS, INR_SIDE, INR_STEPS, KINDS
 
@@ -180,8 +180,8 @@ def add_task_commands(subparsers) -> None:
                    "edge/node GNN, about twice as fast per step (perm and quasi; strict needs "
                    "at least 1)")
     p.add_argument("--edge-width", type=pos, default=None, metavar="W",
-                   help="width of the hidden edge features (default: the metanet's, "
-                   "EDGE_WIDTH_HELP); edges outnumber neurons, so this sets most of a step's cost")
+                   help=f"width of the hidden edge features (default min(hidden, {EDGE_WIDTH})); "
+                   "edges outnumber neurons, so this width sets most of a step's cost")
     p.add_argument("--probes", type=nonneg_int, default=None, metavar="P",
                    help="inr tasks: give the metanet probe features, each neuron's values at P "
                    "fixed coordinates (a square grid: 16, 64, ...; inr-class: 64 by default, "

@@ -283,13 +283,16 @@ def test_weight_head_starts_at_the_input_network(zoo, mode):
 def test_edge_width_narrows_the_edge_features_only(zoo):
     """edge_width: hidden edge features of that width, node features of ``hidden``; every mode
     and head still works, quasi and strict stay invariant to the whole group on every catalogue
-    network (control: perm does not), and ``edge_width=hidden`` is the default model itself."""
+    network (control: perm does not), and ``edge_width=hidden`` is the default model itself up to
+    width 32."""
     names, modules, gs = zoo
     batch = Batch.from_data_list(gs)
     wide, default = _net("quasi", edge_width=SMALL["hidden"]), _net("quasi")
     assert {k: v.shape for k, v in wide.state_dict().items()} == \
         {k: v.shape for k, v in default.state_dict().items()}
     assert torch.equal(wide(batch), default(batch))
+    # the default: min(hidden, 32)
+    assert models.MetaNet(hidden=64).backbone.edge_enc.norm.normalized_shape == (32,)
     for mode in MODES:
         net = _net(mode, out_dim=2, edge_width=6)
         assert net.backbone.edge_enc.norm.normalized_shape == (6,)
