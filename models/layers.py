@@ -20,7 +20,9 @@ divided by :math:`\\sqrt{\\deg}` so that a neuron with thousands of inputs stays
 keeps it a degree-aware sum, not a mean). :math:`m^{\\rightarrow}` follows the data flow (from a
 neuron's inputs), :math:`m^{\\leftarrow}` goes against it (from the neurons it feeds). The edge
 MLP's first layer is computed as node projections gathered onto edges (``U h`` and ``V h`` on
-the N nodes, not on the E edges), which keeps a layer at two ``E x H x H`` matmuls.
+the N nodes, not on the E edges), which keeps a layer at two ``E x W x W`` matmuls, ``W`` the
+width of the edge features (``edge_width``; MetaNet's default is ``min(H, 32)``: edges
+outnumber neurons, so ``W`` rather than the node width ``H`` sets most of a round's cost).
 
 :class:`ValueLayer` is one round of the backbone: the hidden update above, interleaved with an
 update of the *value channels* (``X`` [N, C] per node, ``E`` [E, C] per edge), which are built
