@@ -6,8 +6,9 @@ here too, as the command line and ``TrainConfig`` share them."""
 HIDDEN = 32  # feature width
 LAYERS = 3  # message-passing rounds
 # Widest hidden edge features by default (MetaNet(edge_width=None) is min(hidden, EDGE_WIDTH)):
-# at hidden 64, 32-wide edges train ~1.4-1.6x faster per step and ranked as well as 64-wide ones
-# (cnn zoo, 3 seeds; README, "Narrower edge features")
+# at hidden 64, 32-wide edges train ~1.5x faster per step and ranked as well as 64-wide ones; at
+# hidden 32, 16-wide edges cost quasi 0.010 Kendall tau (cnn zoo, 3 seeds; README, "Narrower
+# edge features")
 EDGE_WIDTH = 32
 WEIGHT_DECAY = 0.1  # AdamW; 0.01 overfits quasi (cnn zoo, 3 seeds: 0.723 vs 0.744 Kendall tau)
 # The training settings a task may set for itself (tasks.objectives.Objective.train_defaults) and
