@@ -30,6 +30,7 @@ wall-clock ``graphs_per_s``). ``--compare DIR`` runs every configuration also on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -212,6 +213,8 @@ def throughput_child(args) -> None:
         cache_seconds = time.perf_counter()
         train.attach_gauge_inputs(net)
         cache_seconds = time.perf_counter() - cache_seconds
+    # as train() does around its epochs (older code has no such setting)
+    getattr(memory, "gc_frozen", contextlib.nullcontext)().__enter__()
     timer = _SectionTimer()
     timer.instrument(net, opt, distributed)
     steps = 1 + args.steps  # the first (warm-up) batch is not timed

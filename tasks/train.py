@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from paramgraph.atomic import atomic_path
-from paramgraph.memory import retain_freed_heap
+from paramgraph.memory import gc_frozen, retain_freed_heap
 from paramgraph.models.defaults import HIDDEN, LAYERS
 
 from . import distributed
@@ -297,17 +297,18 @@ def _train(cfg: TrainConfig, objective: Objective, run: Path, resume: bool, prog
     trained, train_seconds = 0, 0.0
     bar = tqdm(total=(last - state.start_epoch + 1) * state.steps_per_epoch, unit="step",
                desc=f"{cfg.task}/{cfg.mode}", disable=not progress)
-    for epoch in range(state.start_epoch, last + 1):
-        t0 = time.time()
-        sums, seconds = _train_epoch(cfg, objective, data, state, model, ctx, epoch, train_edges,
-                                     workers, bar)
-        trained, train_seconds = trained + sums["count"], train_seconds + seconds
-        val = _validate(cfg, objective, data, state, ctx, val_edges, workers)
-        row = _epoch_row(epoch, state, sums, seconds, val, reference)
-        row["seconds"] = time.time() - t0
-        _keep_epoch(run, objective, state, row, val, ctx)
-        bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
-                        **{f"val_{objective.select}": f"{val[objective.select]:.4f}"})
+    with gc_frozen():  # the loaded data sets: out of every full collection's scan
+        for epoch in range(state.start_epoch, last + 1):
+            t0 = time.time()
+            sums, seconds = _train_epoch(cfg, objective, data, state, model, ctx, epoch,
+                                         train_edges, workers, bar)
+            trained, train_seconds = trained + sums["count"], train_seconds + seconds
+            val = _validate(cfg, objective, data, state, ctx, val_edges, workers)
+            row = _epoch_row(epoch, state, sums, seconds, val, reference)
+            row["seconds"] = time.time() - t0
+            _keep_epoch(run, objective, state, row, val, ctx)
+            bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}",
+                            **{f"val_{objective.select}": f"{val[objective.select]:.4f}"})
     bar.close()
     distributed.barrier(ctx)  # rank 0's files are complete when any rank returns
     return _summary(run, cfg, state, ctx, trained, train_seconds)
