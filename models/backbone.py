@@ -111,8 +111,8 @@ class Backbone(nn.Module):
             h = h + self.probe_enc(symlog(probes))
         x = ev = None
         if self.channels:
-            ev = binned @ self.kernel[:, : bins.width].t() + masked(reader.edge_trivial,
-                                                                    self.edge_triv(e))
+            ev = reader.add_on_unmoved_edges(binned @ self.kernel[:, : bins.width].t(),
+                                             self.edge_triv, e)
             x = self.slot_lin(eq_slots) + masked(reader.node_trivial, self.node_triv(h))
         return reader, bins, x, ev, h, e
 

@@ -235,7 +235,7 @@ class ValueLayer(nn.Module):
             h, e = self.hidden(h, e, st)
             return x, ev, h, e, None
         e = self.hidden.edge_update(h, e, st, reader.edges(ev))
-        ev = ev + self.we(ev) * gate_tanh(self.ge(e)) + masked(reader.edge_trivial, self.te(e))
+        ev = reader.add_on_unmoved_edges(ev + self.we(ev) * gate_tanh(self.ge(e)), self.te, e)
         msg = self.wa(ev) * self.wb(x).index_select(0, st.src)
         # summed in float32 at least: under bfloat16 autocast msg is bfloat16, whose sums over
         # thousands of inputs would keep three significant digits

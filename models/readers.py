@@ -110,8 +110,9 @@ def masked(mask: Tensor | float, t: Tensor) -> Tensor:
 class StrictReader:
     """Canonicalised reads for exactly scale/sign-equivariant value channels (see module doc).
 
-    Masks (``[N, 1]`` / ``[E, 1]`` floats): ``node_trivial``/``edge_trivial`` where invariant
-    features may be added to value channels, ``same`` where the forward message may update ``X``.
+    Masks (``[N, 1]`` floats): ``node_trivial`` where invariant features may be added to node
+    value channels, ``same`` where the forward message may update ``X``; on edges,
+    :meth:`add_on_unmoved_edges` adds them.
     """
 
     constrained = True
@@ -123,7 +124,15 @@ class StrictReader:
         self.joint = (st.plain | ~(st.scale | st.sign)).unsqueeze(1)
         self.same = self.joint.to(dtype)
         self.node_trivial = (~(st.scale | st.sign)).to(dtype).unsqueeze(1)
-        self.edge_trivial = (~(self.edge_scale | self.edge_sign)).to(dtype).unsqueeze(1)
+        self.unmoved_ids = st.unmoved_ids
+
+    def add_on_unmoved_edges(self, base: Tensor, lin, feats: Tensor) -> Tensor:
+        """``base`` plus ``lin(feats)`` on the edges no group element moves, computed there only
+        (``GraphStructure.unmoved_ids``): in a plain CNN or MLP no weight edge is unmoved, and
+        the masked form computed an edge-sized product to multiply it by zeros."""
+        if not self.unmoved_ids.numel():
+            return base
+        return base.index_add(0, self.unmoved_ids, lin(feats.index_select(0, self.unmoved_ids)))
 
     def values(self, binned: Tensor) -> Tensor:
         """Encoder input for the hidden edge features: canonicalised kernel vectors."""
@@ -148,10 +157,15 @@ class FreeReader:
     ``compress``), no masks."""
 
     constrained = False
-    same = node_trivial = edge_trivial = 1.0
+    same = node_trivial = 1.0
 
     def __init__(self, compress: bool = True):
         self.compress = compress
+
+    @staticmethod
+    def add_on_unmoved_edges(base: Tensor, lin, feats: Tensor) -> Tensor:
+        """``base + lin(feats)``: every edge may take invariant features here."""
+        return base + lin(feats)
 
     def values(self, binned: Tensor) -> Tensor:
         return binned

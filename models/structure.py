@@ -46,6 +46,9 @@ class GraphStructure:
       per depth holding such neurons, the slice of ``canon_into`` that reaches it. The
       canonicaliser walks these levels in order.
     * ``weight_ids`` [W]: indices of the weight edges (``weight.nonzero()``, read once here).
+    * ``unmoved_ids``: indices of the edges no group element moves (fixed wiring, and weights
+      between neurons without scale or sign symmetry; :meth:`edge_kinds`), where ``strict``
+      may add invariant features to its value channels.
     * ``has_scale``: whether any neuron has a scale symmetry (the learned gauge's factor).
     * ``layers``: the graphs' weight layers (:class:`WeightLayers`), for per-layer statistics.
     * ``heads``: the attention heads grouped by shape
@@ -89,6 +92,7 @@ class GraphStructure:
     max_size: int
     edge_index: Tensor
     weight_ids: Tensor
+    unmoved_ids: Tensor
     canon_into: Tensor
     canon_levels: list[tuple[int, int, int]]
     has_scale: bool
@@ -128,6 +132,7 @@ class GraphStructure:
         plain = batch.node_norm == int(NormKind.NONE)
         scale, sign = batch.node_scale.bool(), batch.node_sign.bool()
         canon_into, canon_levels = _canonical_levels(src, dst, weight, layer, plain, scale | sign)
+        scaled, signed = _edge_kinds(src, dst, weight, plain, scale, sign)
         return cls(
             num_nodes=n, num_edges=e, num_graphs=num_graphs, src=src, dst=dst,
             edge_type=edge_type, weight=weight, edge_size=edge_size, value_edge=value_edge,
@@ -138,7 +143,8 @@ class GraphStructure:
             fan_out=fan_out, in_degree=in_degree, out_degree=out_degree,
             rel_depth=layer.double() / deepest[node_graph].double(),
             max_size=int(edge_size.max()) if e else 1, edge_index=edge_index,
-            weight_ids=weight.nonzero().squeeze(1), canon_into=canon_into,
+            weight_ids=weight.nonzero().squeeze(1),
+            unmoved_ids=(~(scaled | signed)).nonzero().squeeze(1), canon_into=canon_into,
             canon_levels=canon_levels,
             has_scale=bool(scale.any()),
             layers=WeightLayers.of(weight, dst, edge_size, layer, node_graph, num_graphs),
@@ -158,15 +164,21 @@ class GraphStructure:
         arbitrary positive number / by -1 under the group. A weight edge ``u -> v`` is multiplied
         by ``a_v / f_u``, where ``f`` is the neuron factor and ``a_v = f_v`` for a plain neuron, 1
         for a normalised one; fixed edges never change."""
-        plain_dst = self.plain[self.dst]
-        scaled = ((self.scale[self.dst] & plain_dst) | self.scale[self.src]) & self.weight
-        signed = ((self.sign[self.dst] & plain_dst) | self.sign[self.src]) & self.weight
-        return scaled, signed
+        return _edge_kinds(self.src, self.dst, self.weight, self.plain, self.scale, self.sign)
 
     def value_scale(self) -> Tensor:
         """[E] positive structural factor that brings typical weights to O(1): the square root of
         the target neuron's fan-in (in values). Invariant under the whole group."""
         return self.fan_in[self.dst].clamp_min(1).to(torch.float64).sqrt()
+
+
+def _edge_kinds(src: Tensor, dst: Tensor, weight: Tensor, plain: Tensor, scale: Tensor,
+                sign: Tensor) -> tuple[Tensor, Tensor]:
+    """:meth:`GraphStructure.edge_kinds` from the structure's fields."""
+    plain_dst = plain[dst]
+    scaled = ((scale[dst] & plain_dst) | scale[src]) & weight
+    signed = ((sign[dst] & plain_dst) | sign[src]) & weight
+    return scaled, signed
 
 
 @dataclass

@@ -552,3 +552,27 @@ def test_compiled_rounds_fall_back_to_eager_with_a_warning(zoo, monkeypatch):
     assert torch.equal(y, eager(batch))
     assert torch.equal(compiled(batch), y)  # later calls run eagerly, without a new warning
     assert len(calls) == 1
+
+
+def test_strict_adds_invariant_edge_features_only_where_no_element_moves_the_edge(zoo):
+    """``StrictReader.add_on_unmoved_edges`` equals the masked sum ``base + [unmoved] lin(feats)``
+    on every catalogue network (wiring-rich and plain ones; control: adding on every edge
+    differs), and ``GraphStructure.unmoved_ids`` are the edges ``edge_kinds`` calls unmoved."""
+    from paramgraph.models.readers import StrictReader
+    from paramgraph.models.structure import GraphStructure
+
+    _, _, gs = zoo
+    st = GraphStructure.of(Batch.from_data_list(gs))
+    scaled, signed = st.edge_kinds()
+    unmoved = ~(scaled | signed)
+    assert torch.equal(st.unmoved_ids, unmoved.nonzero().squeeze(1))
+    assert 0 < st.unmoved_ids.numel() < st.num_edges
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(st.num_edges, 3, generator=gen, dtype=torch.float64)
+    feats = torch.randn(st.num_edges, 4, generator=gen, dtype=torch.float64)
+    lin = torch.nn.Linear(4, 3, bias=False).double()
+    reader = StrictReader(st, torch.float64)
+    want = base + unmoved.unsqueeze(1).double() * lin(feats)
+    got = reader.add_on_unmoved_edges(base, lin, feats)
+    assert torch.allclose(got, want, rtol=1e-14, atol=1e-15)
+    assert not torch.allclose(base + lin(feats), want)  # control
