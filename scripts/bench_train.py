@@ -213,7 +213,8 @@ def throughput_child(args) -> None:
         cache_seconds = time.perf_counter()
         train.attach_gauge_inputs(net)
         cache_seconds = time.perf_counter() - cache_seconds
-    # as train() does around its epochs (older code has no such setting)
+    # as train() does around its epochs (older code has no such setting); entered for the rest
+    # of this child process, which ends with the measurement
     getattr(memory, "gc_frozen", contextlib.nullcontext)().__enter__()
     timer = _SectionTimer()
     timer.instrument(net, opt, distributed)
