@@ -62,9 +62,10 @@ class _Canon(torch.autograd.Function):
         # backward pass (NaN gradients for networks with denormal weights, e.g. weights of
         # always-zero input pixels).
         normed = scaled.unsqueeze(1) & (norm > torch.finfo(wide).tiny ** 0.25)
-        # the largest-magnitude entry is the same before and after dividing by a positive norm
         d = torch.where(normed, norm, torch.ones_like(norm))
-        # x / -d is exactly -(x / d): dividing then flipping, in one pass over x
+        # x / -d is exactly -(x / d): dividing then flipping, in one pass over x; the pivot is
+        # read from x, as the largest-magnitude entry is the same before and after dividing by
+        # a positive norm
         d = torch.where(signed.unsqueeze(1) & _pivot_negative(x), -d, d)
         y = x / d  # in the wide dtype: the gradient's projection needs y unrounded
         ctx.save_for_backward(y, d, normed)
@@ -89,7 +90,7 @@ def _pivot_negative(x: Tensor) -> Tensor:
     opposite (``+a`` and ``-a``) fall back to the first occurrence, as ``argmax`` picks it,
     which keeps ``x`` and ``-x`` on one canonical row. Elsewhere ``argmax`` does it in one pass
     without a host sync."""
-    if x.device.type != "cpu" or x.shape[1] == 0:
+    if x.device.type != "cpu":
         return x.gather(1, x.abs().argmax(1, keepdim=True)) < 0
     top, low = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
     total = top + low

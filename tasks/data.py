@@ -326,13 +326,13 @@ class ZooDataset(Dataset):
         with torch.no_grad():
             for start in range(0, len(ids), batch_size):
                 chunk = ids[start : start + batch_size]
-                batch, st = prepare(Batch.from_data_list([self.graphs[i] for i in chunk]))
+                batch, st = prepare(Batch.from_data_list([self._stored(i) for i in chunk]))
                 if st.heads is None:
                     table.update(zip(chunk, _split_inputs(net.gauge_inputs(batch, st), batch),
                                      strict=True))
                     continue
                 for i in chunk:  # attention somewhere in the chunk: graph by graph
-                    one, st1 = prepare(self.graphs[i])
+                    one, st1 = prepare(self._stored(i))
                     table[i] = None if st1.heads is not None else net.gauge_inputs(one, st1)
         self.gauge_inputs = (key, table)
 
