@@ -103,6 +103,7 @@ path as before the head section (bit-identical outputs).
 from __future__ import annotations
 
 import contextlib
+import copy
 import zlib
 
 from dataclasses import dataclass
@@ -251,6 +252,19 @@ class GaugeMap(nn.Module):
         with torch.no_grad():  # start near the canonical gauge, with gradients everywhere
             self.out[-1].weight.mul_(0.1)
             self.out[-1].bias.zero_()
+
+    def on_section(self, section: str, signs: str) -> "GaugeMap":
+        """This gauge on another exact section (``section``, ``signs``: as in ``__init__``),
+        sharing its learned factor: a shallow copy whose parameters are this map's own, so
+        training either trains both. :class:`~paramgraph.models.metanet.MetaNet`'s
+        ``gauge_frames`` reads a network through several such sections."""
+        if section not in SECTIONS:
+            raise ValueError(f"unknown gauge section '{section}'; choose from {SECTIONS}")
+        if signs not in GAUGE_SIGNS:
+            raise ValueError(f"unknown gauge signs '{signs}'; choose from {GAUGE_SIGNS}")
+        view = copy.copy(self)  # new attribute dict; _parameters/_modules shared by reference
+        view.section, view.signs = section, signs
+        return view
 
     def section_factors(self, st: GraphStructure, edge_value: Tensor,
                         node_value: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:

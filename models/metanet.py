@@ -50,6 +50,17 @@ from .statistics import LayerStatistics
 from .structure import GraphStructure
 
 TASKS = ("invariant", "weights")
+
+
+def parse_gauge_frame(name: str) -> tuple[str, str]:
+    """``"SECTION/SIGNS"`` -> ``(section, signs)`` (:class:`GaugeMap`'s ``section`` and
+    ``signs``, checked there). Raises ``ValueError`` for another shape, or for signs ``none``
+    (not invariant to sign flips)."""
+    section, sep, signs = name.partition("/")
+    if not sep or signs == "none":
+        raise ValueError(f"gauge frame '{name}': expected SECTION/SIGNS with an invariant sign "
+                         "statistic, e.g. 'balanced/bias' or 'unit/incoming'")
+    return section, signs
 FRAMES = ("gauged", "input")
 
 
@@ -118,12 +129,25 @@ class MetaNet(nn.Module):
             instead of at one point of it (the regularisation ``--augment`` gives ``perm``). In
             evaluation the gauged network is read as it is, so the metanet stays exactly
             invariant. 0 (default): off.
+        gauge_frames: ``quasi`` invariant head: read each network through several exact
+            sections at once, each named ``"SECTION/SIGNS"`` (``"balanced/bias"``,
+            ``"balanced/incoming"``, ``"unit/bias"``, ...), all sharing one learned factor and
+            one backbone. While training, each batch is read through one of them, drawn at
+            random (an augmentation over a fixed, finite set of canonical frames); in evaluation
+            the outputs of all of them are averaged. Each frame is exactly invariant, so their
+            mean is too (frame averaging), while the backbone is kept from relying on one
+            canonicaliser's discontinuities (e.g. a sign chosen by a bias near zero).
+            Empty (default): the one frame ``section``/``gauge_signs``.
         prior: the invariant head (``out_dim=1``) adds its output to a tree prior
             (:class:`~paramgraph.models.prior.TreePrior`: cross-fitted gradient-boosted trees
             on per-layer statistics of the exact ``section`` in ``quasi``/``strict`` mode, of
             the raw values in ``perm`` mode), which :func:`paramgraph.tasks.prior.fit_prior`
             fits; unfitted, it adds nothing. ``prior_link``: the map from the task's target to
             the head's output (:data:`~paramgraph.models.prior.PRIOR_LINKS`).
+        prior_input: the invariant head also reads the prior's own prediction (its link-space
+            value, a quarter of it as one more per-graph feature), so that the GNN's correction
+            can depend on what the trees said (stacking); needs ``prior``. Invariant wherever
+            the prior is.
 
     Raises ``ValueError`` for an unknown mode, task, frame, aggregator or prior link, for
     ``channels=0`` in ``strict`` mode and for a prior on anything but a one-output invariant
@@ -140,7 +164,8 @@ class MetaNet(nn.Module):
                  checkpoint: bool = False, copies: int = 1, compile: bool = False,
                  probes: int = 0, output_readout: bool = False, prior: bool = False,
                  prior_link: str = "identity", gauge_jitter: float = 0.0,
-                 edge_width: int | None = None):
+                 edge_width: int | None = None, gauge_frames: Sequence[str] = (),
+                 prior_input: bool = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode '{mode}'; choose from {MODES}")
@@ -155,6 +180,8 @@ class MetaNet(nn.Module):
             raise ValueError("probe features need mode perm or quasi: strict's hidden features "
                              "are invariant, and a neuron's probe values move with its scale "
                              "and sign")
+        if prior_input and not prior:
+            raise ValueError("prior_input reads the tree prior's prediction: set prior=True")
         if prior and (task != "invariant" or out_dim != 1):
             raise ValueError("a tree prior needs the invariant head with out_dim=1 (one "
                              "predicted number per network)")
@@ -162,6 +189,10 @@ class MetaNet(nn.Module):
             raise ValueError(f"gauge_jitter={gauge_jitter}: a scale range R > 1, in quasi mode "
                              "(perm: train with --augment R; strict reads values equivariantly)")
         self.gauge_jitter = float(gauge_jitter)
+        self.prior_input = bool(prior_input)
+        if gauge_frames and (mode != "quasi" or task != "invariant"):
+            raise ValueError("gauge_frames average a quasi metanet's invariant head over "
+                             "several sections; use mode='quasi', task='invariant'")
         self.mode, self.task, self.frame = mode, task, frame
         self.out_dim = out_dim
         self.probes = int(probes)
@@ -169,6 +200,10 @@ class MetaNet(nn.Module):
         edge_width = min(hidden, EDGE_WIDTH) if edge_width is None else edge_width
         self.gauge = (GaugeMap(gauge_hidden, gauge_bound, learn_gauge, section, sweeps,
                                signs=gauge_signs) if mode == "quasi" else None)
+        # the frames the invariant head averages over (views of self.gauge: one learned factor)
+        self.gauge_frames = tuple(gauge_frames)
+        self._views = tuple(self.gauge.on_section(*parse_gauge_frame(name))
+                            for name in self.gauge_frames) if self.gauge is not None else ()
         # strict reads its values equivariantly; its statistics read the exact section
         self.section = (GaugeMap(learned=False, section=section, sweeps=sweeps)
                         if mode == "strict" and statistics and task == "invariant" else None)
@@ -184,7 +219,8 @@ class MetaNet(nn.Module):
         self.backbone = Backbone(task, out_dim, hidden, layers, channels, aggrs, kernel_cap,
                                  constrained=mode == "strict", compress=compress,
                                  checkpoint=checkpoint,
-                                 graph_dim=hidden if self.statistics is not None else 0,
+                                 graph_dim=(hidden if self.statistics is not None else 0)
+                                 + int(prior_input),
                                  copies=copies, compile=compile, probes=probes,
                                  output_readout=output_readout, edge_width=edge_width)
 
@@ -223,10 +259,32 @@ class MetaNet(nn.Module):
                  if self.prior is not None else None)
         value_scale = st.value_scale().to(dtype)
         probes = self._probes(probes, dtype)
+        if self._views:
+            # one frame per training batch, the mean of all in evaluation (see __init__)
+            views = ([self._views[int(torch.randint(len(self._views), ()))]] if self.training
+                     else self._views)
+            out = torch.stack([self._read(batch, st, view, edge_value, node_value, node_mask,
+                                          value_scale, probes, prior)[0]
+                               for view in views]).mean(0)
+            return out if prior is None else out + prior.to(out.dtype).unsqueeze(1)
+        out, gauged = self._read(batch, st, self.gauge, edge_value, node_value, node_mask,
+                                 value_scale, probes, prior)
+        if self.task == "invariant":
+            return out if prior is None else out + prior.to(out.dtype).unsqueeze(1)
+        if isinstance(out, list):  # output channel expansion: one batch per copy
+            return [self._edited(batch, st, gauged, *pair) for pair in out]
+        return self._edited(batch, st, gauged, *out)
+
+    def _read(self, batch, st: GraphStructure, gauge: GaugeMap | None, edge_value, node_value,
+              node_mask, value_scale, probes, prior=None):
+        """The backbone's output on the batch read through ``gauge`` (``None``: as it is), and
+        what the gauge applied (``None`` without one). ``prior``: the tree prior's output, read
+        by the head where ``prior_input``."""
+        dtype = edge_value.dtype
         gauged = None
-        if self.gauge is not None:
-            gauged = self.gauge.gauge(st, edge_value, node_value, node_mask,
-                                      self._cached_gauge_inputs(batch, st))
+        if gauge is not None:
+            gauged = gauge.gauge(st, edge_value, node_value, node_mask,
+                                 self._cached_gauge_inputs(batch, st, gauge))
             edge_value, node_value = gauged.edge_value, gauged.node_value
             if probes is not None:  # a neuron's values scale and flip with it
                 probes = probes * gauged.alpha.to(dtype).unsqueeze(1)
@@ -238,7 +296,7 @@ class MetaNet(nn.Module):
             if self.soft_signs:
                 # a weighting, not a path for gradients (its sqrt has none at zero weights)
                 conf = sign_confidence(st, edge_value.detach(), node_value.detach(),
-                                       statistic=self.gauge.signs)
+                                       statistic=gauge.signs)
                 edge_value, node_value = soften_signs(st, conf, edge_value, node_value)
                 if probes is not None:
                     probes = probes * conf.to(dtype).unsqueeze(1)
@@ -248,13 +306,12 @@ class MetaNet(nn.Module):
             if self.section is not None:
                 stat_values = self.section(st, edge_value, node_value, node_mask)[:2]
             graph_feats = self.statistics(st, *stat_values, node_mask)
+        if self.prior_input:  # a logit in [-6.9, 6.9]: a quarter of it is O(1)
+            said = (prior / 4).to(dtype).unsqueeze(1)
+            graph_feats = said if graph_feats is None else torch.cat([graph_feats, said], 1)
         out = self.backbone(st, edge_value, node_value, node_mask, value_scale, graph_feats,
                             probes)
-        if self.task == "invariant":
-            return out if prior is None else out + prior.to(out.dtype).unsqueeze(1)
-        if isinstance(out, list):  # output channel expansion: one batch per copy
-            return [self._edited(batch, st, gauged, *pair) for pair in out]
-        return self._edited(batch, st, gauged, *out)
+        return out, gauged
 
     def gauge_inputs(self, batch, structure: GraphStructure | None = None) -> GaugeInputs:
         """What this metanet's gauge reads of ``batch`` that training does not change
@@ -274,11 +331,12 @@ class MetaNet(nn.Module):
         """The key of :meth:`gauge_inputs` (``None`` without a gauge)."""
         return self.gauge.input_key(self.dtype) if self.gauge is not None else None
 
-    def _cached_gauge_inputs(self, batch, st: GraphStructure) -> GaugeInputs | None:
-        """The batch's precomputed gauge inputs where they were made for this metanet (and
-        are still there: new values, ``with_values``, remove them)."""
+    def _cached_gauge_inputs(self, batch, st: GraphStructure,
+                             gauge: GaugeMap) -> GaugeInputs | None:
+        """The batch's precomputed gauge inputs where they were made for ``gauge`` (and are
+        still there: new values, ``with_values``, remove them)."""
         factor, features, _ = GAUGE_INPUT_FIELDS
-        if (st.gauge_key is None or st.gauge_key != self.gauge_input_key()
+        if (st.gauge_key is None or st.gauge_key != gauge.input_key(self.dtype)
                 or factor not in batch or features not in batch):
             return None
         return GaugeInputs(batch[factor], batch[features])

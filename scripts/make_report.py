@@ -183,6 +183,18 @@ METHODS = {
     # twice its log-scale bound, or twice its network's width
     "quasi-combo-hard-prior-bound4": _quasi_prior(gauge_bound=4.0),
     "quasi-combo-hard-prior-gh32": _quasi_prior(gauge_hidden=32),
+    # ... every mode's head also reading its trees' prediction (MetaNet(prior_input=True))
+    **{f"{name}-prior-stack": {**METHODS_TODAY[name],
+                               "model": {**METHODS_TODAY[name]["model"], "prior": True,
+                                         "prior_input": True}}
+       for name in METHODS_TODAY},
+    # ... quasi averaged over several exact sections (MetaNet(gauge_frames=...)): one drawn per
+    # training batch, all averaged in evaluation; fr2: the two sign statistics, fr4: both
+    # sections with both
+    "quasi-combo-hard-prior-fr2": _quasi_prior(gauge_frames=("balanced/bias",
+                                                             "balanced/incoming")),
+    "quasi-combo-hard-prior-fr4": _quasi_prior(gauge_frames=(
+        "balanced/bias", "balanced/incoming", "unit/bias", "unit/incoming")),
     # inr tasks: probe features, every neuron's values on a 4x4 grid of coordinates (the first
     # probe runs, before inr-class read the output neuron)
     "quasi-probes": {"mode": "quasi", "model": {"probes": 16, "output_readout": False}},

@@ -103,6 +103,85 @@ def test_gauge_jitter_moves_training_reads_only(zoo):
             models.MetaNet(**bad)
 
 
+FRAMES = ("balanced/bias", "balanced/incoming", "unit/bias")
+
+
+def test_gauge_frames_average_exact_sections(zoo):
+    """quasi with gauge_frames: in evaluation the mean of the metanets that read one frame each
+    (same weights), exactly invariant under the whole group; in training one of them per
+    forward. Controls: the frames' outputs differ from each other, and a frame's own output is
+    not the mean."""
+    names, _, gs = zoo
+    batch = Batch.from_data_list(gs)
+    net = _net("quasi", gauge_frames=FRAMES)
+    _randomize_(net)
+    net.eval()
+    single = []
+    for frame in FRAMES:
+        section, signs = frame.split("/")
+        one = _net("quasi", section=section, gauge_signs=signs)
+        one.load_state_dict(net.state_dict())  # the frames share every parameter
+        single.append(one.eval()(batch).detach())
+    y = net(batch).detach()
+    assert torch.allclose(y, torch.stack(single).mean(0), rtol=0, atol=1e-12)
+    assert min(_rel(single[0], s).max() for s in single[1:]) > 1e-4  # control
+    gen = torch.Generator().manual_seed(4)
+    moved = Batch.from_data_list([paramgraph.random_symmetry(g, generator=gen, heads=True,
+                                                             scale_range=(1e-2, 1e2))
+                                  for g in gs])
+    rel = _rel(y, net(moved).detach())
+    assert rel.max() < 1e-6, dict(zip(names, rel.tolist()))
+    net.train()
+    torch.manual_seed(0)
+    drawn = [net(batch).detach() for _ in range(8)]
+    for out in drawn:
+        assert any(torch.allclose(out, s, rtol=0, atol=1e-12) for s in single)
+        assert not torch.allclose(out, y, rtol=0, atol=1e-6)  # control: not the mean
+    assert len({int(torch.stack(single).sub(o).abs().amax((1, 2)).argmin()) for o in drawn}) > 1
+
+
+def test_gauge_frames_share_one_learned_factor():
+    """The frames are views of one gauge: one set of parameters, and a step on them moves every
+    frame's factor; bad frames and modes raise."""
+    net = _net("quasi", gauge_frames=FRAMES)
+    plain = _net("quasi")
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    assert all(view.out is net.gauge.out for view in net._views)
+    with torch.no_grad():
+        net.gauge.out[-1].bias.add_(1.0)
+    assert all(torch.equal(view.out[-1].bias, net.gauge.out[-1].bias) for view in net._views)
+    for bad, match in ((dict(gauge_frames=("balanced",)), "SECTION/SIGNS"),
+                       (dict(gauge_frames=("balanced/none",)), "SECTION/SIGNS"),
+                       (dict(gauge_frames=("round/bias",)), "section"),
+                       (dict(gauge_frames=("balanced/sum",)), "signs"),
+                       (dict(mode="perm", gauge_frames=FRAMES), "gauge_frames"),
+                       (dict(task="weights", gauge_frames=FRAMES), "gauge_frames")):
+        with pytest.raises(ValueError, match=match):
+            models.MetaNet(**{"mode": "quasi", **bad})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_prior_input_lets_the_correction_depend_on_the_trees(zoo, mode):
+    """prior_input: the head reads the prior's prediction, so what the GNN adds to the prior
+    changes with it; control: without prior_input the addition does not change at all."""
+    _, _, gs = zoo
+    batch = Batch.from_data_list(gs)
+    corrections = {}
+    for reads in (False, True):
+        net = _net(mode, prior=True, prior_link="logit", prior_input=reads)
+        _randomize_(net)
+        net.prior.fitted[0] = True  # empty trees: the prior is the offsets given below
+        outs = []
+        for acc in (0.2, 0.9):
+            batch.prior_offset = torch.full((len(gs),), acc, dtype=torch.float64)
+            logit = torch.logit(torch.tensor(acc, dtype=torch.float64))
+            outs.append(net(batch).detach()[:, 0] - logit)
+        corrections[reads] = (outs[0] - outs[1]).abs().max()
+    assert corrections[False] < 1e-12 and corrections[True] > 1e-6
+    with pytest.raises(ValueError, match="prior_input"):
+        models.MetaNet(mode=mode, prior_input=True)
+
+
 def test_float32_and_float64_every_mode_and_task(zoo):
     _, _, gs = zoo
     for dtype in (torch.float32, torch.float64):

@@ -71,13 +71,13 @@ def _networks(splits):
     return nets + [c for c in collapsed if c is not None]
 
 
-def _net(mode: str, prior_on=None):
+def _net(mode: str, prior_on=None, **options):
     """A metanet moved away from initialisation; ``prior_on``: networks to fit a tree prior on
     (the zoos' training networks, as a run fits it; targets: a random function of the
-    statistics; small leaves, so many thresholds)."""
+    statistics; small leaves, so many thresholds); ``options``: more ``MetaNet`` options."""
     torch.manual_seed(0)
     net = models.MetaNet(mode=mode, hidden=16, layers=2, prior=prior_on is not None,
-                         prior_link="logit")
+                         prior_link="logit", **options)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # away from initialisation: every part of the network matters
         for p in net.parameters():
@@ -102,9 +102,9 @@ def _fit_deep_prior(prior, nets) -> None:
         prior.load_fold(k, [{n: torch.as_tensor(v) for n, v in t.items()} for t in trees], base)
 
 
-def _largest_change(mode: str, nets, prior_on=None) -> float:
+def _largest_change(mode: str, nets, prior_on=None, **options) -> float:
     objective = get_objective("generalization")
-    net = _net(mode, prior_on)
+    net = _net(mode, prior_on, **options)
     gen = torch.Generator().manual_seed(2)
     worst = 0.0
     with torch.no_grad():
@@ -133,6 +133,17 @@ def test_splits_hold_collapsed_and_float32_networks(splits):
 def test_every_test_network_predicts_the_same_after_a_symmetry(splits, mode, prior):
     prior_on = splits["train"] if prior else None
     assert _largest_change(mode, _networks(splits), prior_on) <= TOLERANCE
+
+
+# the options that add inputs to quasi's invariant head (README, "Frames and stacking")
+OPTIONS = {"frames": dict(gauge_frames=("balanced/bias", "balanced/incoming", "unit/bias")),
+           "stacked-prior": dict(prior_input=True)}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_quasi_options_stay_invariant_on_every_test_network(splits, option):
+    assert _largest_change("quasi", _networks(splits), splits["train"],
+                           **OPTIONS[option]) <= TOLERANCE
 
 
 @pytest.mark.parametrize("prior", [False, True], ids=["gnn", "with-prior"])
