@@ -35,6 +35,9 @@ COLUMNS = {
     # column: (task, zoo kind, metric, higher is better)
     "gen-hetero": ("generalization", "hetero", "kendall_tau", True),
     "gen-cnn": ("generalization", "cnn", "kendall_tau", True),
+    # the cnn zoo with every network moved along its orbit (scripts/move_zoo.py): same functions
+    # and accuracies, other weights (README, "Where the gauge pays")
+    "gen-cnn-moved": ("generalization", "cnn-moved4", "kendall_tau", True),
     "inr-class": ("inr-class", "inr", "accuracy", True),
     "inr-edit": ("inr-edit", "inr", "mse", False),
 }
@@ -222,6 +225,8 @@ METHODS.update({f"{name}-swap": {**method, "train": {**method.get("train", {}), 
                 for name, method in list(METHODS.items())})
 MODES = ("quasi", "strict", "perm")
 ZOO_SIZES = {"hetero": 2000, "cnn": 2000, "inr": 4000}  # inr: 16x16 views (issue 11)
+# zoo kinds of COLUMNS that are moved copies of another: (source kind, scale range R)
+MOVED_ZOOS = {"cnn-moved4": ("cnn", 4.0)}
 
 
 def parse_args(argv=None):
@@ -236,7 +241,8 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--epochs", type=json.loads,
-                   default={"gen-hetero": 6, "gen-cnn": 25, "inr-class": 30, "inr-edit": 30},
+                   default={"gen-hetero": 6, "gen-cnn": 25, "gen-cnn-moved": 25, "inr-class": 30,
+                            "inr-edit": 30},
                    help="epochs per column as JSON")
     p.add_argument("--zoo-seed", type=int, default=0)
     p.add_argument("--zoo-sizes", type=json.loads, default=ZOO_SIZES,
@@ -251,8 +257,20 @@ def make_zoos(args) -> dict[str, Path]:
     from paramgraph.tasks.zoo import make_zoo
 
     kinds = sorted({COLUMNS[c][1] for c in args.columns})
+    kinds = sorted({MOVED_ZOOS.get(k, (k,))[0] for k in kinds}) + [k for k in kinds
+                                                                  if k in MOVED_ZOOS]
     paths = {}
     for kind in kinds:
+        if kind in MOVED_ZOOS:  # a moved copy of a zoo made above
+            from move_zoo import move_zoo
+
+            source, scale_range = MOVED_ZOOS[kind]
+            path = paths[source].with_name(f"{paths[source].name}-moved{scale_range:g}")
+            if not path.exists():
+                move_zoo(paths[source], path, scale_range, args.zoo_seed, progress=False)
+            print(f"zoo {path}: ready", flush=True)
+            paths[kind] = path
+            continue
         size = args.zoo_sizes[kind]
         path = Path(args.zoos) / f"{kind}-{size}-s{args.zoo_seed}"
         extra = {}
@@ -379,6 +397,7 @@ def _cell(vals: list[float], metric: str) -> str:
 
 
 HEADERS = {"gen-hetero": "hetero Kendall tau", "gen-cnn": "cnn Kendall tau",
+           "gen-cnn-moved": "moved cnn Kendall tau",
            "inr-class": "INR accuracy", "inr-edit": "INR-edit MSE"}
 
 

@@ -19,7 +19,13 @@ standard deviation over the seeds:
     python scripts/probe_prior.py --runs runs/report/gen-cnn \\
         --methods quasi-combo-hard-prior perm-combo-prior strict-combo-prior
 
-Prints a table; ``--out`` writes the per-seed numbers as JSON.
+Prints a table; ``--out`` writes the per-seed numbers as JSON. ``ens`` is the Kendall tau of the
+seeds' mean prediction (an ensemble of the runs): whether two methods' order survives averaging
+out the seeds' noise. ``--zoo ZOO --by KEY`` scores each group of networks with the same value of
+metadata ``KEY`` (a dotted path into the zoo's rows, e.g. ``spec.act``) on its own::
+
+    python scripts/probe_prior.py --runs runs/report/gen-cnn --zoo zoos/cnn-2000-s0 \
+        --by spec.act --methods quasi-combo-hard-prior perm-combo-prior
 """
 
 from __future__ import annotations
@@ -55,17 +61,58 @@ def gnn_effect(pred: np.ndarray, prior: np.ndarray, true: np.ndarray) -> dict[st
             "mse_gain": 1.0 - float(np.mean((true - pred) ** 2)) / trees_sq if trees_sq else 0.0}
 
 
-def method_effects(runs: Path, method: str, split: str) -> dict[int, dict[str, float]]:
-    """``{seed: gnn_effect}`` of every finished ``METHOD-sSEED`` run under ``runs``."""
+def method_runs(runs: Path, method: str, split: str) -> dict[int, dict]:
+    """``{seed: eval-SPLIT.json}`` of every finished ``METHOD-sSEED`` run under ``runs``."""
     from compare_runs import finished_evaluations  # the runs compare_runs.py scores
 
-    out = {}
-    for seed, ev in finished_evaluations(runs, method, split, field="prior_pred").items():
+    out = finished_evaluations(runs, method, split, field="prior_pred")
+    for seed, ev in out.items():
         if "prior_pred" not in ev:
             raise SystemExit(f"error: run '{method}-s{seed}' has no tree prior "
                              "(trained with --no-prior?)")
-        out[seed] = gnn_effect(**predictions(ev))
     return out
+
+
+def ensemble_tau(evaluations: dict[int, dict], keep=None) -> float:
+    """Kendall tau of the seeds' mean prediction (networks ``keep``, a mask; default all)."""
+    from scipy.stats import kendalltau
+
+    pred = np.mean([np.asarray(ev["pred"], dtype=float) for ev in evaluations.values()], 0)
+    true = np.asarray(next(iter(evaluations.values()))["true"], dtype=float)
+    keep = np.ones(len(true), bool) if keep is None else keep
+    return float(kendalltau(pred[keep], true[keep])[0])
+
+
+def metadata_value(row: dict, key: str):
+    """``row``'s value at the dotted path ``key`` (``None`` where it has none)."""
+    for part in key.split("."):
+        row = row.get(part) if isinstance(row, dict) else None
+    return row
+
+
+def _mean_std(v) -> str:
+    v = np.asarray(v, dtype=float)
+    return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+
+
+def print_groups(evaluations: dict[str, dict[int, dict]], zoo, key: str) -> None:
+    """Per group of networks with the same metadata ``key``: each method's Kendall tau, its
+    trees', and what the GNN adds (mean over seeds), and the seed ensemble's tau."""
+    from scipy.stats import kendalltau
+
+    print(f"\n| {key} | method | networks | tau | trees | GNN adds | ens |\n|---|---|---|---|---|---|---|")
+    for method, evs in evaluations.items():
+        ids = next(iter(evs.values()))["net_id"]
+        values = np.array([str(metadata_value(zoo.rows[i], key)) for i in ids])
+        for value in sorted(set(values)):
+            keep = values == value
+            tau = [kendalltau(np.asarray(ev["pred"])[keep], np.asarray(ev["true"])[keep])[0]
+                   for ev in evs.values()]
+            trees = [kendalltau(np.asarray(ev["prior_pred"])[keep],
+                                np.asarray(ev["true"])[keep])[0] for ev in evs.values()]
+            print(f"| {value} | {method} | {int(keep.sum())} | {_mean_std(tau)} | "
+                  f"{_mean_std(trees)} | {np.mean(tau) - np.mean(trees):+.3f} | "
+                  f"{ensemble_tau(evs, keep):.3f} |")
 
 
 def main(argv=None) -> int:
@@ -74,21 +121,29 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", required=True)
     p.add_argument("--split", default="test", help="the run split to score (default test)")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: none)")
+    p.add_argument("--zoo", type=Path, default=None, help="the runs' zoo (for --by)")
+    p.add_argument("--by", default=None, metavar="KEY",
+                   help="also score groups of networks by metadata KEY (e.g. spec.act)")
     args = p.parse_args(argv)
+    if args.by and args.zoo is None:
+        p.error("--by needs --zoo (the zoo whose metadata names the groups)")
     keys = ("tau", "trees", "shift", "corr", "mse_gain")
-    print(f"| method | seeds | {' | '.join(keys)} |\n|---|---|{'---|' * len(keys)}")
-    report = {}
+    print(f"| method | seeds | {' | '.join(keys)} | ens |\n|---|---|{'---|' * (len(keys) + 1)}")
+    report, evaluations = {}, {}
     for method in args.methods:
-        effects = method_effects(args.runs, method, args.split)
-        if not effects:
+        evs = method_runs(args.runs, method, args.split)
+        if not evs:
             print(f"error: no finished runs '{method}-sSEED' under {args.runs}", file=sys.stderr)
             return 1
-        report[method] = effects
-        cells = []
-        for k in keys:
-            v = np.array([e[k] for e in effects.values()])
-            cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}")
-        print(f"| {method} | {len(effects)} | {' | '.join(cells)} |")
+        evaluations[method] = evs
+        effects = report[method] = {seed: gnn_effect(**predictions(ev))
+                                    for seed, ev in evs.items()}
+        cells = [_mean_std([e[k] for e in effects.values()]) for k in keys]
+        print(f"| {method} | {len(effects)} | {' | '.join(cells)} | {ensemble_tau(evs):.3f} |")
+    if args.by:
+        from paramgraph.tasks.zoo import Zoo
+
+        print_groups(evaluations, Zoo(args.zoo), args.by)
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
     return 0
