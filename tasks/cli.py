@@ -193,6 +193,13 @@ def add_task_commands(subparsers) -> None:
                    help="quasi: while training, move each gauged network by a random scale in "
                    "[1/R, R] and random signs before the backbone reads it (evaluation reads "
                    "the gauged network itself, exactly invariant; default off)")
+    p.add_argument("--gauge-frames", nargs="+", default=None, metavar="SECTION/SIGNS",
+                   help="quasi: read each network through these exact sections (e.g. "
+                   "balanced/bias balanced/incoming unit/bias), one drawn per training batch, "
+                   "all averaged in evaluation (exactly invariant; default: one frame)")
+    p.add_argument("--prior-input", action="store_true",
+                   help="the invariant head also reads the tree prior's prediction (needs the "
+                   "prior; default off)")
     p.add_argument("--prior", action=argparse.BooleanOptionalAction, default=None,
                    help="generalization: the invariant head corrects gradient-boosted trees on "
                    "per-layer statistics of the exact section, cross-fitted on the training "
@@ -513,6 +520,10 @@ def _model_kwargs(args) -> dict:
         kwargs["prior"] = args.prior
     if args.gauge_jitter:
         kwargs["gauge_jitter"] = args.gauge_jitter
+    if args.gauge_frames:
+        kwargs["gauge_frames"] = list(args.gauge_frames)
+    if args.prior_input:
+        kwargs["prior_input"] = True
     return kwargs
 
 

@@ -191,8 +191,7 @@ def test_a_run_with_a_prior_trains_saves_and_evaluates(zoo, tmp_path, capsys):
     np.testing.assert_allclose(ev["prior_pred"], prior_predictions(net.prior, ds), atol=1e-12)
     # scripts/probe_prior.py reads the same file: the run's scores, per seed
     probe = load_script("probe_prior")
-    effect = probe.method_effects(tmp_path, "run", "test")
-    assert effect == {}  # not a METHOD-sSEED directory with a summary: not a finished run
+    assert probe.method_runs(tmp_path, "run", "test") == {}  # not a METHOD-sSEED run dir
     effect = probe.gnn_effect(**probe.predictions(ev))
     tau, trees = result["metrics"]["kendall_tau"], result["prior_only"]["kendall_tau"]
     assert effect["tau"] == pytest.approx(tau, abs=1e-9, nan_ok=True)

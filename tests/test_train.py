@@ -299,9 +299,12 @@ def test_model_options_reach_the_run_config(zoo, tmp_path, monkeypatch):
     assert main(args + ["--compile", "--copies", "3"]) == 0
     assert main(args + ["--channels", "0"]) == 0
     assert main(args + ["--edge-width", "16"]) == 0
+    assert main(args + ["--gauge-frames", "balanced/bias", "unit/incoming", "--prior-input"]) == 0
     assert [c.model_kwargs for c in seen] == [{"compile": True}, {},
                                               {"copies": 3, "compile": True}, {"channels": 0},
-                                              {"edge_width": 16}]
+                                              {"edge_width": 16},
+                                              {"gauge_frames": ["balanced/bias", "unit/incoming"],
+                                               "prior_input": True}]
 
 
 def test_augmentation_moves_the_training_networks_within_their_orbits(zoo, tmp_path, capsys):
