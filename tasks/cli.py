@@ -254,6 +254,9 @@ def add_task_commands(subparsers) -> None:
                               help="score a run's best metanet on a split")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--zoo", default=None, metavar="ZOO",
+                   help="score it on this zoo's split instead of the run's own zoo (writes "
+                   "RUN/eval-SPLIT-on-ZOONAME.json)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -564,13 +567,14 @@ def cmd_eval(args) -> int:
     """Handler of ``paramgraph eval``."""
     from .train import evaluate_run
 
-    result = evaluate_run(args.run, args.split, threads=args.threads)
+    result = evaluate_run(args.run, args.split, threads=args.threads, zoo=args.zoo)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-        print(f"{args.run} {result['split']} ({result['zoo_split']}, {result['n']} networks): "
-              f"{metrics}")
+        where = f" of {args.zoo}" if args.zoo else ""
+        print(f"{args.run} {result['split']} ({result['zoo_split']}{where}, {result['n']} "
+              f"networks): {metrics}")
         if "prior_only" in result:
             alone = ", ".join(f"{k} {v:.4f}" for k, v in result["prior_only"].items())
             print(f"  its tree prior alone: {alone}")

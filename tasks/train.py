@@ -512,8 +512,12 @@ def run_objective(cfg: TrainConfig, info: dict) -> Objective:
 
 
 def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | None = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, zoo: str | os.PathLike | None = None) -> dict:
     """Score a run's best metanet on ``split`` (train/val/test of the run's split set).
+
+    ``zoo``: score it on that zoo's ``split`` instead of its own (a metanet trained on one zoo
+    applied to networks from another, e.g. the same networks moved along their orbits by
+    ``scripts/move_zoo.py``); the file is then ``RUN/eval-<split>-on-<zoo dir name>.json``.
 
     Writes ``RUN/eval-<split>.json`` (scores, predictions, targets, network ids, and the tree
     prior's own predictions ``prior_pred`` where the metanet has one) and returns
@@ -525,6 +529,10 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
     if split not in ("train", "val", "test"):
         raise TaskError(f"unknown split '{split}' (use train, val or test)")
     cfg, objective, net, _ = load_run(run)
+    name = f"eval-{split}.json"
+    if zoo is not None:
+        cfg = replace(cfg, zoo=str(zoo))
+        name = f"eval-{split}-on-{Path(zoo).resolve().name}.json"
     retain_freed_heap()
     with thread_count(threads):
         data = RunData(cfg, objective, progress)
@@ -536,6 +544,8 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
         seconds = time.time() - t0
     result = {"split": split, "zoo_split": cfg.split(split), "metrics": metrics,
               "n": int(len(y)), "seconds": seconds}
+    if zoo is not None:
+        result["zoo"] = str(zoo)
     if getattr(net, "prior", None) is not None:  # what the trees alone score, for comparison
         from .prior import prior_predictions
 
@@ -544,7 +554,7 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
     store = dict(result, net_id=ids.tolist(), pred=pred.tolist(), true=y.tolist())
     if "prior_only" in result:  # per network, to see what the GNN changed (scripts/probe_prior.py)
         store["prior_pred"] = alone.tolist()
-    atomic_write_json(Path(run) / f"eval-{split}.json", store, indent=None)
+    atomic_write_json(Path(run) / name, store, indent=None)
     return result
 
 
