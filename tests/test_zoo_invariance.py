@@ -135,7 +135,7 @@ def test_every_test_network_predicts_the_same_after_a_symmetry(splits, mode, pri
     assert _largest_change(mode, _networks(splits), prior_on) <= TOLERANCE
 
 
-# the options that add inputs to quasi's invariant head (README, "Frames and stacking")
+# the options that add inputs to quasi's invariant head (README, "Where the gauge pays")
 OPTIONS = {"frames": dict(gauge_frames=("balanced/bias", "balanced/incoming", "unit/bias")),
            "stacked-prior": dict(prior_input=True)}
 
