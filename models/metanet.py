@@ -50,6 +50,7 @@ from .statistics import LayerStatistics
 from .structure import GraphStructure
 
 TASKS = ("invariant", "weights")
+FRAMES = ("gauged", "input")
 
 
 def parse_gauge_frame(name: str) -> tuple[str, str]:
@@ -61,7 +62,6 @@ def parse_gauge_frame(name: str) -> tuple[str, str]:
         raise ValueError(f"gauge frame '{name}': expected SECTION/SIGNS with an invariant sign "
                          "statistic, e.g. 'balanced/bias' or 'unit/incoming'")
     return section, signs
-FRAMES = ("gauged", "input")
 
 
 class MetaNet(nn.Module):
@@ -266,9 +266,10 @@ class MetaNet(nn.Module):
             out = torch.stack([self._read(batch, st, view, edge_value, node_value, node_mask,
                                           value_scale, probes, prior)[0]
                                for view in views]).mean(0)
-            return out if prior is None else out + prior.to(out.dtype).unsqueeze(1)
-        out, gauged = self._read(batch, st, self.gauge, edge_value, node_value, node_mask,
-                                 value_scale, probes, prior)
+            gauged = None  # frames serve the invariant head only
+        else:
+            out, gauged = self._read(batch, st, self.gauge, edge_value, node_value, node_mask,
+                                     value_scale, probes, prior)
         if self.task == "invariant":
             return out if prior is None else out + prior.to(out.dtype).unsqueeze(1)
         if isinstance(out, list):  # output channel expansion: one batch per copy
