@@ -262,7 +262,7 @@ def make_zoos(args) -> dict[str, Path]:
     paths = {}
     for kind in kinds:
         if kind in MOVED_ZOOS:  # a moved copy of a zoo made above
-            from move_zoo import move_zoo
+            from paramgraph.tasks.zoo_move import move_zoo
 
             source, scale_range = MOVED_ZOOS[kind]
             path = paths[source].with_name(f"{paths[source].name}-moved{scale_range:g}")

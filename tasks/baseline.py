@@ -99,8 +99,9 @@ FEATURE_SETS = {"statistics": zoo_features, "rendered": rendered_features}
 
 
 def fit_predict(task: str | Objective, zoo: Zoo, split_train: str = "train", split_eval: str = "test",
-                seed: int = 0, x_all: np.ndarray | None = None) -> dict:
-    """Fit the baseline for ``task`` on one split and predict another.
+                seed: int = 0, x_all: np.ndarray | None = None, eval_zoo: Zoo | None = None) -> dict:
+    """Fit the baseline for ``task`` on one split and predict another (of ``eval_zoo`` where
+    given: the networks of another zoo, e.g. the same ones moved along their orbits).
 
     Returns ``{"pred": array, "true": array, "metrics": dict, "seconds": fit+predict time}``; the
     model and the metrics are the task's (:meth:`Objective.fit_baseline
@@ -118,7 +119,11 @@ def fit_predict(task: str | Objective, zoo: Zoo, split_train: str = "train", spl
     y_all = objective.targets(zoo).numpy()
     start = time.time()
     x_all = zoo_features(zoo) if x_all is None else x_all
-    pred = objective.fit_baseline(x_all[tr], y_all[tr], x_all[ev], seed)
+    x_eval, y_eval = x_all, y_all
+    if eval_zoo is not None:
+        ev = eval_zoo.split(split_eval)
+        x_eval, y_eval = zoo_features(eval_zoo), objective.targets(eval_zoo).numpy()
+    pred = objective.fit_baseline(x_all[tr], y_all[tr], x_eval[ev], seed)
     seconds = time.time() - start
-    return {"pred": pred, "true": y_all[ev], "metrics": objective.metrics(pred, y_all[ev]),
+    return {"pred": pred, "true": y_eval[ev], "metrics": objective.metrics(pred, y_eval[ev]),
             "seconds": seconds}

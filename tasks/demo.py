@@ -10,6 +10,9 @@
    perfect, 0 is chance) and R² (the share of the accuracies' variance the predictions
    explain: 1 is perfect, 0 is no better than predicting the mean); and draw predicted against
    true accuracy for every method into one PNG.
+4. Score the same trained methods once more on the same test networks moved along their orbits
+   (:mod:`paramgraph.tasks.zoo_move`: every network rescaled, sign-flipped and permuted so that
+   it computes exactly what it computed): what the learned gauge's exact invariance is for.
 
 Sized to finish within 8 minutes on 2 CPU cores, zoo included (measured: 6 min 14 s on an
 earlier machine with two other training runs on the same cores; 1 min 20 s on an idle 2-core
@@ -32,12 +35,14 @@ DEMO_SIZE = 400  # networks: 100 training runs x 4 checkpoints
 DEMO_EPOCHS = 15
 DEMO_SEED = 0
 MODES = ("quasi", "perm", "strict")
+MOVE_RANGE = 4.0  # the moved test networks: scales log-uniform in [1/4, 4]
 METANET = dict(hidden=32, layers=3, batch_size=32, lr=2e-3)
 
 
-def _train_job(job: tuple[str, str, str, int, int]) -> dict:
-    """Train and evaluate one metanet (in a worker process, one thread)."""
-    mode, zoo_dir, run_dir, epochs, seed = job
+def _train_job(job: tuple[str, str, str, int, int, str]) -> dict:
+    """Train and evaluate one metanet (in a worker process, one thread), on its zoo's test
+    networks and on the same networks moved (``moved_zoo``)."""
+    mode, zoo_dir, run_dir, epochs, seed, moved_zoo = job
     from .train import TrainConfig, evaluate_run, train
 
     t0 = time.time()
@@ -45,9 +50,11 @@ def _train_job(job: tuple[str, str, str, int, int]) -> dict:
                       **METANET)
     train(cfg, run_dir, threads=1, progress=False)
     result = evaluate_run(run_dir, "test", threads=1)
+    seconds = time.time() - t0
+    moved = evaluate_run(run_dir, "test", threads=1, zoo=moved_zoo)
     alone = result.get("prior_only", {}).get("kendall_tau")
-    return {"method": mode, **result["metrics"], "seconds": time.time() - t0, "run": run_dir,
-            "trees_alone": alone}
+    return {"method": mode, **result["metrics"], "seconds": seconds, "run": run_dir,
+            "trees_alone": alone, "moved_tau": moved["metrics"]["kendall_tau"]}
 
 
 def _recipe() -> str:
@@ -77,7 +84,8 @@ def _count_epochs(run_dirs: list[Path]) -> int:
     return done
 
 
-def _train_all(zoo_dir: Path, out: Path, epochs: int, seed: int, workers: int) -> list[dict]:
+def _train_all(zoo_dir: Path, out: Path, epochs: int, seed: int, workers: int,
+               moved_zoo: Path) -> list[dict]:
     from tqdm import tqdm
 
     jobs, runs = [], []
@@ -85,7 +93,7 @@ def _train_all(zoo_dir: Path, out: Path, epochs: int, seed: int, workers: int) -
         run = out / mode
         if run.exists():
             shutil.rmtree(run)  # the demo's own output from an earlier demo
-        jobs.append((mode, str(zoo_dir), str(run), epochs, seed))
+        jobs.append((mode, str(zoo_dir), str(run), epochs, seed, str(moved_zoo)))
         runs.append(run)
     bar = tqdm(total=epochs * len(jobs), desc="train " + "/".join(MODES), unit="epoch")
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -139,13 +147,26 @@ DESCRIPTIONS = {
 
 
 def format_table(rows: list[dict]) -> str:
-    """The demo's table: method | what it is | test Kendall tau | R² | time."""
-    lines = [f"{'method':<20} {'':<34} {'Kendall tau':>11} {'R²':>7} {'time':>8}",
-             "-" * 84]
+    """The demo's table: method | what it is | test Kendall tau | R² | Kendall tau on the moved
+    test networks | time."""
+    lines = [f"{'method':<20} {'':<34} {'Kendall tau':>11} {'R²':>7} {'moved':>7} {'time':>8}",
+             "-" * 92]
     for r in rows:
+        moved = f"{r['moved_tau']:>7.3f}" if r.get("moved_tau") is not None else f"{'-':>7}"
         lines.append(f"{r['method']:<20} {DESCRIPTIONS.get(r['method'], ''):<34} "
-                     f"{r['kendall_tau']:>11.3f} {r['r2']:>7.3f} {r['seconds']:>7.0f}s")
+                     f"{r['kendall_tau']:>11.3f} {r['r2']:>7.3f} {moved} {r['seconds']:>7.0f}s")
     return "\n".join(lines)
+
+
+def moved_note(rows: list[dict]) -> str:
+    """What moving the test networks along their orbits did to each method's ranking."""
+    changes = ", ".join(f"{r['method']} {r['moved_tau'] - r['kendall_tau']:+.3f}" for r in rows
+                        if r.get("moved_tau") is not None)
+    return (f"moved: the same test networks, each rescaled (neuron scales in [1/{MOVE_RANGE:g}, "
+            f"{MOVE_RANGE:g}]), sign-flipped and\npermuted so that it computes exactly what it "
+            "computed, as networks from other training recipes\nwould be. Kendall tau change: "
+            f"{changes}.\nquasi and strict are exactly invariant; perm and the baseline read "
+            "where a network sits in its orbit.")
 
 
 def verdict(rows: list[dict]) -> str:
@@ -178,7 +199,9 @@ def run_demo(size: int = DEMO_SIZE, epochs: int = DEMO_EPOCHS, out: str = "runs/
     """Run the demo (see the module docstring); prints the table and returns its rows."""
     from .baseline import fit_predict
     from .data import load_graphs
-    from .zoo import make_zoo, zoo_summary_text
+    from .zoo import Zoo, make_zoo, zoo_summary_text
+    from .threads import threads as thread_count
+    from .zoo_move import move_zoo
 
     start = time.time()
     zoo_path = Path(zoo_dir or f".cache/demo/zoo-{DEMO_KIND}-{size}-s{seed}")
@@ -191,13 +214,21 @@ def run_demo(size: int = DEMO_SIZE, epochs: int = DEMO_EPOCHS, out: str = "runs/
     zoo_seconds = time.time() - t0
     print(zoo_summary_text(zoo), flush=True)
     load_graphs(zoo)  # convert once here, so the training processes share the cache
+    moved_path = zoo_path.with_name(f"{zoo_path.name}-moved{MOVE_RANGE:g}")
+    # one thread before the workers fork: a thread team started here would hang their OpenMP
+    with thread_count(1):
+        moved = (Zoo(moved_path) if (moved_path / "zoo.json").is_file()
+                 else move_zoo(zoo_path, moved_path, MOVE_RANGE, seed, progress=False))
+        load_graphs(moved, progress=False)
 
     print(f"[2/3] metanets: {epochs} epochs each, hidden {METANET['hidden']}, "
           f"{METANET['layers']} rounds, {len(zoo.split('train'))} training networks, the "
           f"task's defaults ({_recipe()}); and the statistics baseline", flush=True)
-    results = _train_all(zoo_path, out_path, epochs, seed, workers)
+    results = _train_all(zoo_path, out_path, epochs, seed, workers, moved_path)
     base = fit_predict("generalization", zoo, "train", "test", seed=seed)
-    base_row = {"method": "statistics baseline", **base["metrics"], "seconds": base["seconds"]}
+    base_moved = fit_predict("generalization", zoo, "train", "test", seed=seed, eval_zoo=moved)
+    base_row = {"method": "statistics baseline", **base["metrics"], "seconds": base["seconds"],
+                "moved_tau": base_moved["metrics"]["kendall_tau"]}
 
     print("[3/3] results on the test networks", flush=True)
     png = _plot(results, base, out_path / "demo.png")
@@ -213,6 +244,7 @@ def run_demo(size: int = DEMO_SIZE, epochs: int = DEMO_EPOCHS, out: str = "runs/
     print(format_table(rows))
     print()
     print(verdict(rows))
+    print(moved_note(rows))
     print(prior_note(results))
     print(f"plot: {png}")
     print(f"runs: {', '.join(r['run'] for r in results)} (paramgraph plot RUN for curves)")

@@ -542,15 +542,17 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", threads: int | Non
         metrics = objective.metrics(pred, y)
         metrics.update(objective.reference_scores(data.sets[split], data.hidden))
         seconds = time.time() - t0
-    result = {"split": split, "zoo_split": cfg.split(split), "metrics": metrics,
-              "n": int(len(y)), "seconds": seconds}
-    if zoo is not None:
-        result["zoo"] = str(zoo)
-    if getattr(net, "prior", None) is not None:  # what the trees alone score, for comparison
-        from .prior import prior_predictions
+        result = {"split": split, "zoo_split": cfg.split(split), "metrics": metrics,
+                  "n": int(len(y)), "seconds": seconds}
+        if zoo is not None:
+            result["zoo"] = str(zoo)
+        if getattr(net, "prior", None) is not None:  # what the trees alone score
+            from .prior import prior_predictions
 
-        alone = prior_predictions(net.prior, data.sets[split], cfg.eval_batch_size)
-        result["prior_only"] = objective.metrics(alone, y.numpy())
+            # inside the thread limit too: a forked worker (make demo) must not start a
+            # thread team the parent's OpenMP state cannot serve
+            alone = prior_predictions(net.prior, data.sets[split], cfg.eval_batch_size)
+            result["prior_only"] = objective.metrics(alone, y.numpy())
     store = dict(result, net_id=ids.tolist(), pred=pred.tolist(), true=y.tolist())
     if "prior_only" in result:  # per network, to see what the GNN changed (scripts/probe_prior.py)
         store["prior_pred"] = alone.tolist()

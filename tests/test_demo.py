@@ -27,3 +27,20 @@ def test_demo_runs_end_to_end_on_a_tiny_zoo(tmp_path, capsys):
     # the metanets train with the tree prior by default, and the demo says what it scores alone
     assert "The trees alone, Kendall tau: quasi" in printed
     assert (tmp_path / "runs" / "demo.png").is_file()
+    # every method is scored again on the same test networks moved along their orbits: the
+    # exactly invariant metanets score the same (the rounding of one tied rank at most), perm
+    # and the baseline read the moves
+    assert (tmp_path / "zoo-moved4" / "zoo.json").is_file() and "moved: the same test" in printed
+    tau = {r["method"]: (r["kendall_tau"], r["moved_tau"]) for r in rows}
+    for method in ("quasi", "strict"):
+        assert abs(tau[method][0] - tau[method][1]) < 1e-9
+    assert tau["statistics baseline"][0] != tau["statistics baseline"][1]
+
+
+def test_the_table_shows_the_moved_column_and_says_what_moving_changed():
+    rows = [{**_row("quasi", 0.80), "moved_tau": 0.80}, {**_row("perm", 0.75), "moved_tau": 0.6}]
+    assert format_table(rows).splitlines()[0].split()[-2:] == ["moved", "time"]
+    assert "0.600" in format_table(rows) and "-" in format_table([_row("perm", 0.7)])
+    from paramgraph.tasks.demo import moved_note
+
+    assert "quasi +0.000, perm -0.150" in moved_note(rows)

@@ -1,4 +1,4 @@
-"""scripts/move_zoo.py: a copy of a zoo whose every network is moved by a random
+"""scripts/move_zoo.py (paramgraph.tasks.zoo_move): a copy of a zoo whose every network is moved by a random
 function-preserving group element; same functions, accuracies, runs and splits, other weights."""
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def test_refuses_to_overwrite_and_leaves_nothing_after_a_failure(script, source,
     (tmp_path / "there").mkdir()
     with pytest.raises(SystemExit, match="exists"):
         script.main(["--zoo", str(source.root), "--out", str(tmp_path / "there")])
-    monkeypatch.setattr(script, "CHECK_TOLERANCE", -1.0)  # every check fails
+    import paramgraph.tasks.zoo_move as zoo_move
+
+    monkeypatch.setattr(zoo_move, "CHECK_TOLERANCE", -1.0)  # every check fails
     with pytest.raises(SystemExit, match="another function"):
         script.main(["--zoo", str(source.root), "--out", str(tmp_path / "bad"),
                      "--no-progress"])
