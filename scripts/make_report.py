@@ -6,7 +6,9 @@ zoos of 2,000 networks (hetero, cnn) and 1,797 SIRENs (one per digit), over seve
 
 Steps (each resumable: run it again after an interruption and finished work is kept):
 
-1. ``paramgraph zoo make`` the three zoos under ``--zoos`` (default ``zoos/``).
+1. ``paramgraph zoo make`` the three zoos under ``--zoos`` (default ``zoos/``); the column
+   ``gen-cnn-moved`` also writes the cnn zoo moved along its orbits
+   (:mod:`paramgraph.tasks.zoo_move`, scales in [1/4, 4]) beside it.
 2. For every task column, seed and mode, ``paramgraph train`` a metanet into
    ``--runs/<column>/<mode>-s<seed>`` (two runs at a time, one thread each) and
    ``paramgraph eval`` it on the test split; fit the statistics baseline once per seed.
