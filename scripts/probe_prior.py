@@ -39,7 +39,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))  # compare_runs.py: which runs are finished
+# compare_runs.py (which runs are finished), subset_zoo.py (dotted metadata paths)
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def predictions(ev: dict) -> dict:
@@ -83,13 +84,6 @@ def ensemble_tau(evaluations: dict[int, dict], keep=None) -> float:
     return float(kendalltau(pred[keep], true[keep])[0])
 
 
-def metadata_value(row: dict, key: str):
-    """``row``'s value at the dotted path ``key`` (``None`` where it has none)."""
-    for part in key.split("."):
-        row = row.get(part) if isinstance(row, dict) else None
-    return row
-
-
 def _mean_std(v) -> str:
     v = np.asarray(v, dtype=float)
     return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
@@ -99,8 +93,10 @@ def print_groups(evaluations: dict[str, dict[int, dict]], zoo, key: str) -> None
     """Per group of networks with the same metadata ``key``: each method's Kendall tau, its
     trees', and what the GNN adds (mean over seeds), and the seed ensemble's tau."""
     from scipy.stats import kendalltau
+    from subset_zoo import metadata_value  # the dotted metadata path --where reads too
 
-    print(f"\n| {key} | method | networks | tau | trees | GNN adds | ens |\n|---|---|---|---|---|---|---|")
+    print(f"\n| {key} | method | networks | tau | trees | GNN adds | ens |\n"
+          f"|{'---|' * 7}")
     for method, evs in evaluations.items():
         ids = next(iter(evs.values()))["net_id"]
         values = np.array([str(metadata_value(zoo.rows[i], key)) for i in ids])

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 
-def _value(row: dict, dotted: str):
+def metadata_value(row: dict, dotted: str):
     """``row["spec"]["act"]`` for ``"spec.act"``; ``None`` where a key is missing."""
     for key in dotted.split("."):
         row = row.get(key) if isinstance(row, dict) else None
@@ -40,7 +40,7 @@ def subset_zoo(zoo: Path, out: Path, key: str, value: str) -> dict[str, int]:
         raise SystemExit(f"subset_zoo: '{out}' exists; choose another --out")
     rows = [json.loads(line) for line in (zoo / "metadata.jsonl").read_text().splitlines()
             if line.strip()]
-    keep = {r["id"] for r in rows if str(_value(r, key)) == value}
+    keep = {r["id"] for r in rows if str(metadata_value(r, key)) == value}
     if not keep:
         raise SystemExit(f"subset_zoo: no network of '{zoo}' has {key} = {value}")
     splits = json.loads((zoo / "splits.json").read_text())

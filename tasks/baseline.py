@@ -99,7 +99,8 @@ FEATURE_SETS = {"statistics": zoo_features, "rendered": rendered_features}
 
 
 def fit_predict(task: str | Objective, zoo: Zoo, split_train: str = "train", split_eval: str = "test",
-                seed: int = 0, x_all: np.ndarray | None = None, eval_zoo: Zoo | None = None) -> dict:
+                seed: int = 0, x_all: np.ndarray | None = None,
+                eval_zoo: Zoo | None = None) -> dict:
     """Fit the baseline for ``task`` on one split and predict another (of ``eval_zoo`` where
     given: the networks of another zoo, e.g. the same ones moved along their orbits).
 

@@ -265,7 +265,7 @@ def _row_path(root: Path, i: int) -> Path:
     return root / "rows" / f"{i:06d}.json"
 
 
-def _write_network(root: Path, i: int, state: dict, row: dict) -> None:
+def _write_network(root: Path, i: int, state: dict, row: dict) -> dict:
     path = _net_path(root, i)
     # One metadata key only: safetensors writes several in a random order, which would make the
     # bytes (and the recorded SHA-256) differ between otherwise identical runs.
@@ -275,6 +275,7 @@ def _write_network(root: Path, i: int, state: dict, row: dict) -> None:
            "num_params": int(sum(v.numel() for k, v in state.items()
                                  if v.is_floating_point()))}
     atomic_write_json(_row_path(root, i), row, indent=None)
+    return row
 
 
 def _do_unit(unit: _Unit) -> int:
@@ -592,9 +593,15 @@ def _merge(root: Path, kind: str, size: int, seed: int) -> None:
             raise ZooError(f"zoo '{root}': metadata row {_row_path(root, i)} has id "
                            f"{row.get('id')!r}, expected {i}")
         rows.append(row)
+    write_metadata(root, rows)
+    atomic_write_json(root / "splits.json", make_splits(rows, seed, kind))
+
+
+def write_metadata(root: Path, rows: list[dict]) -> None:
+    """The zoo's metadata table from its rows, in id order: ``metadata.jsonl`` (what
+    :class:`Zoo` reads) and ``metadata.csv`` (the same, flat, for people and spreadsheets)."""
     atomic_write_text(root / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(root / "metadata.csv", _csv(rows))
-    atomic_write_json(root / "splits.json", make_splits(rows, seed, kind))
 
 
 _CSV_SKIP = ("spec", "hparams")

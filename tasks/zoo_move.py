@@ -68,7 +68,8 @@ def move_zoo(zoo_dir: str | os.PathLike, out: str | os.PathLike, scale_range: fl
     from tqdm import tqdm
 
     from .digits import dataset
-    from .zoo import Zoo, _csv, _write_network
+    from .threads import threads
+    from .zoo import Zoo, _write_network, write_metadata
 
     out = Path(out)
     if out.exists():
@@ -86,18 +87,11 @@ def move_zoo(zoo_dir: str | os.PathLike, out: str | os.PathLike, scale_range: fl
         (tmp / "rows").mkdir()
         x = dataset("test")[0][:CHECK_INPUTS]
         templates: dict = {}
-        rows = []
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # tiny networks: threads cost more than they give
-        try:
-            for i in tqdm(range(len(zoo)), desc="moving", disable=not progress):
-                _write_network(tmp, i, move_network(zoo, i, scale_range, seed, templates, x),
-                               zoo.rows[i])
-                rows.append(json.loads((tmp / "rows" / f"{i:06d}.json").read_text()))
-        finally:
-            torch.set_num_threads(threads)
-        (tmp / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp / "metadata.csv").write_text(_csv(rows))
+        with threads(1):  # tiny networks: threads cost more than they give
+            rows = [_write_network(tmp, i, move_network(zoo, i, scale_range, seed, templates, x),
+                                   zoo.rows[i])
+                    for i in tqdm(range(len(zoo)), desc="moving", disable=not progress)]
+        write_metadata(tmp, rows)
         shutil.copy2(zoo.root / "splits.json", tmp / "splits.json")
         manifest = {**zoo.manifest, "moved": {"source": str(zoo.root),
                                               "scale_range": scale_range, "seed": seed}}
